@@ -13,7 +13,9 @@ Owns the local stack's AWS fixture data:
     subnet group `featureenv`;
   * ECR repositories `payments`, `orders`, `frontend`, each with images tagged `latest`
     and `pr-123` (distinct manifests, so distinct digests);
-  * an SSM parameter `/featureenv/ami/latest` holding the newer AMI id.
+  * an SSM parameter `/featureenv/ami/latest` holding the newer AMI id;
+  * an IAM role + instance profile `featureenv-node` (moto's RunInstances rejects an
+    unknown profile), with docs/instance-profile-policy.json as its inline policy.
 
 moto stamps AMI and snapshot creation times with the wall clock, so "older" is created
 first and the script sleeps past a second boundary before creating "newer"; the
@@ -32,10 +34,12 @@ import hashlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from awsenv import DEFAULT_ACCOUNT_ID, client
 
+INSTANCE_PROFILE_POLICY = Path(__file__).resolve().parent.parent / "docs" / "instance-profile-policy.json"
 PIPELINE_TAG = ("featureenv.io/pipeline", "minikube-service")
 AMI_OLDER = "minikube-service-2026-11-01"
 AMI_NEWER = "minikube-service-2026-11-27"
@@ -48,6 +52,7 @@ SERVICES = ("payments", "orders", "frontend")
 IMAGE_TAGS = ("latest", "pr-123")
 SSM_AMI_PARAMETER = "/featureenv/ami/latest"
 SEED_TAG = ("featureenv.io/seed", "dev")
+INSTANCE_PROFILE = "featureenv-node"
 
 
 def _sleep_past_second() -> None:
@@ -166,6 +171,24 @@ def seed_ecr(ecr: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def seed_instance_profile(iam: Any) -> dict[str, str]:
+    """The role + instance profile environments run with (RunInstances in moto needs it)."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    }
+    role = iam.create_role(RoleName=INSTANCE_PROFILE, AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    if INSTANCE_PROFILE_POLICY.exists():
+        iam.put_role_policy(
+            RoleName=INSTANCE_PROFILE,
+            PolicyName="featureenv-node",
+            PolicyDocument=INSTANCE_PROFILE_POLICY.read_text(encoding="utf-8"),
+        )
+    profile = iam.create_instance_profile(InstanceProfileName=INSTANCE_PROFILE)["InstanceProfile"]
+    iam.add_role_to_instance_profile(InstanceProfileName=INSTANCE_PROFILE, RoleName=INSTANCE_PROFILE)
+    return {"name": INSTANCE_PROFILE, "arn": profile["Arn"], "roleArn": role["Arn"]}
+
+
 def seed_ssm(ssm: Any, ami_id: str) -> str:
     ssm.put_parameter(Name=SSM_AMI_PARAMETER, Value=ami_id, Type="String", DataType="aws:ec2:image")
     return SSM_AMI_PARAMETER
@@ -177,6 +200,7 @@ def seed(endpoint: str, region: str, cluster_id: str) -> dict[str, Any]:
     db = seed_images_and_database(ec2, client("rds", endpoint, region), net["subnetIds"], net["securityGroupId"])
     amis = db["amiIds"]
     repos = seed_ecr(client("ecr", endpoint, region))
+    profile = seed_instance_profile(client("iam", endpoint, region))
     param = seed_ssm(client("ssm", endpoint, region), amis["newer"])
     first_uri = repos[SERVICES[0]]["uri"]
     account = first_uri.split(".", 1)[0] if first_uri else DEFAULT_ACCOUNT_ID
@@ -192,6 +216,7 @@ def seed(endpoint: str, region: str, cluster_id: str) -> dict[str, Any]:
         **db,
         "ecr": repos,
         "ssmAmiParameter": param,
+        "instanceProfile": profile,
     }
     result["vars"] = {
         "AWS_REGION": region,
@@ -206,6 +231,8 @@ def seed(endpoint: str, region: str, cluster_id: str) -> dict[str, Any]:
         "AMI_ID_NEWER": amis["newer"],
         "AMI_ID_UNRELATED": amis["unrelated"],
         "DB_SUBNET_GROUP": DB_SUBNET_GROUP,
+        "INSTANCE_PROFILE": INSTANCE_PROFILE,
+        "INSTANCE_PROFILE_ROLE_ARN": profile["roleArn"],
     }
     return result
 
