@@ -1,0 +1,179 @@
+"""Tests for examples/argocd: the Lua health checks (run by lua5.4), the argocd-cm snippet,
+and the pull-request ApplicationSet with the chart it deploys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+
+from luaharness import run_health, to_lua
+
+REPO = Path(__file__).resolve().parents[2]
+ARGOCD = REPO / "examples" / "argocd"
+FE_SCRIPT = ARGOCD / "health-featureenvironment.lua"
+POOL_SCRIPT = ARGOCD / "health-rdspool.lua"
+
+
+def fe(phase: str | None, *, conditions: list[dict[str, Any]] | None = None, generation: int = 1,
+       observed: int | None = 1, endpoints: dict[str, str] | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "featureenv.io/v1alpha1", "kind": "FeatureEnvironment",
+        "metadata": {"name": "payments-pr-123", "namespace": "default", "generation": generation},
+        "spec": {"services": [{"name": "payments", "image": "repo/payments:pr-123"}]},
+    }
+    if phase is not None:
+        obj["status"] = {"phase": phase, "observedGeneration": observed, "conditions": conditions or [],
+                         "endpoints": endpoints}
+    return obj
+
+
+def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-11-28T10:00:00Z", "observedGeneration": 1}
+
+
+@pytest.mark.parametrize(
+    "obj, status, message",
+    [
+        (fe("Ready", conditions=[cond("Ready", "True", "Ready", "environment is ready")],
+            endpoints={"api": "http://54.1.2.3/", "dashboard": "http://54.1.2.3:30000/"}),
+         "Healthy", "Ready at http://54.1.2.3/"),
+        (fe("Ready", conditions=[cond("Ready", "True", "Ready", "environment is ready")]),
+         "Healthy", "Ready: environment is ready"),
+        (fe("Pending", conditions=[cond("Ready", "False", "PoolExhausted", "pool integration is at maxSize 20")]),
+         "Progressing", "PoolExhausted: pool integration is at maxSize 20"),
+        (fe("Provisioning", conditions=[cond("InstanceReady", "False", "WaitingForBootstrap", "booting"),
+                                        cond("Ready", "False", "WaitingForBootstrap", "instance i-0abc is bootstrapping")]),
+         "Progressing", "WaitingForBootstrap: instance i-0abc is bootstrapping"),
+        (fe("Provisioning"), "Progressing", "Provisioning"),
+        (fe("Failed", conditions=[cond("Ready", "False", "BootstrapFailed", "instance reported featureenv.io/bootstrap=failed")]),
+         "Degraded", "BootstrapFailed: instance reported featureenv.io/bootstrap=failed"),
+        (fe("Failed", conditions=[cond("Ready", "False", "UnknownClass", 'class "gold" not found')]),
+         "Degraded", 'UnknownClass: class "gold" not found'),
+        (fe("Failed"), "Degraded", "Failed"),
+        (fe("Terminating", conditions=[cond("Ready", "False", "Terminating", "terminating instance i-0abc")]),
+         "Progressing", "Terminating: terminating instance i-0abc"),
+        (fe("Terminating"), "Progressing", "Terminating: removing the instance and database"),
+        (fe(None), "Progressing", "Waiting for the operator to pick up the environment"),
+        (fe("Ready", generation=2, observed=1), "Progressing", "Waiting for the operator to observe generation 2"),
+        (fe("Hibernating"), "Unknown", "Unknown phase Hibernating"),
+    ],
+    ids=["ready-endpoint", "ready-no-endpoint", "pending", "provisioning", "provisioning-no-condition",
+         "failed-bootstrap", "failed-unknown-class", "failed-no-condition", "terminating",
+         "terminating-no-condition", "no-status", "stale-generation", "unknown-phase"],
+)
+def test_featureenvironment_health(obj: dict[str, Any], status: str, message: str, tmp_path: Path) -> None:
+    assert run_health(FE_SCRIPT, obj, tmp_path) == (status, message)
+
+
+def pool(status: dict[str, Any] | None, *, warm: int | None = 1, generation: int = 1) -> dict[str, Any]:
+    spec: dict[str, Any] = {"source": {"dbInstanceIdentifier": "integration-db"}, "instanceClass": "db.t3.micro",
+                            "maxSize": 20, "warm": warm}
+    obj: dict[str, Any] = {"apiVersion": "featureenv.io/v1alpha1", "kind": "RdsPool",
+                           "metadata": {"name": "integration", "generation": generation}, "spec": spec}
+    if status is not None:
+        obj["status"] = {"observedGeneration": 1, **status}
+    return obj
+
+
+@pytest.mark.parametrize(
+    "obj, status, message",
+    [
+        (pool({"warm": 1, "claimed": 3, "creating": 0, "conditions": [cond("Warm", "True", "Warm", "1 spare")]}),
+         "Healthy", "1/1 warm spares, 3 claimed, 0 creating"),
+        (pool({"warm": 3, "claimed": 0, "creating": 0}, warm=2), "Healthy", "3/2 warm spares, 0 claimed, 0 creating"),
+        (pool({"warm": 0, "claimed": 1, "creating": 1,
+               "conditions": [cond("Warm", "False", "Restoring", "restoring fe-integration-x")]}),
+         "Progressing", "0/1 warm spares, 1 claimed, 1 creating"),
+        (pool({"warm": 0}, warm=None), "Progressing", "0/1 warm spares, 0 claimed, 0 creating"),
+        (pool({"warm": 0, "conditions": [cond("Warm", "False", "SourceNotFound", "DB instance integration-db not found")]}),
+         "Degraded", "SourceNotFound: DB instance integration-db not found"),
+        (pool({"warm": 1, "conditions": [cond("Degraded", "True", "RestoreFailed", "restore of fe-integration-y failed")]}),
+         "Degraded", "RestoreFailed: restore of fe-integration-y failed"),
+        (pool({"warm": 1, "conditions": [cond("Degraded", "False", "AsExpected", "")]}),
+         "Healthy", "1/1 warm spares, 0 claimed, 0 creating"),
+        (pool(None), "Progressing", "Waiting for the operator to pick up the pool"),
+        (pool({"warm": 1}, generation=3), "Progressing", "Waiting for the operator to observe generation 3"),
+    ],
+    ids=["warm", "more-than-warm", "restoring", "default-warm", "source-not-found", "degraded-condition",
+         "degraded-false", "no-status", "stale-generation"],
+)
+def test_rdspool_health(obj: dict[str, Any], status: str, message: str, tmp_path: Path) -> None:
+    assert run_health(POOL_SCRIPT, obj, tmp_path) == (status, message)
+
+
+def test_lua_literals_escape_strings() -> None:
+    assert to_lua({"a": 'x"y\\z\n', "b": [1, True, None], "c": None}) == '{["a"] = "x\\"y\\\\z\\n", ["b"] = {1, true, nil}}'
+
+
+def test_scripts_stay_within_lua51() -> None:
+    """Argo CD runs gopher-lua (Lua 5.1): no 5.2+ syntax or library calls."""
+    for script in (FE_SCRIPT, POOL_SCRIPT):
+        text = script.read_text()
+        for construct in ("goto ", "//", "<const>", "<close>", "utf8.", "table.move", "math.type", "string.pack"):
+            assert construct not in text, f"{script.name} uses {construct!r}"
+
+
+def test_argocd_cm_embeds_the_scripts() -> None:
+    cm = yaml.safe_load((ARGOCD / "argocd-cm.yaml").read_text())
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "argocd-cm"
+    data = cm["data"]
+    assert data["resource.customizations.health.featureenv.io_FeatureEnvironment"] == FE_SCRIPT.read_text()
+    assert data["resource.customizations.health.featureenv.io_RdsPool"] == POOL_SCRIPT.read_text()
+
+
+def test_applicationset_one_environment_per_pull_request() -> None:
+    appset = yaml.safe_load((ARGOCD / "applicationset-pull-requests.yaml").read_text())
+    assert appset["kind"] == "ApplicationSet"
+    spec = appset["spec"]
+    assert spec["goTemplate"] is True
+    assert "pullRequest" in spec["generators"][0]
+    tmpl = spec["template"]
+    assert "{{ .number }}" in tmpl["metadata"]["name"]
+    assert "resources-finalizer.argocd.argoproj.io" in tmpl["metadata"]["finalizers"]
+    assert tmpl["spec"]["syncPolicy"]["automated"]["prune"] is True
+    source = tmpl["spec"]["source"]
+    assert source["path"] == "examples/argocd/pr-environment"
+    assert (REPO / source["path"] / "Chart.yaml").is_file()
+    values = source["helm"]["valuesObject"]
+    assert values["tag"] == "{{ .head_sha }}"
+    assert values["ttl"]
+
+
+def test_pr_environment_chart_renders_a_featureenvironment() -> None:
+    appset = yaml.safe_load((ARGOCD / "applicationset-pull-requests.yaml").read_text())
+    values = appset["spec"]["template"]["spec"]["source"]["helm"]["valuesObject"]
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    params = {"{{ .number }}": "42", "{{ .head_sha }}": sha, "{{ .branch }}": "feature/faster-refunds"}
+
+    def fill(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: fill(x) for k, x in v.items()}
+        if isinstance(v, str):
+            for k, x in params.items():
+                v = v.replace(k, x)
+        return v
+
+    with helm.Chart.load(str(ARGOCD / "pr-environment")) as chart:
+        report = helm.lint(str(ARGOCD / "pr-environment"), fill(values), strict=True)
+        assert report["errors"] == [], report
+        rendered = chart.render(fill(values), name="payments-pr-42", namespace="previews", is_install=True)
+    docs = [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+    assert len(docs) == 1
+    env = docs[0]
+    assert env["apiVersion"] == "featureenv.io/v1alpha1" and env["kind"] == "FeatureEnvironment"
+    assert env["metadata"] == {
+        "name": "payments-pr-42", "namespace": "previews",
+        "labels": {"app.kubernetes.io/managed-by": "Helm", "featureenv.io/pull-request": "42"},
+        "annotations": {"featureenv.io/pull-request-branch": "feature/faster-refunds",
+                        "featureenv.io/pull-request-head-sha": sha},
+    }
+    assert env["spec"]["ttl"] == "24h"
+    assert env["spec"]["services"] == [
+        {"name": "payments", "image": f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/payments:{sha}"}
+    ]
+    assert "className" not in env["spec"], "empty className means the default class"
