@@ -85,6 +85,7 @@ def test_deployment_replicas_probes_and_config(render: Render) -> None:
     assert env["FEATUREENV_JANITOR_GRACE_PERIOD"] == "10m"
     assert env["FEATUREENV_LEASE_NAME"] == "featureenv-operator"
     assert env["FEATUREENV_LEASE_DURATION"] == "15s"
+    assert env["FEATUREENV_SSM_PREFIX"] == "/featureenv"
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert "AWS_REGION" not in env and "AWS_ENDPOINT_URL" not in env
@@ -170,6 +171,7 @@ def test_default_class_and_pool(render: Render) -> None:
         ({"clusterId": "Prod_EU"}, "at '/clusterId'"),
         ({"config": {"fastPollInterval": "2 seconds"}}, "at '/config/fastPollInterval'"),
         ({"config": {"logFormat": "yaml"}}, "at '/config/logFormat'"),
+        ({"config": {"ssmPrefix": "featureenv/"}}, "at '/config/ssmPrefix'"),
         ({"replicaCount": 0}, "at '/replicaCount'"),
         ({"replicaCount": "two"}, "at '/replicaCount'"),
         ({"serviceAccount": {"roleArn": "featureenv-role"}}, "at '/serviceAccount/roleArn'"),
@@ -182,7 +184,7 @@ def test_default_class_and_pool(render: Render) -> None:
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
         ({"defaultPool": {"create": True, "spec": {"warm": 1}}}, "at '/defaultPool/spec'"),
     ],
-    ids=["cluster-id", "duration", "log-format", "zero-replicas", "string-replicas", "role-arn",
+    ids=["cluster-id", "duration", "log-format", "ssm-prefix", "zero-replicas", "string-replicas", "role-arn",
          "root", "caps-add", "typo", "pool-without-source"],
 )
 def test_schema_rejects_bad_values(chart: Any, render: Render, values: dict[str, Any], message: str) -> None:

@@ -162,12 +162,19 @@ def test_pass_role_only_the_instance_role_to_ec2() -> None:
                         {"iam:PassedToService": "ec2.amazonaws.com"})
 
 
-def test_ssm_limited_to_featureenv_tree() -> None:
+def test_ssm_writes_limited_to_own_cluster_tree() -> None:
     policy = load(POLICY)
-    own = "arn:aws:ssm:eu-west-1:123456789012:parameter/featureenv/CLUSTER_ID/default/payments-pr-123"
+    arn = "arn:aws:ssm:eu-west-1:123456789012:parameter"
+    own = f"{arn}/featureenv/CLUSTER_ID/0b6c1a2e-uid/database"  # naming.rs: <prefix>/<cluster>/<uid>/database
+    other_cluster = f"{arn}/featureenv/other-cluster/0b6c1a2e-uid/database"
     for action in ("ssm:PutParameter", "ssm:GetParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource"):
-        assert evaluate(policy, action, own, {})
-        assert not evaluate(policy, action, "arn:aws:ssm:eu-west-1:123456789012:parameter/prod/db-password", {})
+        assert evaluate(policy, action, own, {}), action
+        assert not evaluate(policy, action, f"{arn}/prod/db-password", {}), action
+    for action in ("ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource"):
+        assert not evaluate(policy, action, other_cluster, {}), f"{action} on another cluster's parameter"
+        assert not evaluate(policy, action, f"{arn}/featureenv/ami/latest", {}), action
+    assert evaluate(policy, "ssm:GetParametersByPath", f"{arn}/featureenv/CLUSTER_ID", {})
+    assert evaluate(policy, "ssm:GetParameter", f"{arn}/featureenv/ami/latest", {}), "the class's AMI parameter"
 
 
 def test_instance_profile_policy() -> None:
@@ -177,6 +184,9 @@ def test_instance_profile_policy() -> None:
         assert action_allowed(policy, action), action
     for action in ("ec2:TerminateInstances", "ec2:RunInstances", "ssm:PutParameter", "ecr:PutImage", "iam:PassRole"):
         assert not action_allowed(policy, action), f"the instance must not be able to {action}"
+    params = "arn:aws:ssm:eu-west-1:ACCOUNT_ID:parameter/featureenv"
+    assert evaluate(policy, "ssm:GetParameter", f"{params}/CLUSTER_ID/0b6c1a2e-uid/database", {})
+    assert not evaluate(policy, "ssm:GetParameter", f"{params}/other-cluster/0b6c1a2e-uid/database", {})
     me = "arn:aws:ec2:eu-west-1:ACCOUNT_ID:instance/i-0aaa"
     self_tag = {"aws:ARN": "${ec2:SourceInstanceARN}", f"aws:ResourceTag/{TAG}": CLUSTER,
                 "aws:TagKeys": ["featureenv.io/bootstrap"]}
