@@ -1,0 +1,461 @@
+//! User-data rendering: the bash script an environment's instance runs at first boot.
+//! Pure (no I/O); the script itself does the work on the instance.
+//!
+//! Contract with the pre-baked Minikube AMI: `bash`, `curl`, the AWS CLI v2, `docker`,
+//! `kubectl` and `minikube` are installed; a Minikube profile for root is baked in with
+//! every service deployed as `deployment/<name>` (container `<name>`) in the
+//! `default` namespace. The instance profile may pull from ECR, read the environment's
+//! SSM parameter and tag its own instance.
+//!
+//! The script carries no secret: the database connection is fetched at boot from the
+//! SSM SecureString named in the spec, straight into the Kubernetes Secret
+//! [`DATABASE_SECRET`] (key [`DATABASE_SECRET_KEY`]), never through argv or a log.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use crate::cloud::tag;
+
+/// The Kubernetes Secret (namespace `default`) the services read the database
+/// connection from.
+pub const DATABASE_SECRET: &str = "featureenv-database";
+pub const DATABASE_SECRET_KEY: &str = "connection";
+/// Where the script logs on the instance (also mirrored to the console, which is
+/// what the operator shows when a bootstrap times out).
+pub const LOG_FILE: &str = "/var/log/featureenv-bootstrap.log";
+
+/// One service and the image it must run (baseline or override, already merged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceImage {
+    pub name: String,
+    pub image: String,
+}
+
+/// Everything the instance needs to know; deliberately nothing secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootstrapSpec {
+    /// `<namespace>/<name>` of the FeatureEnvironment, for logs.
+    pub environment: String,
+    pub region: String,
+    pub services: Vec<ServiceImage>,
+    /// Class addons (`ingress`, `dashboard`, `logviewer`, or any Minikube addon).
+    pub addons: Vec<String>,
+    /// SSM SecureString parameter holding the database connection; never the password.
+    pub database_parameter: Option<String>,
+}
+
+/// Quotes `value` as one bash word: single quotes, with embedded `'` closed, escaped
+/// and reopened. Nothing inside single quotes is expanded, so no value can inject.
+pub fn shell_quote(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            quoted.push_str("'\\''");
+        } else {
+            quoted.push(c);
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
+
+/// The Minikube addon that provides a class addon. `logviewer`/`logs` is Minikube's
+/// own `logviewer` addon (a web UI over every pod's logs).
+pub fn minikube_addon(addon: &str) -> &str {
+    match addon {
+        "logviewer" | "logs" | "log-viewer" => "logviewer",
+        "dashboard" => "dashboard",
+        "ingress" => "ingress",
+        other => other,
+    }
+}
+
+/// `(registry host, region)` when `image` is in a private ECR registry, which needs a
+/// `docker login` before pulling.
+fn ecr_registry(image: &str) -> Option<(&str, &str)> {
+    let (host, _) = image.split_once('/')?;
+    let labels: Vec<&str> = host.split('.').collect();
+    match labels.as_slice() {
+        [
+            account,
+            "dkr",
+            "ecr" | "ecr-fips",
+            region,
+            "amazonaws",
+            "com",
+            rest @ ..,
+        ] if account.len() == 12
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && matches!(rest, [] | ["cn"]) =>
+        {
+            Some((host, region))
+        }
+        _ => None,
+    }
+}
+
+fn bash_array(name: &str, values: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    let words: Vec<String> = values
+        .into_iter()
+        .map(|v| shell_quote(v.as_ref()))
+        .collect();
+    format!("readonly -a {name}=({})\n", words.join(" "))
+}
+
+/// Renders the user-data script: data as quoted `readonly` values up front, then a
+/// fixed body (so `shellcheck` on any rendering checks the same logic).
+pub fn render_user_data(spec: &BootstrapSpec) -> String {
+    let registries: BTreeSet<(&str, &str)> = spec
+        .services
+        .iter()
+        .filter_map(|s| ecr_registry(&s.image))
+        .collect();
+
+    let mut script = String::new();
+    script.push_str("#!/bin/bash\n");
+    script.push_str("# featureenv-operator bootstrap. Generated; carries no secrets.\n");
+    // -E so the ERR trap also fires inside functions.
+    script.push_str("set -Eeuo pipefail\n\n");
+    let _ = writeln!(
+        script,
+        "readonly ENVIRONMENT={}",
+        shell_quote(&spec.environment)
+    );
+    let _ = writeln!(script, "readonly REGION={}", shell_quote(&spec.region));
+    let _ = writeln!(
+        script,
+        "readonly DATABASE_PARAMETER={}",
+        shell_quote(spec.database_parameter.as_deref().unwrap_or(""))
+    );
+    let _ = writeln!(
+        script,
+        "readonly DATABASE_SECRET={}",
+        shell_quote(DATABASE_SECRET)
+    );
+    let _ = writeln!(
+        script,
+        "readonly DATABASE_SECRET_KEY={}",
+        shell_quote(DATABASE_SECRET_KEY)
+    );
+    let _ = writeln!(script, "readonly LOG_FILE={}", shell_quote(LOG_FILE));
+    let _ = writeln!(
+        script,
+        "readonly BOOTSTRAP_TAG={}",
+        shell_quote(tag::BOOTSTRAP)
+    );
+    let _ = writeln!(
+        script,
+        "readonly BOOTSTRAP_COMPLETE={}",
+        shell_quote(tag::BOOTSTRAP_COMPLETE)
+    );
+    let _ = writeln!(
+        script,
+        "readonly BOOTSTRAP_FAILED={}",
+        shell_quote(tag::BOOTSTRAP_FAILED)
+    );
+    script.push_str(&bash_array(
+        "SERVICE_NAMES",
+        spec.services.iter().map(|s| &s.name),
+    ));
+    script.push_str(&bash_array(
+        "SERVICE_IMAGES",
+        spec.services.iter().map(|s| &s.image),
+    ));
+    script.push_str(&bash_array(
+        "ADDONS",
+        spec.addons.iter().map(|a| minikube_addon(a)),
+    ));
+    script.push_str(&bash_array(
+        "ECR_HOSTS",
+        registries.iter().map(|(host, _)| host),
+    ));
+    script.push_str(&bash_array(
+        "ECR_REGIONS",
+        registries.iter().map(|(_, region)| region),
+    ));
+    script.push_str(BODY);
+    script
+}
+
+/// The fixed part of the script. Every value it uses comes from the quoted
+/// declarations above it.
+const BODY: &str = r#"
+export AWS_REGION="$REGION" AWS_DEFAULT_REGION="$REGION"
+
+# Everything goes to a log file and to the serial console, which the operator reads
+# (GetConsoleOutput) when a bootstrap times out.
+exec > >(tee -a "$LOG_FILE" | logger -t featureenv -s 2>/dev/console) 2>&1
+
+log() {
+  echo "featureenv: $*"
+}
+
+# IMDSv2 only: every metadata read needs a session token.
+instance_id() {
+  local token
+  token="$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')"
+  curl -fsS -H "X-aws-ec2-metadata-token: ${token}" \
+    http://169.254.169.254/latest/meta-data/instance-id
+}
+
+# The operator learns the outcome from this tag in its batched DescribeInstances.
+tag_bootstrap() {
+  local id
+  id="$(instance_id)"
+  aws ec2 create-tags --resources "$id" --tags "Key=${BOOTSTRAP_TAG},Value=$1"
+}
+
+on_error() {
+  local status=$? line=$1
+  trap - ERR
+  log "bootstrap failed (exit ${status}) at line ${line}"
+  tag_bootstrap "$BOOTSTRAP_FAILED" || log "could not tag the instance as failed"
+  exit "$status"
+}
+trap 'on_error "$LINENO"' ERR
+
+log "bootstrapping environment ${ENVIRONMENT}"
+
+if ! minikube status >/dev/null 2>&1; then
+  log "starting minikube"
+  minikube start
+fi
+
+# Pull into Minikube's own Docker daemon, where the cluster looks for images.
+eval "$(minikube docker-env --shell bash)"
+
+for i in "${!ECR_HOSTS[@]}"; do
+  log "logging in to ${ECR_HOSTS[$i]}"
+  aws ecr get-login-password --region "${ECR_REGIONS[$i]}" |
+    docker login --username AWS --password-stdin "${ECR_HOSTS[$i]}"
+done
+
+for image in "${SERVICE_IMAGES[@]}"; do
+  log "pulling ${image}"
+  docker pull "$image"
+done
+
+if [[ -n "$DATABASE_PARAMETER" ]]; then
+  log "wiring the database from SSM parameter ${DATABASE_PARAMETER}"
+  # Held in a variable (not argv) and piped to kubectl, so the value never shows up
+  # in a process list or in this log.
+  connection="$(aws ssm get-parameter --with-decryption --name "$DATABASE_PARAMETER" \
+    --query Parameter.Value --output text)"
+  printf '%s' "$connection" |
+    kubectl create secret generic "$DATABASE_SECRET" \
+      --from-file="${DATABASE_SECRET_KEY}=/dev/stdin" --dry-run=client -o yaml |
+    kubectl apply -f -
+  unset connection
+fi
+
+for addon in "${ADDONS[@]}"; do
+  log "enabling addon ${addon}"
+  minikube addons enable "$addon"
+done
+
+for i in "${!SERVICE_NAMES[@]}"; do
+  name="${SERVICE_NAMES[$i]}"
+  log "deploying ${name} = ${SERVICE_IMAGES[$i]}"
+  kubectl set image "deployment/${name}" "${name}=${SERVICE_IMAGES[$i]}"
+done
+
+for name in "${SERVICE_NAMES[@]}"; do
+  log "waiting for ${name}"
+  kubectl rollout status "deployment/${name}" --timeout=15m
+done
+
+tag_bootstrap "$BOOTSTRAP_COMPLETE"
+log "bootstrap complete"
+"#;
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::process::Command;
+
+    use super::*;
+
+    fn spec() -> BootstrapSpec {
+        BootstrapSpec {
+            environment: "team-payments/payments-pr-123".into(),
+            region: "ap-southeast-1".into(),
+            services: vec![
+                ServiceImage {
+                    name: "payments".into(),
+                    image: "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-123".into(),
+                },
+                ServiceImage {
+                    name: "orders".into(),
+                    image: "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/orders@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+                },
+                ServiceImage { name: "search".into(), image: "docker.io/library/nginx:1.27".into() },
+            ],
+            addons: vec!["ingress".into(), "dashboard".into(), "logviewer".into()],
+            database_parameter: Some("/featureenv/prod/team-payments/payments-pr-123/database".into()),
+        }
+    }
+
+    fn write_script(script: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new()
+            .suffix(".sh")
+            .tempfile()
+            .expect("temp file");
+        file.write_all(script.as_bytes()).expect("write script");
+        file
+    }
+
+    #[test]
+    fn shell_quote_round_trips_through_bash() {
+        for value in [
+            "plain",
+            "",
+            "it's",
+            "$(touch /tmp/pwned) `id` ${HOME} \"q\" \\ ;|&",
+            "a\nb",
+            "''",
+        ] {
+            let output = Command::new("bash")
+                .arg("-c")
+                .arg(format!("printf '%s' {}", shell_quote(value)))
+                .output()
+                .expect("bash runs");
+            assert!(output.status.success());
+            assert_eq!(String::from_utf8(output.stdout).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn script_carries_images_addons_and_parameter_name() {
+        let script = render_user_data(&spec());
+        assert!(script.starts_with("#!/bin/bash\n"));
+        assert!(script.contains("set -Eeuo pipefail"));
+        assert!(
+            script.contains("'123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-123'")
+        );
+        assert!(script.contains("'docker.io/library/nginx:1.27'"));
+        assert!(script.contains(
+            "readonly DATABASE_PARAMETER='/featureenv/prod/team-payments/payments-pr-123/database'"
+        ));
+        assert!(script.contains("aws ssm get-parameter --with-decryption"));
+        assert!(script.contains("readonly -a ADDONS=('ingress' 'dashboard' 'logviewer')"));
+        assert!(script.contains("readonly -a SERVICE_NAMES=('payments' 'orders' 'search')"));
+        // One login per ECR registry, none for Docker Hub.
+        assert!(script.contains(
+            "readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')"
+        ));
+        assert!(script.contains("trap 'on_error \"$LINENO\"' ERR"));
+        assert!(script.contains("readonly BOOTSTRAP_TAG='featureenv.io/bootstrap'"));
+        assert!(script.contains("readonly BOOTSTRAP_COMPLETE='complete'"));
+        assert!(script.contains("readonly BOOTSTRAP_FAILED='failed'"));
+        assert!(script.contains("http://169.254.169.254/latest/api/token"));
+    }
+
+    #[test]
+    fn script_holds_no_database_credentials() {
+        let script = render_user_data(&spec());
+        // The only "password" is ECR's short-lived login token, fetched at run time.
+        for line in script
+            .lines()
+            .filter(|l| l.to_lowercase().contains("password"))
+        {
+            assert!(
+                line.contains("get-login-password") || line.contains("--password-stdin"),
+                "{line}"
+            );
+        }
+        assert!(
+            !script.contains("--from-literal"),
+            "a secret on argv would be visible in ps"
+        );
+        assert!(
+            !script.contains("set -x"),
+            "xtrace would log the connection string"
+        );
+    }
+
+    #[test]
+    fn without_database_the_parameter_is_empty() {
+        let script = render_user_data(&BootstrapSpec {
+            database_parameter: None,
+            ..spec()
+        });
+        assert!(script.contains("readonly DATABASE_PARAMETER=''"));
+    }
+
+    #[test]
+    fn hostile_values_stay_data() {
+        let mut spec = spec();
+        spec.environment = "ns/x'; touch /tmp/pwned; echo '".into();
+        spec.services[0].image = "repo/app:$(reboot)".into();
+        let script = render_user_data(&spec);
+        assert!(script.contains(r"readonly ENVIRONMENT='ns/x'\''; touch /tmp/pwned; echo '\'''"));
+        assert!(script.contains("'repo/app:$(reboot)'"));
+        bash_syntax_ok(&script);
+    }
+
+    #[test]
+    fn addon_names_map_to_minikube_addons() {
+        assert_eq!(minikube_addon("logviewer"), "logviewer");
+        assert_eq!(minikube_addon("logs"), "logviewer");
+        assert_eq!(minikube_addon("metrics-server"), "metrics-server");
+    }
+
+    fn bash_syntax_ok(script: &str) {
+        let file = write_script(script);
+        let output = Command::new("bash")
+            .arg("-n")
+            .arg(file.path())
+            .output()
+            .expect("bash runs");
+        assert!(
+            output.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn script_passes_bash_n() {
+        bash_syntax_ok(&render_user_data(&spec()));
+        bash_syntax_ok(&render_user_data(&BootstrapSpec {
+            services: vec![],
+            addons: vec![],
+            database_parameter: None,
+            ..spec()
+        }));
+    }
+
+    #[test]
+    fn script_passes_shellcheck() {
+        let Ok(version) = Command::new("shellcheck").arg("--version").output() else {
+            panic!(
+                "shellcheck is not installed; run `apt-get install shellcheck` (or `make setup`)"
+            );
+        };
+        assert!(version.status.success(), "shellcheck --version failed");
+        for spec in [
+            spec(),
+            BootstrapSpec {
+                services: vec![],
+                addons: vec![],
+                database_parameter: None,
+                ..spec()
+            },
+        ] {
+            let file = write_script(&render_user_data(&spec));
+            let output = Command::new("shellcheck")
+                .args(["--shell=bash", "--severity=style"])
+                .arg(file.path())
+                .output()
+                .expect("shellcheck runs");
+            assert!(
+                output.status.success(),
+                "shellcheck:\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}

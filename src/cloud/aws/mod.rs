@@ -1,0 +1,153 @@
+//! The cloud traits on the AWS SDK (EC2, RDS, SSM, ECR). Does network I/O; the only
+//! module that imports `aws-sdk-*`. Error codes are mapped in `errors`.
+
+mod ec2;
+mod ecr;
+mod errors;
+mod rds;
+mod ssm;
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::sync::Arc;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::primitives::DateTime;
+use jiff::Timestamp;
+
+use crate::cloud::{CallObserver, CloudResult};
+
+/// Page sizes for the batched Describe calls. The defaults are the services' maxima,
+/// so a stable fleet costs one request per service per poll.
+#[derive(Clone, Copy, Debug)]
+pub struct PageSizes {
+    /// DescribeInstances `MaxResults` (5..=1000).
+    pub ec2: i32,
+    /// DescribeDBInstances / DescribeDBSnapshots `MaxRecords` (20..=100).
+    pub rds: i32,
+    /// GetParametersByPath `MaxResults` (1..=10).
+    pub ssm: i32,
+}
+
+impl Default for PageSizes {
+    fn default() -> Self {
+        Self {
+            ec2: 1000,
+            rds: 100,
+            ssm: 10,
+        }
+    }
+}
+
+/// EC2, RDS, SSM and ECR clients sharing one SDK configuration, plus the observer
+/// every request reports to.
+#[derive(Clone)]
+pub struct AwsCloud {
+    ec2: aws_sdk_ec2::Client,
+    rds: aws_sdk_rds::Client,
+    ssm: aws_sdk_ssm::Client,
+    ecr: aws_sdk_ecr::Client,
+    region: Option<String>,
+    page_sizes: PageSizes,
+    observer: Arc<dyn CallObserver>,
+}
+
+impl AwsCloud {
+    pub fn new(config: &aws_config::SdkConfig, observer: Arc<dyn CallObserver>) -> Self {
+        Self {
+            ec2: aws_sdk_ec2::Client::new(config),
+            rds: aws_sdk_rds::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+            ecr: aws_sdk_ecr::Client::new(config),
+            region: config.region().map(|r| r.to_string()),
+            page_sizes: PageSizes::default(),
+            observer,
+        }
+    }
+
+    /// Loads the standard AWS configuration chain (environment, profile, IMDS, IRSA),
+    /// which also honours `AWS_ENDPOINT_URL` — how tests point us at moto.
+    pub async fn from_env(region: Option<String>, observer: Arc<dyn CallObserver>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        Self::new(&loader.load().await, observer)
+    }
+
+    /// Smaller pages, so tests can exercise pagination with a handful of resources.
+    pub fn with_page_sizes(mut self, page_sizes: PageSizes) -> Self {
+        self.page_sizes = page_sizes;
+        self
+    }
+
+    /// Reports one request's outcome to the observer and passes the result on.
+    fn record<T>(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        result: CloudResult<T>,
+    ) -> CloudResult<T> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(err) => err.category(),
+        };
+        self.observer.observe(service, operation, outcome);
+        if let Err(err) = &result {
+            tracing::debug!(service, operation, category = outcome, error = %err, "AWS call failed");
+        }
+        result
+    }
+
+    /// Sends one request, maps its error and reports it.
+    async fn call<T, E>(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> CloudResult<T>
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        let result = request
+            .await
+            .map_err(|err| errors::from_sdk(operation, err));
+        self.record(service, operation, result)
+    }
+
+    /// Maps and reports one page of a paginated call.
+    fn page<T, E>(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        page: Result<T, SdkError<E, HttpResponse>>,
+    ) -> CloudResult<T>
+    where
+        E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    {
+        self.record(
+            service,
+            operation,
+            page.map_err(|err| errors::from_sdk(operation, err)),
+        )
+    }
+}
+
+/// SDK timestamps to domain timestamps; out-of-range values (never seen from AWS)
+/// become `None` rather than a panic.
+fn timestamp(value: &DateTime) -> Option<Timestamp> {
+    Timestamp::new(value.secs(), i32::try_from(value.subsec_nanos()).ok()?).ok()
+}
+
+/// A malformed response: the service answered 200 but left out a field it documents
+/// as always present.
+fn missing(operation: &'static str, field: &str) -> crate::cloud::CloudError {
+    errors::cloud_error(
+        operation,
+        errors::Kind::Other,
+        format!("response has no {field}"),
+        None,
+    )
+}
