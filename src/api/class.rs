@@ -1,0 +1,206 @@
+//! `FeatureEnvironmentClass` (cluster-scoped): what the platform team decides — AMI
+//! selection, instance shape, baseline services, addons, database pool, TTL policy,
+//! readiness timeout and endpoint templates. Pure types.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// What the platform team decides for every environment of this class.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "featureenv.io",
+    version = "v1alpha1",
+    kind = "FeatureEnvironmentClass",
+    shortname = "feclass",
+    category = "featureenv",
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.instance.type"}"#,
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.databasePool"}"#,
+    printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl.default"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureEnvironmentClassSpec {
+    /// Which machine image environments boot from.
+    pub ami: AmiSelector,
+    /// Instance shape and placement.
+    pub instance: InstanceTemplate,
+    /// The baseline: the image of every microservice deployed on the instance.
+    /// An environment's `spec.services` replace entries of the same name.
+    #[serde(default)]
+    #[schemars(transform = schema::keyed_by_name)]
+    pub services: Vec<BaselineService>,
+    /// Add-ons the bootstrap script enables on Minikube.
+    #[serde(default)]
+    #[schemars(transform = schema::set)]
+    pub addons: Vec<Addon>,
+    /// The RdsPool environments claim a database from; omit for environments
+    /// without a database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_pool: Option<String>,
+    /// Lifetime of environments.
+    pub ttl: TtlPolicy,
+    /// How long an environment may take to become ready.
+    #[serde(default)]
+    pub readiness: Readiness,
+    /// URL templates reported in an environment's `status.endpoints`. Placeholders:
+    /// {publicIp} {publicDns} {privateIp} {name} {namespace}. The `api` endpoint is
+    /// shown as the URL column.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// At most this many environments of this class per namespace (unset: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_per_namespace: Option<u32>,
+}
+
+/// How to find the machine image: the union of the terms; the newest available
+/// image wins and is recorded in the environment's status.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AmiSelector {
+    /// Terms are ORed; fields within one term are ANDed.
+    #[schemars(length(min = 1))]
+    pub selector_terms: Vec<AmiSelectorTerm>,
+}
+
+/// One way of picking images. Set at least one field.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.id) || has(self.name) || has(self.tags) || has(self.ssmParameter)",
+    "message": "a selector term needs at least one of id, name, tags or ssmParameter"
+}]))]
+pub struct AmiSelectorTerm {
+    /// An image id (`ami-…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
+    pub id: Option<String>,
+    /// Image name; `*` and `?` wildcards allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Owner account id, or `self` / `amazon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Tags every matching image carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// An SSM parameter whose value is an image id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm_parameter: Option<String>,
+}
+
+/// Instance shape and placement.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.allowedTypes) || size(self.allowedTypes) == 0 || self.type in self.allowedTypes",
+    "message": "instance.type must be one of instance.allowedTypes"
+}]))]
+pub struct InstanceTemplate {
+    /// Default EC2 instance type.
+    #[serde(rename = "type")]
+    pub instance_type: String,
+    /// Types an environment may ask for in `spec.instanceType` (empty: only `type`).
+    #[serde(default)]
+    #[schemars(transform = schema::set)]
+    pub allowed_types: Vec<String>,
+    /// Subnets to launch into; the first one is used.
+    #[schemars(length(min = 1))]
+    pub subnet_ids: Vec<String>,
+    /// Security groups (allow ingress only from the internal network).
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    /// Instance profile name: must allow ECR pull, reading its own SSM parameter and
+    /// tagging itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    /// Root volume size in GiB.
+    #[serde(default = "default_root_volume", rename = "rootVolumeGiB")]
+    #[schemars(range(min = 8, max = 16384))]
+    pub root_volume_gib: i32,
+    /// Extra tags on the instance and its volumes.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+fn default_root_volume() -> i32 {
+    100
+}
+
+/// A microservice of the baseline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineService {
+    /// Service name (the Deployment on the instance).
+    #[schemars(schema_with = "schema::dns_label")]
+    pub name: String,
+    /// Image repository without tag, e.g. `123456789012.dkr.ecr.<region>.amazonaws.com/payments`.
+    #[schemars(schema_with = "schema::image_reference")]
+    pub repository: String,
+    /// Tag to deploy; resolved to a digest where the registry allows.
+    #[serde(default = "default_tag")]
+    pub tag: String,
+}
+
+fn default_tag() -> String {
+    "latest".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Addon {
+    Ingress,
+    Dashboard,
+    Logviewer,
+}
+
+impl Addon {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Dashboard => "dashboard",
+            Self::Logviewer => "logviewer",
+        }
+    }
+}
+
+/// Lifetime of environments of this class.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "duration(self.max) >= duration(self.default)",
+    "message": "ttl.max must be at least ttl.default"
+}]))]
+pub struct TtlPolicy {
+    /// TTL when the environment does not set one (Go duration, e.g. 8h).
+    #[schemars(schema_with = "schema::duration")]
+    pub default: String,
+    /// The longest TTL an environment may ask for.
+    #[schemars(schema_with = "schema::duration")]
+    pub max: String,
+}
+
+/// Readiness policy.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// From launch to Ready; past it the environment is Failed with BootstrapTimeout.
+    #[serde(default = "default_readiness_timeout")]
+    #[schemars(schema_with = "schema::duration")]
+    pub timeout: String,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self { timeout: default_readiness_timeout() }
+    }
+}
+
+fn default_readiness_timeout() -> String {
+    "20m".to_owned()
+}

@@ -1,0 +1,178 @@
+//! `FeatureEnvironment` (namespaced): what an engineer asks for, and the status the
+//! operator reports (phase, conditions, instance, database, endpoints). Pure types.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// A private, full-stack test environment: an EC2 instance running every
+/// microservice (with the images under test) and a claimed database.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "featureenv.io",
+    version = "v1alpha1",
+    kind = "FeatureEnvironment",
+    plural = "featureenvs",
+    singular = "featureenv",
+    shortname = "fe",
+    category = "featureenv",
+    namespaced,
+    status = "FeatureEnvironmentStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.endpoints.api"}"#,
+    printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Instance","type":"string","priority":1,"jsonPath":".status.instance.id"}"#,
+    printcolumn = r#"{"name":"Database","type":"string","priority":1,"jsonPath":".status.database.id"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureEnvironmentSpec {
+    /// The FeatureEnvironmentClass; empty means the class annotated
+    /// `featureenv.io/is-default-class: "true"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Lifetime from creation (Go duration); defaults to the class's `ttl.default`
+    /// and may not exceed its `ttl.max`. Raising it extends the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::duration")]
+    pub ttl: Option<String>,
+    /// Who the environment is for (informational; tagged on the instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Images under test; each replaces the baseline image of the same name.
+    #[serde(default)]
+    #[schemars(transform = schema::keyed_by_name)]
+    pub services: Vec<ServiceOverride>,
+    /// EC2 instance type; must be in the class's `instance.allowedTypes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// An image under test.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceOverride {
+    /// Service name; replaces the baseline service of this name (or adds one).
+    #[schemars(schema_with = "schema::dns_label")]
+    pub name: String,
+    /// Full image reference: `registry/repository[:tag][@sha256:digest]`.
+    #[schemars(schema_with = "schema::image_reference")]
+    pub image: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Provisioning,
+    Ready,
+    Failed,
+    Terminating,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [Self::Pending, Self::Provisioning, Self::Ready, Self::Failed, Self::Terminating];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Provisioning => "Provisioning",
+            Self::Ready => "Ready",
+            Self::Failed => "Failed",
+            Self::Terminating => "Terminating",
+        }
+    }
+}
+
+/// What the operator observed and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureEnvironmentStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, InstanceReady, DatabaseReady.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// When the operator deletes the environment (creation + TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When it first became Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<String>,
+    /// When the instance was launched (start of the readiness timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launched_at: Option<String>,
+    /// RunInstances idempotency token, written before the launch so a restarted
+    /// operator finds the instance instead of launching a second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+    /// URLs from the class's endpoint templates.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, String>,
+    /// What was actually deployed, digests where the registry allows.
+    #[serde(default)]
+    pub images: Vec<DeployedImage>,
+}
+
+/// The environment's instance.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// The image resolved at first reconcile; never changes afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ami_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_dns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// The claimed database.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// Secret in the environment's namespace with host, port, username, password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// SSM SecureString the instance reads the credentials from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_name: Option<String>,
+    /// The snapshot the database was restored from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The master password was rotated and handed out.
+    #[serde(default)]
+    pub credentials_ready: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct DeployedImage {
+    pub name: String,
+    pub image: String,
+}

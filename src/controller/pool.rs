@@ -1,0 +1,301 @@
+//! The RdsPool controller: keeps `warm` restored, unclaimed spares from the newest
+//! snapshot, never more than `maxSize` databases in all, replaces spares of a
+//! superseded snapshot without touching claimed ones, and reports counts. Planning
+//! is pure (`plan`); restores use deterministic identifiers so a retry adopts what
+//! an earlier attempt started. Does I/O in `reconcile`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use tracing::info;
+
+use super::{Context, Error, FIELD_MANAGER, Result, instrumented};
+use crate::api::conditions::{ConditionUpdate, WARM, set_condition};
+use crate::api::duration::parse_duration;
+use crate::api::{RdsPool, RdsPoolSpec, RdsPoolStatus};
+use crate::cloud::{CloudError, Database, DatabaseStatus, RestoreRequest, Snapshot, Tags, tag};
+use crate::naming;
+
+pub const CONTROLLER: &str = "rdspool";
+
+/// What the pool should do now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// Identifiers to restore from the newest snapshot.
+    pub restore: Vec<String>,
+    /// Unclaimed spares to delete (superseded snapshot, failed, or surplus).
+    pub delete: Vec<String>,
+    pub counts: PoolCounts,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Available, unclaimed spares of the newest snapshot.
+    pub warm: u32,
+    pub claimed: u32,
+    pub creating: u32,
+    /// Unclaimed spares of an older snapshot still around.
+    pub stale: u32,
+}
+
+/// Plans restores and deletions for `members` (the pool's databases). Pure.
+pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Database], now: Timestamp) -> PoolPlan {
+    let live: Vec<&Database> = members.iter().filter(|d| d.status != DatabaseStatus::Deleting).collect();
+    let claimed = live.iter().filter(|d| d.tags.contains_key(tag::CLAIMED_BY)).count() as u32;
+    let spares: Vec<&Database> = live.iter().copied().filter(|d| !d.tags.contains_key(tag::CLAIMED_BY)).collect();
+    let failed: Vec<&Database> = spares.iter().copied().filter(|d| d.status == DatabaseStatus::Failed).collect();
+    let healthy: Vec<&Database> = spares.iter().copied().filter(|d| d.status != DatabaseStatus::Failed).collect();
+    let too_old = spec
+        .max_snapshot_age
+        .as_deref()
+        .and_then(|a| parse_duration(a).ok())
+        .is_some_and(|max| Duration::try_from(now.duration_since(snapshot.created_at)).unwrap_or_default() > max);
+    let (fresh, stale): (Vec<&Database>, Vec<&Database>) =
+        healthy.into_iter().partition(|d| d.tags.get(tag::SNAPSHOT).map(String::as_str) == Some(snapshot.id.as_str()));
+    let fresh_available = fresh.iter().filter(|d| d.status == DatabaseStatus::Available).count() as u32;
+    let creating = fresh.iter().filter(|d| d.status != DatabaseStatus::Available).count() as u32;
+
+    let mut delete: Vec<String> = failed.iter().map(|d| d.id.clone()).collect();
+    // Surplus fresh spares (warm was lowered): drop the newest-numbered ones.
+    let mut fresh_sorted: Vec<&&Database> = fresh.iter().collect();
+    fresh_sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let surplus = (fresh.len() as u32).saturating_sub(spec.warm) as usize;
+    delete.extend(fresh_sorted.iter().rev().take(surplus).map(|d| d.id.clone()));
+
+    let total = claimed + spares.len() as u32 - failed.len() as u32 - surplus as u32;
+    let need = spec.warm.saturating_sub(fresh.len() as u32 - surplus as u32);
+    let mut room = spec.max_size.saturating_sub(total);
+    // Stale spares go once fresh replacements are available, or earlier when they
+    // are what stands between the pool and its cap.
+    for (i, d) in stale.iter().enumerate() {
+        let replaced = fresh_available >= spec.warm;
+        let blocking = (room as usize) < need as usize && i < need as usize;
+        if replaced || blocking {
+            delete.push(d.id.clone());
+            if blocking && !replaced {
+                room += 1;
+            }
+        }
+    }
+    let to_restore = need.min(room);
+    let used: BTreeSet<&str> = members.iter().map(|d| d.id.as_str()).collect();
+    let restore = (0u32..)
+        .map(|slot| naming::pool_database_id(pool, &snapshot.id, slot))
+        .filter(|id| !used.contains(id.as_str()))
+        .take(to_restore as usize)
+        .collect();
+    let _ = too_old; // reported as a condition by `pool_status`
+    PoolPlan {
+        restore,
+        delete,
+        counts: PoolCounts { warm: fresh_available.min(spec.warm), claimed, creating, stale: stale.len() as u32 },
+    }
+}
+
+/// The pool's status from its plan. Pure.
+pub fn pool_status(current: &RdsPoolStatus, spec: &RdsPoolSpec, plan: &PoolPlan, snapshot: &Snapshot, generation: Option<i64>, now: Timestamp) -> RdsPoolStatus {
+    let mut status = current.clone();
+    status.warm = plan.counts.warm;
+    status.claimed = plan.counts.claimed;
+    status.creating = plan.counts.creating;
+    status.latest_snapshot = Some(snapshot.id.clone());
+    status.observed_generation = generation;
+    let update = if plan.counts.warm >= spec.warm {
+        ConditionUpdate::new(WARM, true, "Warm", format!("{} warm spare(s) from {}", plan.counts.warm, snapshot.id))
+    } else if plan.counts.claimed + plan.counts.warm + plan.counts.creating >= spec.max_size {
+        ConditionUpdate::new(WARM, false, "MaxSizeReached", format!("{} of maxSize {} in use", plan.counts.claimed, spec.max_size))
+    } else {
+        ConditionUpdate::new(WARM, false, "Restoring", format!("{} warm, {} restoring from {}", plan.counts.warm, plan.counts.creating, snapshot.id))
+    };
+    set_condition(&mut status.conditions, update, generation, now);
+    status
+}
+
+pub async fn reconcile(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
+    instrumented(pool.clone(), ctx.clone(), CONTROLLER, apply(pool, ctx.clone())).await
+}
+
+pub fn error_policy(pool: Arc<RdsPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    super::error_policy(pool, error, ctx, CONTROLLER)
+}
+
+async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
+    let name = pool.name_any();
+    let api: Api<RdsPool> = Api::all(ctx.client.clone());
+    let now = Timestamp::now();
+    let current = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+
+    // Observe.
+    let snapshot = match newest_snapshot(&ctx, &pool.spec).await? {
+        Some(s) => s,
+        None => {
+            let mut status = current.clone();
+            let message = match (&pool.spec.source.db_instance_identifier, &pool.spec.source.snapshot_identifier) {
+                (Some(db), _) => format!("spec.source.dbInstanceIdentifier: {db} has no available snapshot"),
+                (_, Some(s)) => format!("spec.source.snapshotIdentifier: snapshot {s} not found"),
+                _ => "spec.source: set dbInstanceIdentifier or snapshotIdentifier".to_owned(),
+            };
+            set_condition(&mut status.conditions, ConditionUpdate::new(WARM, false, "SourceNotFound", message.clone()), generation, now);
+            status.observed_generation = generation;
+            if status != current {
+                patch_status(&api, &name, &status).await?;
+                ctx.event(pool.as_ref(), EventType::Warning, "SourceNotFound", message).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    let members = ctx.inventory.read(|s| s.pool_members(&name));
+
+    // Plan (pure).
+    let plan = plan(&name, &pool.spec, &snapshot, &members, now);
+
+    // Act.
+    for id in &plan.restore {
+        restore_spare(&ctx, &pool, id, &snapshot).await?;
+    }
+    for id in &plan.delete {
+        match ctx.cloud.databases.delete_database(id).await {
+            Ok(()) => info!(pool = %name, database = %id, "deleting spare"),
+            Err(e) if e.is_not_found() => {}
+            Err(CloudError::InvalidRequest { .. }) => {} // already deleting
+            Err(e) => return Err(e.into()),
+        }
+        ctx.inventory.wake();
+    }
+
+    // Status (pure) and one patch.
+    let status = pool_status(&current, &pool.spec, &plan, &snapshot, generation, now);
+    ctx.metrics.pool_members(&name, plan.counts.warm, plan.counts.claimed, plan.counts.creating, plan.counts.stale);
+    if status != current {
+        patch_status(&api, &name, &status).await?;
+    }
+    // New snapshots do not trigger anything; look for them every few minutes.
+    let wake = if plan.restore.is_empty() && plan.delete.is_empty() { 300 } else { 30 };
+    Ok(Action::requeue(Duration::from_secs(wake)))
+}
+
+async fn newest_snapshot(ctx: &Context, spec: &RdsPoolSpec) -> Result<Option<Snapshot>> {
+    Ok(match (&spec.source.snapshot_identifier, &spec.source.db_instance_identifier) {
+        (Some(id), _) => ctx.cloud.databases.snapshot(id).await?,
+        (None, Some(db)) => ctx.cloud.databases.latest_snapshot(db).await?,
+        (None, None) => None,
+    })
+}
+
+async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snapshot) -> Result<()> {
+    let name = pool.name_any();
+    let tags: Tags = BTreeMap::from([
+        (tag::CLUSTER.to_owned(), ctx.config.cluster_id.clone()),
+        (tag::POOL.to_owned(), name.clone()),
+        (tag::SNAPSHOT.to_owned(), snapshot.id.clone()),
+    ]);
+    let request = RestoreRequest {
+        id: id.to_owned(),
+        snapshot_id: snapshot.id.clone(),
+        instance_class: pool.spec.instance_class.clone(),
+        subnet_group: pool.spec.db_subnet_group_name.clone(),
+        security_group_ids: pool.spec.vpc_security_group_ids.clone(),
+        tags,
+    };
+    match ctx.cloud.databases.restore_database(&request).await {
+        Ok(db) => {
+            info!(pool = %name, database = %id, snapshot = %snapshot.id, "restoring spare");
+            ctx.inventory.record_database(db);
+            ctx.event(pool, EventType::Normal, "Restoring", format!("restoring {id} from {}", snapshot.id)).await;
+        }
+        // A retried restore (after a crash or a lost response) adopts the database.
+        Err(CloudError::AlreadyExists { .. }) => ctx.inventory.wake(),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+async fn patch_status(api: &Api<RdsPool>, name: &str, status: &RdsPoolStatus) -> Result<()> {
+    let patch = serde_json::json!({"apiVersion": "featureenv.io/v1alpha1", "kind": "RdsPool", "status": status});
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::pool::PoolSource;
+
+    fn spec(warm: u32, max_size: u32) -> RdsPoolSpec {
+        RdsPoolSpec {
+            source: PoolSource { db_instance_identifier: Some("integration-db".into()), snapshot_identifier: None },
+            instance_class: "db.t3.micro".into(),
+            db_subnet_group_name: None,
+            vpc_security_group_ids: vec![],
+            warm,
+            max_size,
+            max_snapshot_age: Some("26h".into()),
+        }
+    }
+
+    fn snap(id: &str) -> Snapshot {
+        Snapshot { id: id.into(), source_db: "integration-db".into(), created_at: "2026-11-28T03:00:00Z".parse().unwrap() }
+    }
+
+    fn db(id: &str, snapshot: &str, status: DatabaseStatus, claimed_by: Option<&str>) -> Database {
+        let mut tags = Tags::from([(tag::POOL.into(), "p".into()), (tag::SNAPSHOT.into(), snapshot.into())]);
+        if let Some(uid) = claimed_by {
+            tags.insert(tag::CLAIMED_BY.into(), uid.into());
+        }
+        Database { id: id.into(), arn: format!("arn:{id}"), status, endpoint: None, port: None, master_username: None, created_at: None, tags }
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-28T04:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn empty_pool_restores_warm_spares_with_deterministic_ids() {
+        let p = plan("p", &spec(2, 5), &snap("s2"), &[], now());
+        assert_eq!(p.restore, vec![naming::pool_database_id("p", "s2", 0), naming::pool_database_id("p", "s2", 1)]);
+        assert_eq!(plan("p", &spec(2, 5), &snap("s2"), &[], now()), p, "same input, same plan");
+    }
+
+    #[test]
+    fn claimed_spares_are_replaced_within_max_size() {
+        let members = vec![
+            db(&naming::pool_database_id("p", "s2", 0), "s2", DatabaseStatus::Available, Some("uid-a")),
+            db(&naming::pool_database_id("p", "s2", 1), "s2", DatabaseStatus::Available, Some("uid-b")),
+        ];
+        let p = plan("p", &spec(1, 3), &snap("s2"), &members, now());
+        assert_eq!(p.restore, vec![naming::pool_database_id("p", "s2", 2)]);
+        assert_eq!(p.counts.claimed, 2);
+        let p = plan("p", &spec(1, 2), &snap("s2"), &members, now());
+        assert!(p.restore.is_empty(), "maxSize reached");
+        assert!(p.delete.is_empty(), "claimed databases are never touched");
+    }
+
+    #[test]
+    fn superseded_spares_are_replaced_then_deleted() {
+        let old = db("fe-p-old-0", "s1", DatabaseStatus::Available, None);
+        let claimed_old = db("fe-p-old-1", "s1", DatabaseStatus::Available, Some("uid-a"));
+        let p = plan("p", &spec(1, 5), &snap("s2"), &[old.clone(), claimed_old.clone()], now());
+        assert_eq!(p.restore.len(), 1);
+        assert!(p.delete.is_empty(), "keep the old spare until a fresh one is available");
+        let fresh = db(&p.restore[0], "s2", DatabaseStatus::Available, None);
+        let p = plan("p", &spec(1, 5), &snap("s2"), &[old, claimed_old, fresh], now());
+        assert!(p.restore.is_empty());
+        assert_eq!(p.delete, vec!["fe-p-old-0".to_string()]);
+    }
+
+    #[test]
+    fn creating_spares_count_toward_warm() {
+        let creating = db(&naming::pool_database_id("p", "s2", 0), "s2", DatabaseStatus::Creating, None);
+        let p = plan("p", &spec(1, 5), &snap("s2"), &[creating], now());
+        assert!(p.restore.is_empty());
+        assert_eq!(p.counts.creating, 1);
+        assert_eq!(p.counts.warm, 0);
+    }
+}

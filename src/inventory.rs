@@ -1,0 +1,284 @@
+//! The shared, batched view of our cloud resources. One paginated DescribeInstances
+//! and one DescribeDBInstances per interval — fast while anything is in transition,
+//! slow when all is stable — feed an in-memory cache that reconciles read. A change
+//! to a resource triggers the reconcile of its owner (environment or pool). The cost
+//! of polling does not grow with the number of environments. Does I/O (the poll loop);
+//! the cache and the diff are plain synchronous state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::Stream;
+use jiff::Timestamp;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, warn};
+
+use crate::api::{FeatureEnvironment, RdsPool};
+use crate::cloud::{Cloud, CloudResult, Database, DatabaseStatus, Instance, InstanceState, tag};
+
+/// Our cloud resources as last described.
+#[derive(Debug, Default, Clone)]
+pub struct CloudState {
+    pub instances: BTreeMap<String, Instance>,
+    pub databases: BTreeMap<String, Database>,
+    pub refreshed_at: Option<Timestamp>,
+}
+
+impl CloudState {
+    /// Whether anything is on its way somewhere: booting, bootstrapping, shutting
+    /// down, restoring, being modified or deleted. Decides the poll interval.
+    pub fn in_transition(&self) -> bool {
+        self.instances.values().any(|i| match i.state {
+            InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping => true,
+            InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP),
+            _ => false,
+        }) || self.databases.values().any(|d| d.status != DatabaseStatus::Available)
+    }
+
+    /// The live (not terminated) instances of an environment.
+    pub fn instances_of(&self, uid: &str) -> Vec<Instance> {
+        self.instances
+            .values()
+            .filter(|i| i.tags.get(tag::UID).map(String::as_str) == Some(uid) && !i.state.is_gone())
+            .cloned()
+            .collect()
+    }
+
+    /// Every instance of an environment, terminated ones included.
+    pub fn all_instances_of(&self, uid: &str) -> Vec<Instance> {
+        self.instances.values().filter(|i| i.tags.get(tag::UID).map(String::as_str) == Some(uid)).cloned().collect()
+    }
+
+    pub fn databases_claimed_by(&self, uid: &str) -> Vec<Database> {
+        self.databases.values().filter(|d| d.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid)).cloned().collect()
+    }
+
+    pub fn pool_members(&self, pool: &str) -> Vec<Database> {
+        self.databases.values().filter(|d| d.tags.get(tag::POOL).map(String::as_str) == Some(pool)).cloned().collect()
+    }
+}
+
+/// Owners whose resources changed between two descriptions.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// `namespace/name` of environments.
+    pub environments: Vec<(String, String)>,
+    pub pools: Vec<String>,
+}
+
+/// Compares two descriptions and names the owners of what changed, appeared or
+/// disappeared. Pure.
+pub fn diff(old: &CloudState, new: &CloudState) -> Changes {
+    let mut envs = std::collections::BTreeSet::new();
+    let mut pools = std::collections::BTreeSet::new();
+    let mut owner_of = |tags: &crate::cloud::Tags| {
+        if let Some((ns, name)) = tags.get(tag::ENVIRONMENT).and_then(|e| e.split_once('/')) {
+            envs.insert((ns.to_owned(), name.to_owned()));
+        }
+        if let Some(pool) = tags.get(tag::POOL) {
+            pools.insert(pool.clone());
+        }
+    };
+    for (id, i) in &new.instances {
+        if old.instances.get(id) != Some(i) {
+            owner_of(&i.tags);
+        }
+    }
+    for (id, i) in &old.instances {
+        if !new.instances.contains_key(id) {
+            owner_of(&i.tags);
+        }
+    }
+    for (id, d) in &new.databases {
+        if old.databases.get(id) != Some(d) {
+            owner_of(&d.tags);
+        }
+    }
+    for (id, d) in &old.databases {
+        if !new.databases.contains_key(id) {
+            owner_of(&d.tags);
+        }
+    }
+    Changes { environments: envs.into_iter().collect(), pools: pools.into_iter().collect() }
+}
+
+/// Receivers of reconcile triggers, taken once by the controllers.
+pub struct Triggers {
+    pub environments: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironment>>,
+    pub pools: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>,
+}
+
+impl Triggers {
+    pub fn environment_stream(self_envs: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironment>>) -> impl Stream<Item = ObjectRef<FeatureEnvironment>> {
+        futures::stream::unfold(self_envs, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    }
+
+    pub fn pool_stream(pools: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>) -> impl Stream<Item = ObjectRef<RdsPool>> {
+        futures::stream::unfold(pools, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    }
+}
+
+pub struct Inventory {
+    cloud: Cloud,
+    cluster_id: String,
+    state: RwLock<CloudState>,
+    wake: Notify,
+    environments: mpsc::UnboundedSender<ObjectRef<FeatureEnvironment>>,
+    pools: mpsc::UnboundedSender<ObjectRef<RdsPool>>,
+}
+
+impl Inventory {
+    pub fn new(cloud: Cloud, cluster_id: impl Into<String>) -> (Arc<Self>, Triggers) {
+        let (env_tx, env_rx) = mpsc::unbounded_channel();
+        let (pool_tx, pool_rx) = mpsc::unbounded_channel();
+        let inventory = Arc::new(Self {
+            cloud,
+            cluster_id: cluster_id.into(),
+            state: RwLock::default(),
+            wake: Notify::new(),
+            environments: env_tx,
+            pools: pool_tx,
+        });
+        (inventory, Triggers { environments: env_rx, pools: pool_rx })
+    }
+
+    /// A copy of the current description.
+    pub fn snapshot(&self) -> CloudState {
+        self.state.read().expect("inventory lock poisoned").clone()
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&CloudState) -> T) -> T {
+        f(&self.state.read().expect("inventory lock poisoned"))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.read(|s| s.refreshed_at.is_some())
+    }
+
+    /// Describes everything once (two batched calls) and triggers the owners of
+    /// whatever changed.
+    pub async fn refresh(&self) -> CloudResult<()> {
+        let (instances, databases) = tokio::try_join!(
+            self.cloud.compute.list_instances(&self.cluster_id),
+            self.cloud.databases.list_databases(&self.cluster_id)
+        )?;
+        let new = CloudState {
+            instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            databases: databases.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            refreshed_at: Some(Timestamp::now()),
+        };
+        let changes = {
+            let mut state = self.state.write().expect("inventory lock poisoned");
+            let changes = diff(&state, &new);
+            *state = new;
+            changes
+        };
+        self.trigger(changes);
+        Ok(())
+    }
+
+    fn trigger(&self, changes: Changes) {
+        for (ns, name) in changes.environments {
+            debug!(namespace = %ns, name = %name, "cloud state changed");
+            let _ = self.environments.send(ObjectRef::new(&name).within(&ns));
+        }
+        for pool in changes.pools {
+            let _ = self.pools.send(ObjectRef::new(&pool));
+        }
+    }
+
+    /// Asks for a pool reconcile (e.g. after a claim took one of its spares).
+    pub fn notify_pool(&self, pool: &str) {
+        let _ = self.pools.send(ObjectRef::new(pool));
+    }
+
+    /// Records an instance we just launched or looked up, so the next reconcile
+    /// sees it before the next poll does.
+    pub fn record_instance(&self, instance: Instance) {
+        self.state.write().expect("inventory lock poisoned").instances.insert(instance.id.clone(), instance);
+        self.wake.notify_one();
+    }
+
+    pub fn record_database(&self, database: Database) {
+        self.state.write().expect("inventory lock poisoned").databases.insert(database.id.clone(), database);
+        self.wake.notify_one();
+    }
+
+    /// Polls sooner than the interval would (something was just launched or deleted).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The poll loop. Errors keep the previous description and retry at the fast
+    /// interval; they are reported through `on_error`.
+    pub async fn run(self: Arc<Self>, fast: Duration, slow: Duration, on_error: impl Fn(&crate::cloud::CloudError)) {
+        loop {
+            let interval = match self.refresh().await {
+                Ok(()) if self.read(CloudState::in_transition) => fast,
+                Ok(()) => slow,
+                Err(e) => {
+                    warn!(error = %e, "inventory refresh failed");
+                    on_error(&e);
+                    fast
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                // A wake-up right after a launch still waits a little: AWS needs a
+                // moment before the new resource shows in Describe.
+                _ = self.wake.notified() => tokio::time::sleep(fast.min(Duration::from_millis(500))).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::Tags;
+
+    fn instance(id: &str, env: &str, state: InstanceState, tags: &[(&str, &str)]) -> Instance {
+        let mut t: Tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        t.insert(tag::ENVIRONMENT.into(), env.into());
+        t.insert(tag::UID.into(), format!("uid-{env}"));
+        Instance {
+            id: id.into(),
+            instance_type: "t3.large".into(),
+            image_id: "ami-1".into(),
+            state,
+            public_ip: None,
+            public_dns: None,
+            private_ip: None,
+            launched_at: None,
+            tags: t,
+        }
+    }
+
+    #[test]
+    fn diff_names_owners_of_changed_resources_only() {
+        let mut old = CloudState::default();
+        old.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[]));
+        old.instances.insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
+        let mut new = old.clone();
+        new.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]));
+        new.instances.insert("i-3".into(), instance("i-3", "ns/c", InstanceState::Pending, &[]));
+        new.instances.remove("i-2");
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes.environments,
+            vec![("ns".into(), "a".into()), ("ns".into(), "b".into()), ("ns".into(), "c".into())]
+        );
+        assert!(diff(&new, &new).environments.is_empty());
+    }
+
+    #[test]
+    fn transition_detection() {
+        let mut s = CloudState::default();
+        s.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]));
+        assert!(!s.in_transition());
+        s.instances.insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
+        assert!(s.in_transition(), "running without bootstrap tag is still booting");
+    }
+}

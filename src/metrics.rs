@@ -1,0 +1,183 @@
+//! Prometheus metrics (prometheus-client). Labels are bounded sets — controller,
+//! error category, AWS service/operation/outcome, phase, pool member state — never
+//! per-object names. Implements `CallObserver` so the AWS adapter can count calls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::api::Phase;
+use crate::cloud::CallObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabels {
+    controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    controller: &'static str,
+    category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsCallLabels {
+    service: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+    aws_calls: Family<AwsCallLabels, Counter>,
+    environments: Family<PhaseLabels, Gauge>,
+    time_to_ready: Histogram,
+    pool_members: Family<StateLabels, Gauge>,
+    janitor_removals: Family<ResourceLabels, Counter>,
+    phases: Mutex<HashMap<String, Phase>>,
+    pools: Mutex<HashMap<String, [u32; 4]>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("featureenv");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.5, 12))
+        });
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        let environments = Family::<PhaseLabels, Gauge>::default();
+        let time_to_ready = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0]);
+        let pool_members = Family::<StateLabels, Gauge>::default();
+        let janitor_removals = Family::<ResourceLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
+        registry.register("reconcile_errors", "Failed reconciles, by controller and error category", reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Reconcile duration, by controller", reconcile_duration.clone());
+        registry.register("aws_calls", "AWS API calls, by service, operation and outcome", aws_calls.clone());
+        registry.register("environments", "FeatureEnvironments, by phase", environments.clone());
+        registry.register("time_to_ready_seconds", "From creation to Ready", time_to_ready.clone());
+        registry.register("pool_members", "RdsPool databases, by state", pool_members.clone());
+        registry.register("janitor_removals", "Orphaned cloud resources removed, by resource", janitor_removals.clone());
+        for phase in Phase::ALL {
+            environments.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(0);
+        }
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            aws_calls,
+            environments,
+            time_to_ready,
+            pool_members,
+            janitor_removals,
+            phases: Mutex::default(),
+            pools: Mutex::default(),
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+        self.reconciles.get_or_create(&ControllerLabels { controller }).inc();
+        self.reconcile_duration.get_or_create(&ControllerLabels { controller }).observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_error(&self, controller: &'static str, category: &'static str) {
+        self.reconcile_errors.get_or_create(&ErrorLabels { controller, category }).inc();
+    }
+
+    /// Records an environment's phase (`None`: it is gone).
+    pub fn environment_phase(&self, uid: &str, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().expect("metrics lock poisoned");
+        match phase {
+            Some(p) => phases.insert(uid.to_owned(), p),
+            None => phases.remove(uid),
+        };
+        for p in Phase::ALL {
+            let n = phases.values().filter(|v| **v == p).count() as i64;
+            self.environments.get_or_create(&PhaseLabels { phase: p.as_str() }).set(n);
+        }
+    }
+
+    pub fn time_to_ready(&self, seconds: f64) {
+        self.time_to_ready.observe(seconds);
+    }
+
+    pub fn pool_members(&self, pool: &str, warm: u32, claimed: u32, creating: u32, stale: u32) {
+        let mut pools = self.pools.lock().expect("metrics lock poisoned");
+        pools.insert(pool.to_owned(), [warm, claimed, creating, stale]);
+        for (i, state) in ["warm", "claimed", "creating", "stale"].into_iter().enumerate() {
+            let n: u32 = pools.values().map(|c| c[i]).sum();
+            self.pool_members.get_or_create(&StateLabels { state }).set(i64::from(n));
+        }
+    }
+
+    pub fn janitor_removed(&self, resource: &'static str) {
+        self.janitor_removals.get_or_create(&ResourceLabels { resource }).inc();
+    }
+}
+
+impl CallObserver for Metrics {
+    fn observe(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
+        self.aws_calls.get_or_create(&AwsCallLabels { service, operation, outcome }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_counts_without_object_labels() {
+        let m = Metrics::new();
+        m.reconciled("featureenvironment", Duration::from_millis(3));
+        m.reconcile_error("featureenvironment", "Throttled");
+        m.observe("ec2", "RunInstances", "ok");
+        m.environment_phase("uid-1", Some(Phase::Ready));
+        m.environment_phase("uid-2", Some(Phase::Ready));
+        m.environment_phase("uid-2", None);
+        let text = m.encode();
+        assert!(text.contains(r#"featureenv_reconcile_errors_total{controller="featureenvironment",category="Throttled"} 1"#), "{text}");
+        assert!(text.contains(r#"featureenv_aws_calls_total{service="ec2",operation="RunInstances",outcome="ok"} 1"#));
+        assert!(text.contains(r#"featureenv_environments{phase="Ready"} 1"#));
+        assert!(!text.contains("uid-1"));
+    }
+}

@@ -1,0 +1,174 @@
+//! `featureenv-operator run`: wires the configuration, clients, inventory,
+//! controllers, janitor, HTTP server and leader election together. Stand-by
+//! replicas serve health and metrics but do not act; a replica that loses the Lease
+//! exits so it can never act beside the new leader. Does I/O.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{error, info};
+
+use crate::api::{DEFAULT_CLASS_ANNOTATION, FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
+use crate::cloud::Cloud;
+use crate::cloud::aws::AwsCloud;
+use crate::config::{Config, LogFormat};
+use crate::controller::{Context, environment, pool};
+use crate::inventory::{Inventory, Triggers};
+use crate::metrics::Metrics;
+use crate::{http, janitor};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=warn,kube_client=warn,aws=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Health as the HTTP server reports it.
+#[derive(Default)]
+pub struct Health {
+    pub leading: AtomicBool,
+    pub standby: AtomicBool,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    init_tracing(config.log_format);
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let metrics = Arc::new(Metrics::new());
+    let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone()).await);
+    let cloud = Cloud { compute: aws.clone(), databases: aws.clone(), parameters: aws.clone(), registry: aws };
+    let (inventory, triggers) = Inventory::new(cloud.clone(), config.cluster_id.clone());
+    let ctx = Arc::new(Context::new(client.clone(), config.clone(), cloud, inventory.clone(), metrics.clone()));
+    let health = Arc::new(Health::default());
+
+    let server = http::serve(config.http_addr, metrics.clone(), inventory.clone(), health.clone()).await?;
+    info!(addr = %server.local_addr, cluster_id = %config.cluster_id, "serving /metrics, /healthz, /readyz");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    if config.leader_election {
+        let holder = config.holder_id.clone().unwrap_or_else(hostname);
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
+            .with_namespace(&config.lease_namespace)
+            .with_identity(&holder)
+            .with_duration(config.lease_duration.as_secs().max(2))
+            .with_grace((config.lease_duration.as_secs() / 3).max(1))
+            .build()
+            .await
+            .context("creating the lease manager")?;
+        let (mut leader, lease_task) = manager.watch().await;
+        health.standby.store(true, Ordering::SeqCst);
+        info!(holder = %holder, lease = %config.lease_name, "waiting for leadership");
+        loop {
+            if *leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = leader.changed() => changed.context("lease manager stopped")?,
+                () = &mut shutdown => {
+                    drop(leader);
+                    let _ = lease_task.await;
+                    return Ok(());
+                }
+            }
+        }
+        info!(holder = %holder, "acquired leadership");
+        health.standby.store(false, Ordering::SeqCst);
+        health.leading.store(true, Ordering::SeqCst);
+        let mut controllers = tokio::spawn(run_controllers(ctx, triggers));
+        tokio::select! {
+            _ = async { while leader.changed().await.is_ok() { if !*leader.borrow() { break; } } } => {
+                controllers.abort();
+                anyhow::bail!("lost leadership; exiting so only the new leader acts");
+            }
+            () = &mut shutdown => {
+                controllers.abort();
+                drop(leader);
+                // Releases the lease so a stand-by takes over at once.
+                let _ = lease_task.await;
+            }
+            result = &mut controllers => { result.context("controllers panicked")?; }
+        }
+    } else {
+        health.leading.store(true, Ordering::SeqCst);
+        let mut controllers = tokio::spawn(run_controllers(ctx, triggers));
+        tokio::select! {
+            () = &mut shutdown => controllers.abort(),
+            result = &mut controllers => { result.context("controllers panicked")?; }
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| format!("featureenv-operator-{}", std::process::id()))
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("shutdown requested");
+}
+
+/// Everything the leader runs: the inventory poll, both controllers and the janitor.
+pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
+    let config = ctx.config.clone();
+    let metrics = ctx.metrics.clone();
+    let inventory = ctx.inventory.clone();
+    // The first description completes before the controllers act, so they never
+    // take "not yet described" for "does not exist".
+    while let Err(e) = inventory.refresh().await {
+        error!(error = %e, "initial inventory refresh failed; retrying");
+        metrics.reconcile_error("inventory", e.category());
+        tokio::time::sleep(config.fast_poll_interval).await;
+    }
+    let poll = tokio::spawn(inventory.clone().run(config.fast_poll_interval, config.slow_poll_interval, {
+        let metrics = metrics.clone();
+        move |e| metrics.reconcile_error("inventory", e.category())
+    }));
+    let janitor = tokio::spawn(janitor::run(ctx.clone()));
+
+    let client = ctx.client.clone();
+    let envs = Controller::new(Api::<FeatureEnvironment>::all(client.clone()), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(16));
+    let store = envs.store();
+    let envs = envs
+        .watches(Api::<FeatureEnvironmentClass>::all(client.clone()), watcher::Config::default(), move |class| {
+            let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
+            let name = class.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|e| match &e.spec.class_name {
+                    Some(c) => *c == name,
+                    None => is_default,
+                })
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(Triggers::environment_stream(triggers.environments))
+        .run(environment::reconcile, environment::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let pools = Controller::new(Api::<RdsPool>::all(client), watcher::Config::default())
+        .reconcile_on(Triggers::pool_stream(triggers.pools))
+        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    info!("controllers started");
+    tokio::join!(envs, pools);
+    poll.abort();
+    janitor.abort();
+}

@@ -1,0 +1,56 @@
+//! Fixture builders shared by the unit tests of pure logic.
+
+use std::collections::BTreeMap;
+
+use crate::api::class::*;
+use crate::api::environment::{FeatureEnvironmentSpec, ServiceOverride};
+
+pub const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+pub fn class() -> FeatureEnvironmentClass {
+    let mut c = FeatureEnvironmentClass::new(
+        "standard",
+        FeatureEnvironmentClassSpec {
+            ami: AmiSelector {
+                selector_terms: vec![AmiSelectorTerm {
+                    tags: Some(BTreeMap::from([("featureenv.io/pipeline".into(), "minikube-service".into())])),
+                    ..Default::default()
+                }],
+            },
+            instance: InstanceTemplate {
+                instance_type: "t3.2xlarge".into(),
+                allowed_types: vec!["t3.xlarge".into(), "t3.2xlarge".into()],
+                subnet_ids: vec!["subnet-0abc".into()],
+                security_group_ids: vec!["sg-0abc".into()],
+                instance_profile: Some("featureenv-node".into()),
+                root_volume_gib: 100,
+                tags: BTreeMap::from([("team".into(), "platform".into())]),
+            },
+            services: ["payments", "orders"]
+                .into_iter()
+                .map(|n| BaselineService { name: n.into(), repository: format!("{ECR}/{n}"), tag: "latest".into() })
+                .collect(),
+            addons: vec![Addon::Ingress, Addon::Dashboard],
+            database_pool: Some("integration".into()),
+            ttl: TtlPolicy { default: "8h".into(), max: "72h".into() },
+            readiness: Readiness { timeout: "20m".into() },
+            endpoints: BTreeMap::from([
+                ("api".into(), "http://{publicIp}/".into()),
+                ("dashboard".into(), "http://{publicIp}:30000/{namespace}/{name}".into()),
+            ]),
+            max_per_namespace: None,
+        },
+    );
+    c.metadata.annotations = Some(BTreeMap::from([(crate::api::DEFAULT_CLASS_ANNOTATION.into(), "true".into())]));
+    c
+}
+
+pub fn environment_spec() -> FeatureEnvironmentSpec {
+    FeatureEnvironmentSpec {
+        class_name: Some("standard".into()),
+        ttl: None,
+        owner: Some("alice@example.com".into()),
+        services: vec![ServiceOverride { name: "payments".into(), image: format!("{ECR}/payments:pr-123") }],
+        instance_type: None,
+    }
+}
