@@ -164,20 +164,12 @@ pub fn validate(
                         Some(fp) => field_path_join(path, fp),
                         None => path.to_string(),
                     };
-                    let disp = if field.is_empty() {
-                        "<root>".to_string()
-                    } else {
-                        field.clone()
-                    };
                     let reason = r["reason"].as_str().unwrap_or("FieldValueInvalid");
                     let rendered = match reason {
-                        "FieldValueForbidden" => format!("{disp}: Forbidden: {message}"),
-                        "FieldValueRequired" => format!("{disp}: Required value: {message}"),
-                        "FieldValueDuplicate" => format!("{disp}: Duplicate value: {message}"),
-                        _ => format!(
-                            "{disp}: Invalid value: \"{}\": {message}",
-                            schema_type(schema, new)
-                        ),
+                        "FieldValueForbidden" => format!("Forbidden: {message}"),
+                        "FieldValueRequired" => format!("Required value: {message}"),
+                        "FieldValueDuplicate" => format!("Duplicate value: {message}"),
+                        _ => format!("Invalid value: \"{}\": {message}", schema_type(schema, new)),
                     };
                     errs.push(Cause::new(reason, rendered, field));
                 }
@@ -263,8 +255,8 @@ mod tests {
         assert_eq!(
             msgs,
             vec![
-                "spec: Invalid value: \"object\": min must not exceed max",
-                "spec: Invalid value: \"object\": lowercase",
+                "Invalid value: \"object\": min must not exceed max",
+                "Invalid value: \"object\": lowercase",
             ]
         );
         let mut errs = vec![];

@@ -96,7 +96,16 @@ impl ApiError {
     /// 422 Invalid with field causes; the message follows upstream
     /// `errors.NewInvalid`: `Kind.group "name" is invalid: [a, b]`.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let rendered: Vec<String> = causes.iter().map(|c| c.message.clone()).collect();
+        let rendered: Vec<String> = causes
+            .iter()
+            .map(|c| {
+                if c.field.is_empty() {
+                    c.message.clone()
+                } else {
+                    format!("{}: {}", c.field, c.message)
+                }
+            })
+            .collect();
         let joined = if rendered.len() == 1 {
             rendered[0].clone()
         } else {

@@ -174,6 +174,7 @@ impl Emulator {
 
     /// A kube-rs client for this emulator, default namespace `default`.
     pub fn client(&self) -> kube::Client {
+        install_crypto_provider();
         let mut config = kube::Config::new(self.url().parse().expect("valid url"));
         config.default_namespace = "default".into();
         kube::Client::try_from(config).expect("kube client")
@@ -231,6 +232,13 @@ fn save_state(shared: &Shared, path: &Path, force: bool) -> anyhow::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec(&dump)?)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// kube-rs builds a rustls config even for plain HTTP, and with more than one
+/// provider compiled in rustls cannot pick one itself. Losing the race to
+/// another installer is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 pub fn kubeconfig_yaml(server: &str) -> String {

@@ -259,7 +259,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
     let invalid = |errs: &mut Vec<Cause>, detail: String| {
         errs.push(Cause::new(
             "FieldValueInvalid",
-            format!("{disp}: Invalid value: {}: {detail}", render_value(value)),
+            format!("Invalid value: {}: {detail}", render_value(value)),
             path,
         ));
     };
@@ -270,7 +270,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
         errs.push(Cause::new(
             "FieldValueTypeInvalid",
             format!(
-                "{disp}: Invalid value: \"null\": {disp} in body must be of type {}: \"null\"",
+                "Invalid value: \"null\": {disp} in body must be of type {}: \"null\"",
                 schema["type"].as_str().unwrap_or("object")
             ),
             path,
@@ -285,7 +285,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             errs.push(Cause::new(
                 "FieldValueTypeInvalid",
                 format!(
-                    "{disp}: Invalid value: {}: {disp} in body must be of type {t}: \"{actual}\"",
+                    "Invalid value: {}: {disp} in body must be of type {t}: \"{actual}\"",
                     render_value(value)
                 ),
                 path,
@@ -296,7 +296,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
         errs.push(Cause::new(
             "FieldValueTypeInvalid",
             format!(
-                "{disp}: Invalid value: {}: {disp} in body must be of type integer or string: \"{}\"",
+                "Invalid value: {}: {disp} in body must be of type integer or string: \"{}\"",
                 render_value(value),
                 type_name(value)
             ),
@@ -311,7 +311,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
         errs.push(Cause::new(
             "FieldValueNotSupported",
             format!(
-                "{disp}: Unsupported value: {}: supported values: {}",
+                "Unsupported value: {}: supported values: {}",
                 render_value(value),
                 allowed.join(", ")
             ),
@@ -326,7 +326,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             {
                 errs.push(Cause::new(
                     "FieldValueTooLong",
-                    format!("{disp}: Too long: may not be more than {max} bytes"),
+                    format!("Too long: may not be more than {max} bytes"),
                     path,
                 ));
             }
@@ -408,10 +408,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             {
                 errs.push(Cause::new(
                     "FieldValueTooMany",
-                    format!(
-                        "{disp}: Too many: {}: must have at most {max} items",
-                        items.len()
-                    ),
+                    format!("Too many: {}: must have at most {max} items", items.len()),
                     path,
                 ));
             }
@@ -436,7 +433,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
                     if !map.contains_key(r) {
                         errs.push(Cause::new(
                             "FieldValueRequired",
-                            format!("{}: Required value", join(path, r)),
+                            "Required value".to_string(),
                             join(path, r),
                         ));
                     }
@@ -447,10 +444,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             {
                 errs.push(Cause::new(
                     "FieldValueTooMany",
-                    format!(
-                        "{disp}: Too many: {}: must have at most {max} items",
-                        map.len()
-                    ),
+                    format!("Too many: {}: must have at most {max} items", map.len()),
                     path,
                 ));
             }
@@ -562,7 +556,7 @@ fn check_list_uniqueness(schema: &Value, items: &[Value], path: &str, errs: &mut
                 if !seen.insert(item.to_string()) {
                     errs.push(Cause::new(
                         "FieldValueDuplicate",
-                        format!("{path}[{i}]: Duplicate value: {}", render_value(item)),
+                        format!("Duplicate value: {}", render_value(item)),
                         format!("{path}[{i}]"),
                     ));
                 }
@@ -575,7 +569,7 @@ fn check_list_uniqueness(schema: &Value, items: &[Value], path: &str, errs: &mut
                     if !seen.insert(item.to_string()) {
                         errs.push(Cause::new(
                             "FieldValueDuplicate",
-                            format!("{path}: Duplicate value: {}", render_value(item)),
+                            format!("Duplicate value: {}", render_value(item)),
                             path,
                         ));
                     }
@@ -674,7 +668,8 @@ mod tests {
         assert!(errs.iter().any(|c| c.message.contains("Duplicate value")));
         let mut errs = vec![];
         validate(&s, &json!({"spec": {}}), "", &mut errs);
-        assert_eq!(errs[0].message, "spec.size: Required value");
+        assert_eq!(errs[0].message, "Required value");
+        assert_eq!(errs[0].field, "spec.size");
     }
 
     #[test]

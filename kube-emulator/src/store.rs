@@ -143,7 +143,14 @@ fn strip_for_compare(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
-        m.remove("managedFields");
+        // A changed owner set is a real change; only the timestamps are not.
+        if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
+            for e in entries {
+                if let Some(e) = e.as_object_mut() {
+                    e.remove("time");
+                }
+            }
+        }
     }
     v
 }
@@ -283,7 +290,7 @@ impl State {
             None
         } else {
             Some(format!(
-                "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+                "Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
             ))
         }
     }
@@ -325,7 +332,7 @@ impl State {
             if controllers > 1 {
                 causes.push(Cause::new(
                     "FieldValueInvalid",
-                    "metadata.ownerReferences: Invalid value: \"array\": Only one reference can have Controller set to true",
+                    "Invalid value: \"array\": Only one reference can have Controller set to true",
                     "metadata.ownerReferences",
                 ));
             }
@@ -441,7 +448,7 @@ impl State {
                         "",
                         vec![Cause::new(
                             "FieldValueRequired",
-                            "metadata.name: Required value: name or generateName is required",
+                            "Required value: name or generateName is required",
                             "metadata.name",
                         )],
                     ));
@@ -516,6 +523,7 @@ impl State {
             }
             m.insert("finalizers".into(), Value::Array(fins));
         }
+        normalize_metadata(&mut obj);
         let warnings = self.admit(def, &mut obj, None, opts, false)?;
         if !managed_done {
             let av = def.api_version();
@@ -602,7 +610,7 @@ impl State {
                     name,
                     vec![Cause::new(
                         "FieldValueInvalid",
-                        "metadata.resourceVersion: Invalid value: 0: must be specified for an update",
+                        "Invalid value: 0: must be specified for an update",
                         "metadata.resourceVersion",
                     )],
                 ));
@@ -635,6 +643,7 @@ impl State {
     }
 
     /// Shared tail of update, patch and apply.
+    /// (Empty metadata collections are dropped first, as Go's `omitempty` does.)
     #[allow(clippy::too_many_arguments)]
     fn persist_update(
         &mut self,
@@ -706,12 +715,13 @@ impl State {
                     &name,
                     vec![Cause::new(
                         "FieldValueForbidden",
-                        "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted",
+                        "Forbidden: no new finalizers can be added if the object is being deleted",
                         "metadata.finalizers",
                     )],
                 ));
             }
         }
+        normalize_metadata(&mut new);
         let warnings = self.admit(def, &mut new, Some(old), opts, is_patch)?;
         if def.has_generation && spec_part(&new) != spec_part(old) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -791,7 +801,7 @@ impl State {
                 name,
                 vec![Cause::new(
                     "FieldValueForbidden",
-                    "force: Forbidden: may not be specified for non-apply patch",
+                    "Forbidden: may not be specified for non-apply patch",
                     "force",
                 )],
             ));
@@ -879,7 +889,7 @@ impl State {
                 name,
                 vec![Cause::new(
                     "FieldValueRequired",
-                    "fieldManager: Required value: is required for apply patch",
+                    "Required value: is required for apply patch",
                     "fieldManager",
                 )],
             ));
@@ -1478,6 +1488,30 @@ impl State {
     }
 }
 
+/// Go's `omitempty` on ObjectMeta: empty labels, annotations, finalizers and
+/// ownerReferences are not part of the object.
+fn normalize_metadata(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "labels",
+            "annotations",
+            "finalizers",
+            "ownerReferences",
+            "managedFields",
+        ] {
+            let empty = match m.get(f) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(f);
+            }
+        }
+    }
+}
+
 fn encode_token(id: u64, rv: u64) -> String {
     let raw = format!("{{\"id\":{id},\"rv\":{rv}}}");
     raw.bytes().map(|b| format!("{b:02x}")).collect()
@@ -1523,23 +1557,21 @@ fn admit_crd(new: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if name != format!("{plural}.{group}") {
         causes.push(Cause::new(
             "FieldValueInvalid",
-            format!("metadata.name: Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+            format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
             "metadata.name",
         ));
     }
     if group.is_empty() || !group.contains('.') {
         causes.push(Cause::new(
             "FieldValueInvalid",
-            format!(
-                "spec.group: Invalid value: \"{group}\": should be a domain with at least one dot"
-            ),
+            format!("Invalid value: \"{group}\": should be a domain with at least one dot"),
             "spec.group",
         ));
     }
     if kind.is_empty() {
         causes.push(Cause::new(
             "FieldValueRequired",
-            "spec.names.kind: Required value",
+            "Required value",
             "spec.names.kind",
         ));
     }
@@ -1555,13 +1587,13 @@ fn admit_crd(new: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     if versions.is_empty() {
         causes.push(Cause::new(
             "FieldValueRequired",
-            "spec.versions: Required value: must have at least one version",
+            "Required value: must have at least one version",
             "spec.versions",
         ));
     } else if storage.len() != 1 {
         causes.push(Cause::new(
             "FieldValueInvalid",
-            "spec.versions: Invalid value: \"array\": must have exactly one version marked as storage version",
+            "Invalid value: \"array\": must have exactly one version marked as storage version",
             "spec.versions",
         ));
     }
