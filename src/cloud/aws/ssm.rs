@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_ssm::types::{ParameterType, ResourceTypeForTagging, Tag};
 
 use super::AwsCloud;
-use crate::cloud::{CloudResult, Parameters, Tags};
+use crate::cloud::{CloudError, CloudResult, Parameters, Tags};
 
 const SSM: &str = "ssm";
 
@@ -27,7 +27,7 @@ impl Parameters for AwsCloud {
             .send();
         match self.call(SSM, OP, create).await {
             Ok(_) => return Ok(()),
-            Err(err) if matches!(err, crate::cloud::CloudError::AlreadyExists { .. }) => {}
+            Err(CloudError::AlreadyExists { .. }) => {}
             Err(err) => return Err(err),
         }
         let overwrite = self

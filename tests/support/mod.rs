@@ -1,0 +1,6 @@
+//! Shared test harness code; each test binary includes it with `mod support;` and
+//! uses a different subset, hence the dead-code allowance.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod moto;
