@@ -294,6 +294,11 @@ fn content_type(headers: &HeaderMap) -> String {
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
+    if ct.contains("protobuf")
+        && let Some(v) = crate::proto::decode(body)
+    {
+        return Ok(v);
+    }
     if ct.contains("protobuf") || ct.contains("cbor") {
         return Err(ApiError::unsupported_media(format!(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {ct})"
@@ -523,6 +528,9 @@ fn write<T>(shared: &Arc<Shared>, f: impl FnOnce(&mut State) -> ApiResult<T>) ->
 fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts> {
     let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
+    } else if crate::proto::is_protobuf(body) {
+        crate::proto::decode(body)
+            .ok_or_else(|| ApiError::unsupported_media("undecodable protobuf DeleteOptions"))?
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
