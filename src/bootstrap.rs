@@ -181,8 +181,6 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
 /// The fixed part of the script. Every value it uses comes from the quoted
 /// declarations above it.
 const BODY: &str = r#"
-export AWS_REGION="$REGION" AWS_DEFAULT_REGION="$REGION"
-
 # Everything goes to a log file and to the serial console, which the operator reads
 # (GetConsoleOutput) when a bootstrap times out.
 exec > >(tee -a "$LOG_FILE" | logger -t featureenv -s 2>/dev/console) 2>&1
@@ -192,13 +190,25 @@ log() {
 }
 
 # IMDSv2 only: every metadata read needs a session token.
-instance_id() {
+metadata() {
   local token
   token="$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
     -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')"
   curl -fsS -H "X-aws-ec2-metadata-token: ${token}" \
-    http://169.254.169.254/latest/meta-data/instance-id
+    "http://169.254.169.254/latest/meta-data/$1"
 }
+
+instance_id() {
+  metadata instance-id
+}
+
+# An operator without a configured region renders an empty one; the instance
+# knows its own.
+region="$REGION"
+if [[ -z "$region" ]]; then
+  region="$(metadata placement/region)"
+fi
+export AWS_REGION="$region" AWS_DEFAULT_REGION="$region"
 
 # The operator learns the outcome from this tag in its batched DescribeInstances.
 tag_bootstrap() {
@@ -350,6 +360,7 @@ mod tests {
         assert!(script.contains("readonly BOOTSTRAP_COMPLETE='complete'"));
         assert!(script.contains("readonly BOOTSTRAP_FAILED='failed'"));
         assert!(script.contains("http://169.254.169.254/latest/api/token"));
+        assert!(script.contains("readonly REGION='ap-southeast-1'"));
     }
 
     #[test]
@@ -376,6 +387,17 @@ mod tests {
     }
 
     #[test]
+    fn without_region_the_instance_asks_imds() {
+        let script = render_user_data(&BootstrapSpec {
+            region: String::new(),
+            ..spec()
+        });
+        assert!(script.contains("readonly REGION=''"));
+        assert!(script.contains("metadata placement/region"));
+        bash_syntax_ok(&script);
+    }
+
+    #[test]
     fn without_database_the_parameter_is_empty() {
         let script = render_user_data(&BootstrapSpec {
             database_parameter: None,
@@ -393,6 +415,158 @@ mod tests {
         assert!(script.contains(r"readonly ENVIRONMENT='ns/x'\''; touch /tmp/pwned; echo '\'''"));
         assert!(script.contains("'repo/app:$(reboot)'"));
         bash_syntax_ok(&script);
+    }
+
+    /// Runs the script with stub `curl`, `aws`, `minikube`, `docker`, `kubectl` and
+    /// `logger` that record their arguments, so its behaviour (not just its syntax)
+    /// is checked. Only the host paths for the log and console are redirected.
+    fn run_with_stubs(spec: &BootstrapSpec, rollout_exit: u8) -> (bool, String, String, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let stub = |name: &str, body: &str| {
+            let path = bin.join(name);
+            std::fs::write(
+                &path,
+                format!("#!/bin/bash\necho \"{name} $*\" >> \"$CALLS\"\n{body}\n"),
+            )
+            .unwrap();
+            let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+            std::fs::set_permissions(&path, permissions).unwrap();
+        };
+        stub(
+            "curl",
+            r#"case "$*" in *api/token*) echo token ;; *instance-id*) echo i-0abc ;; *placement/region*) echo eu-west-1 ;; esac"#,
+        );
+        stub(
+            "aws",
+            r#"case "$1 $2" in "ssm get-parameter") echo 'postgres://app:S3cretPW@db:5432/app' ;; "ecr get-login-password") echo ecr-token ;; esac"#,
+        );
+        stub(
+            "minikube",
+            r#"if [[ "$1" == docker-env ]]; then echo 'export DOCKER_HOST=tcp://127.0.0.1:2376'; fi"#,
+        );
+        stub(
+            "docker",
+            r#"if [[ "$1" == login ]]; then cat > /dev/null; fi"#,
+        );
+        stub(
+            "kubectl",
+            r#"case "$*" in "create secret"*) cat > "$SECRET_STDIN"; echo 'kind: Secret' ;; "apply -f -") cat > /dev/null ;; "rollout status"*) exit "$ROLLOUT_EXIT" ;; esac"#,
+        );
+        stub("logger", r#"cat >> "$CONSOLE""#);
+
+        let log = dir.path().join("bootstrap.log");
+        let script = render_user_data(spec)
+            .replace(LOG_FILE, log.to_str().unwrap())
+            .replace("2>/dev/console", "2>/dev/null");
+        let script_path = dir.path().join("user-data.sh");
+        std::fs::write(&script_path, script).unwrap();
+        let calls = dir.path().join("calls");
+        let secret_stdin = dir.path().join("secret-stdin");
+        let status = Command::new("bash")
+            .arg(&script_path)
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("CALLS", &calls)
+            .env("CONSOLE", dir.path().join("console"))
+            .env("SECRET_STDIN", &secret_stdin)
+            .env("ROLLOUT_EXIT", rollout_exit.to_string())
+            .status()
+            .expect("bash runs");
+        // The console pipeline is asynchronous; give it a moment to flush.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        (
+            status.success(),
+            read(&calls),
+            read(&secret_stdin),
+            read(&log),
+        )
+    }
+
+    #[test]
+    fn script_deploys_everything_then_tags_complete() {
+        let spec = spec();
+        let (ok, calls, secret, log) = run_with_stubs(&spec, 0);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        for service in &spec.services {
+            assert!(
+                calls.contains(&format!("docker pull {}\n", service.image)),
+                "{calls}"
+            );
+            assert!(
+                calls.contains(&format!(
+                    "kubectl set image deployment/{0} {0}={1}\n",
+                    service.name, service.image
+                )),
+                "{calls}"
+            );
+            assert!(calls.contains(&format!(
+                "kubectl rollout status deployment/{} --timeout=15m\n",
+                service.name
+            )));
+        }
+        assert!(calls.contains(
+            "docker login --username AWS --password-stdin 123456789012.dkr.ecr.ap-southeast-1.amazonaws.com\n"
+        ));
+        assert!(calls.contains("aws ecr get-login-password --region ap-southeast-1\n"));
+        for addon in ["ingress", "dashboard", "logviewer"] {
+            assert!(
+                calls.contains(&format!("minikube addons enable {addon}\n")),
+                "{calls}"
+            );
+        }
+        assert!(calls.contains(&format!(
+            "aws ssm get-parameter --with-decryption --name {} --query Parameter.Value --output text\n",
+            spec.database_parameter.as_deref().unwrap()
+        )));
+        // The connection string reaches the Secret through stdin only.
+        assert_eq!(secret, "postgres://app:S3cretPW@db:5432/app");
+        assert!(
+            !calls.contains("S3cretPW"),
+            "secret on a command line:\n{calls}"
+        );
+        assert!(!log.contains("S3cretPW"), "secret in the log:\n{log}");
+        let last = calls.lines().last().unwrap();
+        assert_eq!(
+            last,
+            "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/bootstrap,Value=complete"
+        );
+        assert!(log.contains("bootstrap complete"), "{log}");
+    }
+
+    #[test]
+    fn a_failing_step_tags_failed_via_the_trap() {
+        let (ok, calls, _, log) = run_with_stubs(&spec(), 1);
+        assert!(!ok);
+        assert!(
+            calls.contains("aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/bootstrap,Value=failed\n"),
+            "{calls}"
+        );
+        assert!(!calls.contains("Value=complete"), "{calls}");
+        assert!(log.contains("bootstrap failed (exit 1)"), "{log}");
+    }
+
+    #[test]
+    fn an_empty_region_comes_from_instance_metadata() {
+        let spec = BootstrapSpec {
+            region: String::new(),
+            database_parameter: None,
+            ..spec()
+        };
+        let (ok, calls, secret, log) = run_with_stubs(&spec, 0);
+        assert!(ok, "{calls}\n{log}");
+        assert!(
+            calls.contains("latest/meta-data/placement/region"),
+            "{calls}"
+        );
+        assert!(
+            !calls.contains("ssm get-parameter"),
+            "no database, no parameter read"
+        );
+        assert!(secret.is_empty());
     }
 
     #[test]

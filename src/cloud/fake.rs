@@ -30,6 +30,9 @@ pub enum Trigger {
     Always,
     /// Only the n-th call (1-based) of the operation.
     Nth(u64),
+    /// Only the n-th call (1-based) counting every operation, to walk a fault
+    /// through each step of a path in turn.
+    NthCall(u64),
     /// The next `k` calls of the operation.
     Times(u64),
     Probability(f64),
@@ -84,6 +87,23 @@ struct State {
     instances_start_pending: bool,
     /// Restores go straight to `available` unless set.
     restores_start_creating: bool,
+    /// EC2's eventual consistency: a new instance stays invisible to this many
+    /// DescribeInstances calls after its launch.
+    visibility_lag: u32,
+    /// Remaining invisible describes per instance id.
+    invisible: HashMap<String, u32>,
+}
+
+impl State {
+    /// Ids still invisible to this DescribeInstances call; counts the call.
+    fn tick_visibility(&mut self) -> Vec<String> {
+        let hidden: Vec<String> = self.invisible.keys().cloned().collect();
+        for n in self.invisible.values_mut() {
+            *n -= 1;
+        }
+        self.invisible.retain(|_, n| *n > 0);
+        hidden
+    }
 }
 
 /// The fake cloud. Cheap to clone; clones share state.
@@ -141,6 +161,12 @@ impl FakeCloud {
         let mut s = self.state();
         s.instances_start_pending = slow;
         s.restores_start_creating = slow;
+    }
+
+    /// New instances stay invisible to the next `describes` DescribeInstances calls,
+    /// as EC2's eventual consistency allows right after RunInstances.
+    pub fn set_visibility_lag(&self, describes: u32) {
+        self.state().visibility_lag = describes;
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -239,6 +265,7 @@ impl FakeCloud {
             *c += 1;
             *c
         };
+        let overall = s.calls.len() as u64;
         let mut fired = None;
         for fault in s.faults.iter_mut() {
             if fault.operation != "*" && fault.operation != operation {
@@ -247,6 +274,7 @@ impl FakeCloud {
             let fires = match &mut fault.trigger {
                 Trigger::Always => true,
                 Trigger::Nth(k) => *k == n,
+                Trigger::NthCall(k) => *k == overall,
                 Trigger::Times(k) if *k > 0 => {
                     *k -= 1;
                     true
@@ -340,6 +368,11 @@ impl Compute for FakeCloud {
     async fn launch_instance(&self, request: &LaunchRequest) -> CloudResult<Instance> {
         const OP: &str = "RunInstances";
         let lost = self.enter(OP).await?;
+        // Like EC2 (and unlike moto), a repeated ClientToken returns the instance the
+        // first call launched instead of launching another.
+        if let Some(existing) = self.state().instances.values().find(|i| i.client_token == request.client_token) {
+            return finish(OP, lost, Ok(existing.instance.clone()));
+        }
         let id = self.next_id("i");
         let mut s = self.state();
         if !s.images.iter().any(|i| i.image.id == request.image_id) {
@@ -357,6 +390,10 @@ impl Compute for FakeCloud {
             launched_at: Some(Timestamp::now()),
             tags: request.tags.clone(),
         };
+        let lag = s.visibility_lag;
+        if lag > 0 {
+            s.invisible.insert(id.clone(), lag);
+        }
         s.instances.insert(
             id,
             FakeInstance {
@@ -373,10 +410,12 @@ impl Compute for FakeCloud {
     async fn list_instances(&self, cluster_id: &str) -> CloudResult<Vec<Instance>> {
         const OP: &str = "DescribeInstances";
         let lost = self.enter(OP).await?;
-        let s = self.state();
+        let mut s = self.state();
+        let hidden = s.tick_visibility();
         let found = s
             .instances
             .values()
+            .filter(|i| !hidden.contains(&i.instance.id))
             .filter(|i| i.instance.tags.get(tag::CLUSTER).map(String::as_str) == Some(cluster_id))
             .map(|i| i.instance.clone())
             .collect();
@@ -386,10 +425,12 @@ impl Compute for FakeCloud {
     async fn find_instances(&self, key: &str, value: &str) -> CloudResult<Vec<Instance>> {
         const OP: &str = "DescribeInstances";
         let lost = self.enter(OP).await?;
-        let s = self.state();
+        let mut s = self.state();
+        let hidden = s.tick_visibility();
         let found = s
             .instances
             .values()
+            .filter(|i| !hidden.contains(&i.instance.id))
             .filter(|i| i.instance.tags.get(key).map(String::as_str) == Some(value))
             .map(|i| i.instance.clone())
             .collect();

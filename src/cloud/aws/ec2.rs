@@ -102,7 +102,13 @@ impl Compute for AwsCloud {
             instance_type = %request.instance_type,
             "launched instance"
         );
-        to_instance(OP, instance)
+        let mut launched = to_instance(OP, instance)?;
+        // The tags were applied atomically with the launch; when a response leaves
+        // them out, report what was requested rather than an untagged instance.
+        if launched.tags.is_empty() {
+            launched.tags = request.tags.clone();
+        }
+        Ok(launched)
     }
 
     async fn list_instances(&self, cluster_id: &str) -> CloudResult<Vec<Instance>> {

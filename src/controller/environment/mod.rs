@@ -562,6 +562,9 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         match ctx.cloud.databases.get_database(db).await? {
             None => {}
             Some(d) if d.status == DatabaseStatus::Deleting => {}
+            // Identifiers are reused once a database is gone: only ever delete the
+            // one that carries our claim.
+            Some(d) if d.tags.get(tag::CLAIMED_BY) != Some(&id.uid) => {}
             Some(_) => match ctx.cloud.databases.delete_database(db).await {
                 Ok(()) => {
                     info!(environment = %id.key, database = %db, "deleting database");

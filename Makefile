@@ -1,0 +1,59 @@
+# featureenv-operator — build, test, run locally.
+# One persistent target directory outside the clone so CI on this machine reuses it.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/featureenv-operator/target
+BIN := $(CARGO_TARGET_DIR)/debug/featureenv-operator
+PYTHON ?= python3
+
+.PHONY: all build test test-rust test-python lint fmt crds check-crds deps demo dev-up dev-down bench clean
+
+all: build
+
+## deps: tools the tests and the local stack need (idempotent; installs only what is missing)
+deps:
+	@$(PYTHON) -c "import moto, pytest, helm, boto3, yaml, flask" 2>/dev/null || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2'
+	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck lua5.4 >/dev/null; }
+	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+build:
+	cargo build --workspace --all-targets
+
+## crds: regenerate crds/ and the chart's copy from the Rust types
+crds: build
+	$(BIN) crds --out-dir crds
+	cp crds/*.yaml charts/featureenv-operator/crds/
+
+## test: everything CI runs
+test: deps lint test-rust test-python
+
+test-rust: build
+	cargo nextest run --workspace --no-fail-fast
+
+test-python:
+	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	shellcheck hack/*.sh .ci/run
+
+fmt:
+	cargo fmt --all
+
+## dev-up / dev-down / demo: the local stack (kube-emulator + moto + operator)
+dev-up: deps build
+	hack/dev-up.sh
+
+dev-down:
+	hack/dev-down.sh
+
+demo: deps build
+	hack/demo.sh
+
+bench: deps
+	cargo build --release -p kube-emulator --example bench
+	$(CARGO_TARGET_DIR)/release/examples/bench
+
+clean:
+	rm -rf .dev
