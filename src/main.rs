@@ -7,6 +7,9 @@ use featureenv_operator::config::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Two rustls crypto providers are linked (kube's and the AWS SDK's); choose one
+    // before any TLS client is built.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(config) => featureenv_operator::runtime::run(*config).await,

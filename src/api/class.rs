@@ -17,7 +17,6 @@ use super::schema;
     version = "v1alpha1",
     kind = "FeatureEnvironmentClass",
     shortname = "feclass",
-    category = "featureenv",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.instance.type"}"#,
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.databasePool"}"#,
     printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl.default"}"#,

@@ -20,7 +20,6 @@ use super::schema;
     plural = "featureenvs",
     singular = "featureenv",
     shortname = "fe",
-    category = "featureenv",
     namespaced,
     status = "FeatureEnvironmentStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,

@@ -16,7 +16,6 @@ use super::schema;
     kind = "RdsPool",
     plural = "rdspools",
     shortname = "rdspool",
-    category = "featureenv",
     status = "RdsPoolStatus",
     printcolumn = r#"{"name":"Warm","type":"integer","jsonPath":".status.warm"}"#,
     printcolumn = r#"{"name":"Claimed","type":"integer","jsonPath":".status.claimed"}"#,

@@ -223,8 +223,8 @@ def test_rbac_exact_and_no_wildcards(render: Render) -> None:
 
     fe = "featureenv.io"
     assert grants(rules["ClusterRole"]) == {
-        *((fe, "featureenvironments", v) for v in ("get", "list", "watch", "patch", "delete")),
-        (fe, "featureenvironments/status", "patch"),
+        *((fe, "featureenvs", v) for v in ("get", "list", "watch", "patch", "delete")),
+        (fe, "featureenvs/status", "patch"),
         *((fe, "featureenvironmentclasses", v) for v in ("get", "list", "watch")),
         *((fe, "rdspools", v) for v in ("get", "list", "watch", "patch")),
         (fe, "rdspools/status", "patch"),
@@ -266,7 +266,7 @@ def test_chart_crds_equal_repo_crds(chart: Any) -> None:
             "copy them with `cp crds/*.yaml charts/featureenv-operator/crds/`"
         )
     loaded = {yaml.safe_load(c["data"])["metadata"]["name"] for c in chart.crds}
-    assert loaded == {"featureenvironments.featureenv.io", "featureenvironmentclasses.featureenv.io",
+    assert loaded == {"featureenvs.featureenv.io", "featureenvironmentclasses.featureenv.io",
                       "rdspools.featureenv.io"}
 
 

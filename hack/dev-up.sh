@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Starts the local stack: kube-emulator and moto_server on free 127.0.0.1 ports, AWS
+# seeded like a real account, the CRDs and the example class and pool applied, the
+# boot simulator and the operator running. Writes .dev/kubeconfig and .dev/env,
+# logs and PID files under .dev/. Stop it with hack/dev-down.sh.
+set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+if [[ -f "$DEV/operator.pid" ]] && kill -0 "$(cat "$DEV/operator.pid")" 2>/dev/null; then
+    echo "the local stack is already up (source $DEV/env); hack/dev-down.sh stops it" >&2
+    exit 0
+fi
+for bin in "$OPERATOR_BIN" "$EMULATOR_BIN"; do
+    [[ -x "$bin" ]] || { echo "$bin is missing: run 'make build' first" >&2; exit 1; }
+done
+mkdir -p "$DEV"
+# If anything below fails, do not leave half a stack running.
+trap '"$ROOT/hack/dev-down.sh" >/dev/null 2>&1 || true' ERR
+
+echo "starting kube-emulator"
+"$EMULATOR_BIN" --listen 127.0.0.1:0 --kubeconfig-out "$DEV/kubeconfig" --audit-log "$DEV/audit.jsonl" \
+    >"$DEV/emulator.addr" 2>"$DEV/emulator.log" &
+echo $! >"$DEV/emulator.pid"
+wait_for "kube-emulator" 30 test -s "$DEV/kubeconfig"
+export KUBECONFIG="$DEV/kubeconfig"
+export KUBECACHEDIR="$DEV/kubecache"
+
+echo "starting moto_server"
+MOTO_PORT="$(free_port)"
+"$PYTHON" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >"$DEV/moto.log" 2>&1 &
+echo $! >"$DEV/moto.pid"
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
+wait_for "moto_server" 30 "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$AWS_ENDPOINT_URL/moto-api/')"
+
+cat >"$DEV/env" <<ENV
+export KUBECONFIG="$DEV/kubeconfig"
+export KUBECACHEDIR="$DEV/kubecache"
+export AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
+export AWS_REGION="$REGION"
+export AWS_ACCESS_KEY_ID="testing"
+export AWS_SECRET_ACCESS_KEY="testing"
+ENV
+# shellcheck source=/dev/null
+source "$DEV/env"
+
+echo "seeding AWS (VPC, AMIs, integration DB and snapshots, ECR images)"
+"$PYTHON" "$ROOT/hack/seed_aws.py" --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" \
+    --cluster-id "$CLUSTER_ID" --out "$DEV/seed.json" >"$DEV/seed.log" 2>&1
+
+echo "applying CRDs, the example class and pool"
+kubectl apply -f "$ROOT/crds/" >/dev/null
+kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
+"$PYTHON" "$ROOT/hack/render_example.py" --seed "$DEV/seed.json" \
+    "$ROOT/examples/featureenvironmentclass.yaml" "$ROOT/examples/rdspool.yaml" | kubectl apply -f - >/dev/null
+
+echo "starting the boot simulator"
+FEATUREENV_SIM_BOOT_SECONDS="${FEATUREENV_SIM_BOOT_SECONDS:-3}" "$PYTHON" "$ROOT/hack/boot_simulator.py" \
+    --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" --cluster-id "$CLUSTER_ID" --interval 0.5 \
+    >"$DEV/boot-simulator.log" 2>&1 &
+echo $! >"$DEV/boot-simulator.pid"
+
+echo "starting the operator"
+HTTP_PORT="$(free_port)"
+echo "$HTTP_PORT" >"$DEV/operator.port"
+FEATUREENV_CLUSTER_ID="$CLUSTER_ID" \
+    FEATUREENV_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
+    FEATUREENV_FAST_POLL_INTERVAL="${FEATUREENV_FAST_POLL_INTERVAL:-1s}" \
+    FEATUREENV_SLOW_POLL_INTERVAL="${FEATUREENV_SLOW_POLL_INTERVAL:-30s}" \
+    POD_NAMESPACE=default POD_NAME=dev-operator \
+    "$OPERATOR_BIN" run >"$DEV/operator.log" 2>&1 &
+echo $! >"$DEV/operator.pid"
+wait_for "the operator's /readyz" 60 "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/readyz')"
+wait_for "the operator to lead" 60 grep -q "controllers started" "$DEV/operator.log"
+
+trap - ERR
+echo "local stack up: source $DEV/env; operator metrics at http://127.0.0.1:$HTTP_PORT/metrics"
