@@ -22,7 +22,8 @@ const WATCHERS: usize = 20;
 const FANOUT_EVENTS: usize = 300;
 
 fn cm(name: &str) -> ConfigMap {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"bench": "true"}}, "data": {"k": "v"}})).unwrap()
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": {"bench": "true"}}, "data": {"k": "v"}}))
+        .unwrap()
 }
 
 async fn parallel<F, Fut>(n: usize, f: F) -> Duration
@@ -60,29 +61,43 @@ async fn main() {
     let took = parallel(WRITES, move |i| {
         let a = a.clone();
         async move {
-            a.create(&PostParams::default(), &cm(&format!("c{i:05}"))).await.unwrap();
-        }
-    })
-    .await;
-    println!("creates/s:             {:.0}  ({WRITES} creates, {CONCURRENCY} clients)", WRITES as f64 / took.as_secs_f64());
-
-    let a = api.clone();
-    let took = parallel(WRITES, move |i| {
-        let a = a.clone();
-        async move {
-            a.patch(&format!("c{i:05}"), &PatchParams::default(), &Patch::Merge(json!({"data": {"k": format!("v{i}")}})))
+            a.create(&PostParams::default(), &cm(&format!("c{i:05}")))
                 .await
                 .unwrap();
         }
     })
     .await;
-    println!("merge patches/s:       {:.0}  ({WRITES} patches, {CONCURRENCY} clients)", WRITES as f64 / took.as_secs_f64());
+    println!(
+        "creates/s:             {:.0}  ({WRITES} creates, {CONCURRENCY} clients)",
+        WRITES as f64 / took.as_secs_f64()
+    );
+
+    let a = api.clone();
+    let took = parallel(WRITES, move |i| {
+        let a = a.clone();
+        async move {
+            a.patch(
+                &format!("c{i:05}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"k": format!("v{i}")}})),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+    println!(
+        "merge patches/s:       {:.0}  ({WRITES} patches, {CONCURRENCY} clients)",
+        WRITES as f64 / took.as_secs_f64()
+    );
 
     let a = api.clone();
     parallel(LIST_SIZE - WRITES, move |i| {
         let a = a.clone();
         async move {
-            a.create(&PostParams::default(), &cm(&format!("l{i:05}"))).await.unwrap();
+            a.create(&PostParams::default(), &cm(&format!("l{i:05}")))
+                .await
+                .unwrap();
         }
     })
     .await;
@@ -93,13 +108,20 @@ async fn main() {
         assert_eq!(l.items.len(), LIST_SIZE);
         best = best.min(started.elapsed());
     }
-    println!("list of {LIST_SIZE} objects:  {:.1} ms  (best of 5, decoded by kube-rs)", best.as_secs_f64() * 1000.0);
+    println!(
+        "list of {LIST_SIZE} objects:  {:.1} ms  (best of 5, decoded by kube-rs)",
+        best.as_secs_f64() * 1000.0
+    );
 
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let rv = emu.with_state(|s| s.rv);
     let mut readers = Vec::new();
     for _ in 0..WATCHERS {
-        let mut w = WatchStream::open(emu.addr(), &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=fanout")).await;
+        let mut w = WatchStream::open(
+            emu.addr(),
+            &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=fanout"),
+        )
+        .await;
         let sent = sent.clone();
         readers.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(FANOUT_EVENTS);
@@ -115,7 +137,8 @@ async fn main() {
     }
     for i in 0..FANOUT_EVENTS {
         let name = format!("f{i:05}");
-        let obj: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"fanout": "1"}}})).unwrap();
+        let obj: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"fanout": "1"}}})).unwrap();
         sent.lock().unwrap().insert(name, Instant::now());
         api.create(&PostParams::default(), &obj).await.unwrap();
         tokio::time::sleep(Duration::from_millis(3)).await;

@@ -110,17 +110,14 @@ fn evaluate(rule: &str, message_expr: Option<&str>, new: &Value, old: Option<&Va
 }
 
 fn schema_type(schema: &Value, v: &Value) -> String {
-    schema["type"]
-        .as_str()
-        .map(String::from)
-        .unwrap_or_else(|| match v {
-            Value::Object(_) => "object".into(),
-            Value::Array(_) => "array".into(),
-            Value::String(_) => "string".into(),
-            Value::Number(_) => "number".into(),
-            Value::Bool(_) => "boolean".into(),
-            Value::Null => "null".into(),
-        })
+    schema["type"].as_str().map(String::from).unwrap_or_else(|| match v {
+        Value::Object(_) => "object".into(),
+        Value::Array(_) => "array".into(),
+        Value::String(_) => "string".into(),
+        Value::Number(_) => "number".into(),
+        Value::Bool(_) => "boolean".into(),
+        Value::Null => "null".into(),
+    })
 }
 
 fn field_path_join(path: &str, field_path: &str) -> String {
@@ -135,13 +132,7 @@ fn field_path_join(path: &str, field_path: &str) -> String {
 }
 
 /// Evaluates every rule in the schema tree; `old` is the stored object on update.
-pub fn validate(
-    schema: &Value,
-    new: &Value,
-    old: Option<&Value>,
-    path: &str,
-    errs: &mut Vec<Cause>,
-) {
+pub fn validate(schema: &Value, new: &Value, old: Option<&Value>, path: &str, errs: &mut Vec<Cause>) {
     if new.is_null() {
         return;
     }
@@ -203,9 +194,9 @@ pub fn validate(
             let old_items = old.and_then(Value::as_array);
             for (i, item) in items.iter().enumerate() {
                 let old_item = match (&lt, old_items) {
-                    (ListType::Map(keys), Some(olds)) => olds
-                        .iter()
-                        .find(|o| keys.iter().all(|k| o.get(k) == item.get(k))),
+                    (ListType::Map(keys), Some(olds)) => {
+                        olds.iter().find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+                    }
                     (ListType::Set, Some(olds)) => olds.iter().find(|o| *o == item),
                     _ => None,
                 };

@@ -21,9 +21,26 @@ impl Cause {
 }
 
 /// A failed API request, rendered as a `Status` object with the upstream reason.
+/// Boxed so that `Result`s stay small on the hot path.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{code} {reason}: {message}")]
-pub struct ApiError {
+#[error("{} {}: {}", .0.code, .0.reason, .0.message)]
+pub struct ApiError(Box<ApiErrorDetails>);
+
+impl std::ops::Deref for ApiError {
+    type Target = ApiErrorDetails;
+    fn deref(&self) -> &ApiErrorDetails {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ApiErrorDetails {
+        &mut self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiErrorDetails {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
@@ -37,7 +54,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ApiErrorDetails {
             code,
             reason,
             message: message.into(),
@@ -47,7 +64,7 @@ impl ApiError {
             uid: None,
             causes: Vec::new(),
             retry_after: None,
-        }
+        }))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {

@@ -68,9 +68,7 @@ pub struct Emulator {
 impl Emulator {
     /// Starts on 127.0.0.1 with a free port and default options.
     pub async fn start() -> Emulator {
-        Self::start_with(Options::default())
-            .await
-            .expect("start kube-emulator")
+        Self::start_with(Options::default()).await.expect("start kube-emulator")
     }
 
     pub async fn start_with(opts: Options) -> anyhow::Result<Emulator> {
@@ -78,10 +76,9 @@ impl Emulator {
         if let Some(path) = &opts.state_file
             && path.exists()
         {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let dump: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("parsing {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let dump: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             state.load(&dump);
         }
         let audit = match &opts.audit_log {
@@ -109,9 +106,7 @@ impl Emulator {
             bookmark_interval: opts.bookmark_interval,
             addr,
         });
-        let app = axum::Router::new()
-            .fallback(server::handle)
-            .with_state(shared.clone());
+        let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "kube-emulator server stopped");

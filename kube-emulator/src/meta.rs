@@ -98,20 +98,14 @@ pub fn metadata_mut(v: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !v.get("metadata").is_some_and(Value::is_object) {
         v["metadata"] = Value::Object(Default::default());
     }
-    v["metadata"]
-        .as_object_mut()
-        .expect("metadata is an object")
+    v["metadata"].as_object_mut().expect("metadata is an object")
 }
 
 pub fn finalizers(v: &Value) -> Vec<String> {
     v.get("metadata")
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 

@@ -33,13 +33,7 @@ fn param(name: &str, location: &str, required: bool) -> Value {
     json!({"name": name, "in": location, "required": required, "schema": {"type": "string", "uniqueItems": true}})
 }
 
-fn op(
-    def: &ResourceDef,
-    action: &str,
-    schema_ref: &str,
-    body_types: &[&str],
-    extra: &[Value],
-) -> Value {
+fn op(def: &ResourceDef, action: &str, schema_ref: &str, body_types: &[&str], extra: &[Value]) -> Value {
     let mut params: Vec<Value> = extra.to_vec();
     if matches!(action, "post" | "put" | "patch") {
         params.push(param("dryRun", "query", false));

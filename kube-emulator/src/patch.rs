@@ -35,23 +35,15 @@ fn split_pointer(path: &str) -> Result<Vec<String>, String> {
     Ok(rest.split('/').map(unescape).collect())
 }
 
-fn parent_and_last<'a>(
-    doc: &'a mut Value,
-    toks: &[String],
-) -> Result<(&'a mut Value, String), String> {
-    let (last, parents) = toks
-        .split_last()
-        .ok_or("cannot address the document root")?;
+fn parent_and_last<'a>(doc: &'a mut Value, toks: &[String]) -> Result<(&'a mut Value, String), String> {
+    let (last, parents) = toks.split_last().ok_or("cannot address the document root")?;
     let mut cur = doc;
     for t in parents {
         cur = match cur {
-            Value::Object(m) => m
-                .get_mut(t)
-                .ok_or_else(|| format!("missing member {t:?}"))?,
+            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("missing member {t:?}"))?,
             Value::Array(a) => {
                 let i: usize = t.parse().map_err(|_| format!("invalid index {t:?}"))?;
-                a.get_mut(i)
-                    .ok_or_else(|| format!("index {i} out of range"))?
+                a.get_mut(i).ok_or_else(|| format!("index {i} out of range"))?
             }
             _ => return Err(format!("cannot traverse into {t:?}")),
         };
@@ -87,9 +79,7 @@ fn add(doc: &mut Value, toks: &[String], value: Value) -> Result<(), String> {
                 a.push(value);
                 return Ok(());
             }
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("invalid index {last:?}"))?;
+            let i: usize = last.parse().map_err(|_| format!("invalid index {last:?}"))?;
             if i > a.len() {
                 return Err(format!("index {i} out of range"));
             }
@@ -103,13 +93,9 @@ fn add(doc: &mut Value, toks: &[String], value: Value) -> Result<(), String> {
 fn remove(doc: &mut Value, toks: &[String]) -> Result<Value, String> {
     let (parent, last) = parent_and_last(doc, toks)?;
     match parent {
-        Value::Object(m) => m
-            .remove(&last)
-            .ok_or_else(|| format!("missing member {last:?}")),
+        Value::Object(m) => m.remove(&last).ok_or_else(|| format!("missing member {last:?}")),
         Value::Array(a) => {
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("invalid index {last:?}"))?;
+            let i: usize = last.parse().map_err(|_| format!("invalid index {last:?}"))?;
             if i >= a.len() {
                 return Err(format!("index {i} out of range"));
             }
@@ -127,11 +113,7 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
         let kind = op["op"].as_str().ok_or("operation without \"op\"")?;
         let path = split_pointer(op["path"].as_str().ok_or("operation without \"path\"")?)?;
         match kind {
-            "add" => add(
-                doc,
-                &path,
-                op.get("value").cloned().ok_or("add without value")?,
-            )?,
+            "add" => add(doc, &path, op.get("value").cloned().ok_or("add without value")?)?,
             "remove" => {
                 remove(doc, &path)?;
             }
@@ -149,9 +131,7 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
                 let v = if kind == "move" {
                     remove(doc, &from)?
                 } else {
-                    get_ptr(doc, &from)
-                        .cloned()
-                        .ok_or("from path does not exist")?
+                    get_ptr(doc, &from).cloned().ok_or("from path does not exist")?
                 };
                 add(doc, &path, v)?;
             }
@@ -196,9 +176,9 @@ fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
         "tolerations" => return None,
         _ => {
             if !items.is_empty()
-                && items.iter().all(|i| {
-                    i.is_object() && (i.get("name").is_some() || i.get("$patch").is_some())
-                })
+                && items
+                    .iter()
+                    .all(|i| i.is_object() && (i.get("name").is_some() || i.get("$patch").is_some()))
             {
                 "name"
             } else {
@@ -225,11 +205,10 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
-    let retain: Option<Vec<String>> = p.get("$retainKeys").and_then(Value::as_array).map(|a| {
-        a.iter()
-            .filter_map(|s| s.as_str().map(String::from))
-            .collect()
-    });
+    let retain: Option<Vec<String>> = p
+        .get("$retainKeys")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect());
     let t = target.as_object_mut().expect("object");
     for (k, v) in p {
         if k.starts_with("$setElementOrder/") || k == "$retainKeys" || k == "$patch" {
@@ -246,9 +225,7 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
             continue;
         }
         match v {
-            Value::Object(inner)
-                if inner.get("$patch").and_then(Value::as_str) == Some("delete") =>
-            {
+            Value::Object(inner) if inner.get("$patch").and_then(Value::as_str) == Some("delete") => {
                 t.remove(k);
             }
             Value::Array(items) => {
@@ -282,9 +259,7 @@ fn merge_list(field: &str, cur: &mut Value, items: &[Value]) {
     for item in items {
         let kv = item.get(key).cloned();
         let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-        let pos = out
-            .iter()
-            .position(|o| kv.is_some() && o.get(key) == kv.as_ref());
+        let pos = out.iter().position(|o| kv.is_some() && o.get(key) == kv.as_ref());
         match (pos, delete) {
             (Some(i), true) => {
                 out.remove(i);
@@ -328,11 +303,7 @@ mod tests {
             &json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "y"}]),
         );
         assert!(err.is_err());
-        json_patch(
-            &mut d,
-            &json!([{"op": "remove", "path": "/metadata/finalizers/0"}]),
-        )
-        .unwrap();
+        json_patch(&mut d, &json!([{"op": "remove", "path": "/metadata/finalizers/0"}])).unwrap();
         assert_eq!(d["metadata"]["finalizers"], json!([]));
     }
 
@@ -345,10 +316,7 @@ mod tests {
             &json!({"spec": {"containers": [{"name": "b", "image": "z"}, {"name": "a", "$patch": "delete"}]},
                     "metadata": {"finalizers": ["f2"]}}),
         );
-        assert_eq!(
-            d["spec"]["containers"],
-            json!([{"name": "b", "image": "z"}])
-        );
+        assert_eq!(d["spec"]["containers"], json!([{"name": "b", "image": "z"}]));
         assert_eq!(d["metadata"]["finalizers"], json!(["f1", "f2"]));
     }
 }

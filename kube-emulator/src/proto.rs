@@ -10,7 +10,6 @@ const MAGIC: &[u8] = b"k8s\0";
 #[derive(Clone, Copy)]
 enum Kind {
     Str,
-    Bytes,
     Int,
     Bool,
     Time,
@@ -82,10 +81,7 @@ const SERVICE_ACCOUNT: &[F] = &[
     F(4, "automountServiceAccountToken", Kind::Bool, false),
 ];
 
-const PRECONDITIONS: &[F] = &[
-    F(1, "uid", Kind::Str, false),
-    F(2, "resourceVersion", Kind::Str, false),
-];
+const PRECONDITIONS: &[F] = &[F(1, "uid", Kind::Str, false), F(2, "resourceVersion", Kind::Str, false)];
 const DELETE_OPTIONS: &[F] = &[
     F(1, "gracePeriodSeconds", Kind::Int, false),
     F(2, "preconditions", Kind::Msg(PRECONDITIONS), false),
@@ -94,10 +90,7 @@ const DELETE_OPTIONS: &[F] = &[
     F(5, "dryRun", Kind::Str, true),
 ];
 
-const TYPE_META: &[F] = &[
-    F(1, "apiVersion", Kind::Str, false),
-    F(2, "kind", Kind::Str, false),
-];
+const TYPE_META: &[F] = &[F(1, "apiVersion", Kind::Str, false), F(2, "kind", Kind::Str, false)];
 
 struct Reader<'a> {
     b: &'a [u8],
@@ -217,7 +210,6 @@ fn message(b: &[u8], fields: &[F]) -> Option<Value> {
         };
         let value = match (kind, wire) {
             (Kind::Str, 2) => json!(String::from_utf8_lossy(r.bytes()?)),
-            (Kind::Bytes, 2) => json!(base64(r.bytes()?)),
             (Kind::Int, 0) => json!(r.varint()? as i64),
             (Kind::Bool, 0) => json!(r.varint()? != 0),
             (Kind::Time, 2) => time(r.bytes()?)?,
@@ -297,11 +289,7 @@ mod tests {
             field(11, &[field(1, b"app"), field(2, b"x")].concat()),
         ]
         .concat();
-        let cm = [
-            field(1, &meta),
-            field(2, &[field(1, b"a"), field(2, b"b")].concat()),
-        ]
-        .concat();
+        let cm = [field(1, &meta), field(2, &[field(1, b"a"), field(2, b"b")].concat())].concat();
         let tm = [field(1, b"v1"), field(2, b"ConfigMap")].concat();
         let mut body = MAGIC.to_vec();
         body.extend([field(1, &tm), field(2, &cm)].concat());

@@ -393,7 +393,7 @@ impl Registry {
                     versions.push(d.version.clone());
                 }
             }
-            versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
             out.push((g.clone(), versions));
         }
         out
@@ -408,9 +408,7 @@ impl Registry {
     }
 
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.defs
-            .values()
-            .any(|d| d.group == group && d.version == version)
+        self.defs.values().any(|d| d.group == group && d.version == version)
     }
 }
 
@@ -452,11 +450,7 @@ pub fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
         .unwrap_or_else(|| format!("{kind}List"));
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
             .unwrap_or_default()
     };
     let crd_name = crate::meta::name_of(crd).to_string();
@@ -488,10 +482,7 @@ pub fn defs_from_crd(crd: &Value) -> Vec<ResourceDef> {
             crd: Some(Arc::new(CrdVersion {
                 crd_name: crd_name.clone(),
                 schema,
-                printer_columns: v["additionalPrinterColumns"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
+                printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
                 preserve_unknown_root,
             })),
             storage: ResKey::new(&group, &plural),
@@ -507,7 +498,7 @@ mod tests {
     #[test]
     fn version_order() {
         let mut v = vec!["v1beta1", "v1", "v2alpha1", "v2"];
-        v.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
         assert_eq!(v, vec!["v2", "v1", "v1beta1", "v2alpha1"]);
     }
 

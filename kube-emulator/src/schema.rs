@@ -102,10 +102,7 @@ pub fn prune(schema: &Value, value: &mut Value, path: &str, root: bool, unknown:
                         }
                     }
                     None => {
-                        if preserves_unknown(schema)
-                            || has_addl
-                            || (!has_props && schema.get("type").is_none())
-                        {
+                        if preserves_unknown(schema) || has_addl || (!has_props && schema.get("type").is_none()) {
                             continue;
                         }
                         map.remove(&k);
@@ -164,8 +161,7 @@ pub fn apply_defaults(schema: &Value, value: &mut Value) {
 }
 
 fn regex_cache(pattern: &str) -> Option<regex::Regex> {
-    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, Option<regex::Regex>>>> =
-        OnceLock::new();
+    static CACHE: OnceLock<Mutex<std::collections::HashMap<String, Option<regex::Regex>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut c = cache.lock().expect("regex cache");
     c.entry(pattern.to_string())
@@ -179,31 +175,24 @@ fn format_ok(format: &str, s: &str) -> bool {
         "date" => s.parse::<jiff::civil::Date>().is_ok(),
         "duration" => parse_go_duration(s).is_some(),
         "uuid" => {
-            let r = regex_cache(
-                "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-            );
+            let r = regex_cache("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$");
             r.is_some_and(|r| r.is_match(s))
         }
         "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
         "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
-        "cidr" => s.split_once('/').is_some_and(|(ip, bits)| {
-            ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok()
-        }),
+        "cidr" => s
+            .split_once('/')
+            .is_some_and(|(ip, bits)| ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok()),
         "hostname" => {
             s.len() <= 255
-                && s.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                })
+                && s.split('.')
+                    .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         }
-        "email" => s
-            .split_once('@')
-            .is_some_and(|(a, b)| !a.is_empty() && b.contains('.')),
+        "email" => s.split_once('@').is_some_and(|(a, b)| !a.is_empty() && b.contains('.')),
         "byte" => {
             s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
-                && s.len() % 4 == 0
+                && s.len().is_multiple_of(4)
         }
         _ => true,
     }
@@ -211,10 +200,7 @@ fn format_ok(format: &str, s: &str) -> bool {
 
 /// Go `time.ParseDuration` (e.g. `1h30m`, `90s`, `1.5h`), in seconds.
 pub fn parse_go_duration(s: &str) -> Option<f64> {
-    let mut rest = s
-        .strip_prefix('-')
-        .or_else(|| s.strip_prefix('+'))
-        .unwrap_or(s);
+    let mut rest = s.strip_prefix('-').or_else(|| s.strip_prefix('+')).unwrap_or(s);
     if rest == "0" {
         return Some(0.0);
     }
@@ -333,10 +319,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             if let Some(min) = schema["minLength"].as_u64()
                 && len < min
             {
-                invalid(
-                    errs,
-                    format!("{disp} in body should be at least {min} chars long"),
-                );
+                invalid(errs, format!("{disp} in body should be at least {min} chars long"));
             }
             if let Some(p) = schema["pattern"].as_str()
                 && let Some(re) = regex_cache(p)
@@ -355,15 +338,8 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             if let Some(max) = num(&schema["maximum"]) {
                 let excl = schema["exclusiveMaximum"].as_bool() == Some(true);
                 if (excl && x >= max) || (!excl && x > max) {
-                    let op = if excl {
-                        "less than"
-                    } else {
-                        "less than or equal to"
-                    };
-                    invalid(
-                        errs,
-                        format!("{disp} in body should be {op} {}", schema["maximum"]),
-                    );
+                    let op = if excl { "less than" } else { "less than or equal to" };
+                    invalid(errs, format!("{disp} in body should be {op} {}", schema["maximum"]));
                 }
             }
             if let Some(min) = num(&schema["minimum"]) {
@@ -374,10 +350,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
                     } else {
                         "greater than or equal to"
                     };
-                    invalid(
-                        errs,
-                        format!("{disp} in body should be {op} {}", schema["minimum"]),
-                    );
+                    invalid(errs, format!("{disp} in body should be {op} {}", schema["minimum"]));
                 }
             }
             if let Some(m) = num(&schema["multipleOf"])
@@ -386,18 +359,12 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             {
                 invalid(
                     errs,
-                    format!(
-                        "{disp} in body should be a multiple of {}",
-                        schema["multipleOf"]
-                    ),
+                    format!("{disp} in body should be a multiple of {}", schema["multipleOf"]),
                 );
             }
             match schema["format"].as_str() {
                 Some("int32") if !(i32::MIN as f64..=i32::MAX as f64).contains(&x) => {
-                    invalid(
-                        errs,
-                        format!("{disp} in body must be of type int32: {value}"),
-                    );
+                    invalid(errs, format!("{disp} in body must be of type int32: {value}"));
                 }
                 _ => {}
             }
@@ -415,10 +382,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             if let Some(min) = schema["minItems"].as_u64()
                 && (items.len() as u64) < min
             {
-                invalid(
-                    errs,
-                    format!("{disp} in body should have at least {min} items"),
-                );
+                invalid(errs, format!("{disp} in body should have at least {min} items"));
             }
             if let Some(is) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
@@ -451,10 +415,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             if let Some(min) = schema["minProperties"].as_u64()
                 && (map.len() as u64) < min
             {
-                invalid(
-                    errs,
-                    format!("{disp} in body should have at least {min} properties"),
-                );
+                invalid(errs, format!("{disp} in body should have at least {min} properties"));
             }
             let props = schema.get("properties").and_then(Value::as_object);
             for (k, v) in map {
@@ -488,14 +449,12 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
             let passing = results.iter().filter(|r| r.is_empty()).count();
             match key {
                 "allOf" => errs.extend(results.into_iter().flatten()),
-                "anyOf" if passing == 0 && !subs.is_empty() => invalid(
-                    errs,
-                    format!("{disp} in body must match at least one schema (anyOf)"),
-                ),
-                "oneOf" if passing != 1 && !subs.is_empty() => invalid(
-                    errs,
-                    format!("{disp} in body must match exactly one schema (oneOf)"),
-                ),
+                "anyOf" if passing == 0 && !subs.is_empty() => {
+                    invalid(errs, format!("{disp} in body must match at least one schema (anyOf)"))
+                }
+                "oneOf" if passing != 1 && !subs.is_empty() => {
+                    invalid(errs, format!("{disp} in body must match exactly one schema (oneOf)"))
+                }
                 _ => {}
             }
         }
@@ -504,10 +463,7 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
         let mut e = Vec::new();
         validate_values_only(not, value, path, &mut e);
         if e.is_empty() {
-            invalid(
-                errs,
-                format!("{disp} in body must not validate the schema (not)"),
-            );
+            invalid(errs, format!("{disp} in body must not validate the schema (not)"));
         }
     }
 }
@@ -529,16 +485,10 @@ fn check_list_uniqueness(schema: &Value, items: &[Value], path: &str, errs: &mut
             for (i, item) in items.iter().enumerate() {
                 let key: Vec<(String, String)> = keys
                     .iter()
-                    .map(|k| {
-                        (
-                            k.to_string(),
-                            item.get(*k).map(|v| v.to_string()).unwrap_or_default(),
-                        )
-                    })
+                    .map(|k| (k.to_string(), item.get(*k).map(|v| v.to_string()).unwrap_or_default()))
                     .collect();
                 if !seen.insert(key.clone()) {
-                    let rendered: Vec<String> =
-                        key.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    let rendered: Vec<String> = key.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
                     errs.push(Cause::new(
                         "FieldValueDuplicate",
                         format!(
@@ -606,11 +556,7 @@ pub fn list_type_from_schema(s: &Value) -> ListType {
         Some("map") => ListType::Map(
             s["x-kubernetes-list-map-keys"]
                 .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|k| k.as_str().map(String::from))
-                        .collect()
-                })
+                .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
                 .unwrap_or_default(),
         ),
         _ => ListType::Atomic,
@@ -651,10 +597,7 @@ mod tests {
                                     "items": [{"name": "x"}, {"name": "x"}]}});
         let mut unknown = vec![];
         prune(&s, &mut v, "", true, &mut unknown);
-        assert_eq!(
-            unknown,
-            vec!["metadata.junk".to_string(), "spec.extra".to_string()]
-        );
+        assert_eq!(unknown, vec!["metadata.junk".to_string(), "spec.extra".to_string()]);
         assert_eq!(v["spec"]["free"]["anything"], json!(1));
         apply_defaults(&s, &mut v);
         assert_eq!(v["spec"]["mode"], json!("a"));

@@ -75,9 +75,7 @@ impl LabelSelector {
         for part in split_top(s) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(format!(
-                    "unable to parse requirement: empty requirement in {s:?}"
-                ));
+                return Err(format!("unable to parse requirement: empty requirement in {s:?}"));
             }
             let req = parse_req(part)?;
             reqs.push(req);
@@ -190,9 +188,7 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, false, v)
             } else {
-                return Err(format!(
-                    "invalid selector: '{s}'; can't understand '{part}'"
-                ));
+                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
             };
             let k = k.trim();
             if !supported.contains(&k) {
@@ -285,11 +281,9 @@ mod tests {
     #[test]
     fn fields() {
         let o = json!({"metadata": {"name": "x", "namespace": "ns"}});
-        let f =
-            FieldSelector::parse("metadata.name=x", &supported_fields("", "configmaps")).unwrap();
+        let f = FieldSelector::parse("metadata.name=x", &supported_fields("", "configmaps")).unwrap();
         assert!(f.matches(&o));
-        let f =
-            FieldSelector::parse("metadata.name!=x", &supported_fields("", "configmaps")).unwrap();
+        let f = FieldSelector::parse("metadata.name!=x", &supported_fields("", "configmaps")).unwrap();
         assert!(!f.matches(&o));
         assert!(FieldSelector::parse("spec.x=y", &supported_fields("", "configmaps")).is_err());
     }

@@ -20,8 +20,8 @@ use crate::openapi;
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector, supported_fields};
 use crate::store::{
-    DeleteOpts, EventType, FieldValidation, ListQuery, PatchType, State, WatchEvent, WriteOpts,
-    parse_rv, success_status,
+    DeleteOpts, EventType, FieldValidation, ListQuery, PatchType, State, WatchEvent, WriteOpts, parse_rv,
+    success_status,
 };
 use crate::table;
 use crate::views::to_view;
@@ -76,8 +76,7 @@ fn json_response(code: u16, body: &Value) -> Response {
 fn error_response(e: &ApiError) -> Response {
     let mut r = json_response(e.code, &e.to_status());
     if let Some(s) = e.retry_after {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     r
 }
@@ -117,29 +116,25 @@ fn negotiate(headers: &HeaderMap) -> ApiResult<Accept> {
             .map(|(k, v)| (k.trim(), v.trim()))
             .collect();
         match mime {
-            "application/json" | "*/*" | "application/*" | "application/yaml" => {
-                match params.get("as") {
-                    None => return Ok(Accept::Json),
-                    Some(&"Table") if params.get("g") == Some(&"meta.k8s.io") => {
-                        return Ok(Accept::Table);
-                    }
-                    Some(&"PartialObjectMetadata") | Some(&"PartialObjectMetadataList")
-                        if params.get("g") == Some(&"meta.k8s.io") =>
-                    {
-                        return Ok(Accept::PartialMeta);
-                    }
-                    _ => continue,
+            "application/json" | "*/*" | "application/*" | "application/yaml" => match params.get("as") {
+                None => return Ok(Accept::Json),
+                Some(&"Table") if params.get("g") == Some(&"meta.k8s.io") => {
+                    return Ok(Accept::Table);
                 }
-            }
+                Some(&"PartialObjectMetadata") | Some(&"PartialObjectMetadataList")
+                    if params.get("g") == Some(&"meta.k8s.io") =>
+                {
+                    return Ok(Accept::PartialMeta);
+                }
+                _ => continue,
+            },
             _ => continue,
         }
     }
     Err(ApiError::new(
         406,
         "NotAcceptable",
-        format!(
-            "only the following media types are accepted: application/json, application/yaml (requested {accept})"
-        ),
+        format!("only the following media types are accepted: application/json, application/yaml (requested {accept})"),
     ))
 }
 
@@ -152,19 +147,10 @@ struct ResourceReq {
 }
 
 fn not_found_path() -> ApiError {
-    ApiError::new(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    )
+    ApiError::new(404, "NotFound", "the server could not find the requested resource")
 }
 
-fn parse_resource_path(
-    state: &State,
-    group: &str,
-    version: &str,
-    rest: &[&str],
-) -> ApiResult<ResourceReq> {
+fn parse_resource_path(state: &State, group: &str, version: &str, rest: &[&str]) -> ApiResult<ResourceReq> {
     let mut rest = rest.to_vec();
     let mut watch_path = false;
     if rest.first() == Some(&"watch") {
@@ -182,16 +168,13 @@ fn parse_resource_path(
     if rest.is_empty() || rest.len() > 3 {
         return Err(not_found_path());
     }
-    let def = state
-        .registry
-        .get(group, version, rest[0])
-        .ok_or_else(not_found_path)?;
+    let def = state.registry.get(group, version, rest[0]).ok_or_else(not_found_path)?;
     let name = rest.get(1).map(|s| s.to_string());
     let mut sub = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
     if sub == "finalize" && def.plural == "namespaces" {
         sub = String::new();
     }
-    if !sub.is_empty() && !(sub == "status" && def.has_status) {
+    if !(sub.is_empty() || (sub == "status" && def.has_status)) {
         return Err(not_found_path());
     }
     if !def.namespaced && !ns.is_empty() {
@@ -204,6 +187,34 @@ fn parse_resource_path(
         sub,
         watch_path,
     })
+}
+
+fn fill_audit(
+    audit: &mut AuditRecord,
+    method: &Method,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    q: &HashMap<String, String>,
+) {
+    let mut rest = rest.to_vec();
+    let watch_path = rest.first() == Some(&"watch");
+    if watch_path {
+        rest.remove(0);
+    }
+    if rest.len() >= 3
+        && rest[0] == "namespaces"
+        && !(rest.len() == 3 && (rest[2] == "status" || rest[2] == "finalize"))
+    {
+        audit.namespace = rest[1].to_string();
+        rest.drain(0..2);
+    }
+    audit.api_group = group.to_string();
+    audit.api_version = version.to_string();
+    audit.resource = rest.first().map(|s| s.to_string()).unwrap_or_default();
+    audit.name = rest.get(1).map(|s| s.to_string()).unwrap_or_default();
+    audit.subresource = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
+    audit.verb = verb_for(method, rest.len() > 1, watch_path || truthy(q, "watch")).into();
 }
 
 fn verb_for(method: &Method, has_name: bool, watch: bool) -> &'static str {
@@ -245,10 +256,7 @@ fn list_query(def: &ResourceDef, q: &HashMap<String, String>) -> ApiResult<ListQ
         limit,
         continue_token: q.get("continue").filter(|s| !s.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").cloned(),
-        rv_match: q
-            .get("resourceVersionMatch")
-            .filter(|s| !s.is_empty())
-            .cloned(),
+        rv_match: q.get("resourceVersionMatch").filter(|s| !s.is_empty()).cloned(),
     })
 }
 
@@ -305,13 +313,10 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
         )));
     }
     if ct.contains("yaml") {
-        let text =
-            std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
-        return serde_saphyr::from_str(text)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
+        let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("body is not UTF-8"))?;
+        return serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding request body: {e}")))
 }
 
 /// The one axum handler: everything is routed by hand because resources appear at runtime.
@@ -329,16 +334,7 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
         user_agent: user_agent(&parts.headers),
         ..Default::default()
     };
-    let resp = route(
-        &shared,
-        &parts.method,
-        &path,
-        &q,
-        &parts.headers,
-        body,
-        &mut audit,
-    )
-    .await;
+    let resp = route(&shared, &parts.method, &path, &q, &parts.headers, body, &mut audit).await;
     let resp = resp.unwrap_or_else(|e| error_response(&e));
     audit.code = resp.status().as_u16();
     if let Some(a) = &shared.audit
@@ -360,11 +356,7 @@ async fn route(
     body: Bytes,
     audit: &mut AuditRecord,
 ) -> ApiResult<Response> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let resource_path = match segs.as_slice() {
         ["api", "v1", rest @ ..] if !rest.is_empty() => Some(("", "v1", rest)),
         ["apis", g, v, rest @ ..] if !rest.is_empty() => Some((*g, *v, rest)),
@@ -380,18 +372,14 @@ async fn route(
         }
         return non_resource(shared, &segs, headers);
     };
+    // The audit record is filled from the URL alone so that requests for
+    // unknown resources or subresources are still attributed (RBAC proofs).
+    fill_audit(audit, method, group, version, rest, q);
     let rr = {
         let st = shared.lock();
         parse_resource_path(&st, group, version, rest)
     }?;
     let watch = rr.watch_path || truthy(q, "watch");
-    audit.verb = verb_for(method, rr.name.is_some(), watch).into();
-    audit.api_group = rr.def.group.clone();
-    audit.api_version = rr.def.version.clone();
-    audit.resource = rr.def.plural.clone();
-    audit.subresource = rr.sub.clone();
-    audit.namespace = rr.ns.clone();
-    audit.name = rr.name.clone().unwrap_or_default();
     if rr.def.namespaced && rr.ns.is_empty() && rr.name.is_some() {
         return Err(not_found_path());
     }
@@ -445,9 +433,7 @@ async fn route(
         ("PUT", Some(name)) => {
             let opts = write_opts(q, headers)?;
             let obj = parse_body(headers, &body)?;
-            let r = write(shared, |st| {
-                st.update(&def, &rr.ns, name, &rr.sub, obj, &opts)
-            })?;
+            let r = write(shared, |st| st.update(&def, &rr.ns, name, &rr.sub, obj, &opts))?;
             Ok(with_warnings(
                 render_object(&def, r.body, accept, r.code, q),
                 &r.warnings,
@@ -466,9 +452,7 @@ async fn route(
                     )));
                 }
             };
-            let r = write(shared, |st| {
-                st.patch(&def, &rr.ns, name, &rr.sub, ptype, &body, &opts)
-            })?;
+            let r = write(shared, |st| st.patch(&def, &rr.ns, name, &rr.sub, ptype, &body, &opts))?;
             Ok(with_warnings(
                 render_object(&def, r.body, accept, r.code, q),
                 &r.warnings,
@@ -529,11 +513,9 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts
     let b: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else if crate::proto::is_protobuf(body) {
-        crate::proto::decode(body)
-            .ok_or_else(|| ApiError::unsupported_media("undecodable protobuf DeleteOptions"))?
+        crate::proto::decode(body).ok_or_else(|| ApiError::unsupported_media("undecodable protobuf DeleteOptions"))?
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?
     };
     let propagation = b["propagationPolicy"]
         .as_str()
@@ -557,47 +539,29 @@ fn delete_opts(q: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts
             format!("propagationPolicy: Unsupported value: \"{p}\""),
         ));
     }
-    let dry_run = b["dryRun"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|x| x == "All"))
+    let dry_run = b["dryRun"].as_array().is_some_and(|a| a.iter().any(|x| x == "All"))
         || q.get("dryRun").is_some_and(|d| d == "All");
     Ok(DeleteOpts {
         uid: b["preconditions"]["uid"].as_str().map(String::from),
-        resource_version: b["preconditions"]["resourceVersion"]
-            .as_str()
-            .map(String::from),
+        resource_version: b["preconditions"]["resourceVersion"].as_str().map(String::from),
         propagation,
         dry_run,
     })
 }
 
-fn render_object(
-    def: &ResourceDef,
-    obj: Value,
-    accept: Accept,
-    code: u16,
-    q: &HashMap<String, String>,
-) -> Response {
+fn render_object(def: &ResourceDef, obj: Value, accept: Accept, code: u16, q: &HashMap<String, String>) -> Response {
     match accept {
         Accept::Json => json_response(code, &obj),
         Accept::PartialMeta => json_response(code, &table::partial_metadata(&obj)),
         Accept::Table => {
-            let include = q
-                .get("includeObject")
-                .map(String::as_str)
-                .unwrap_or("Metadata");
+            let include = q.get("includeObject").map(String::as_str).unwrap_or("Metadata");
             let md = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
             json_response(code, &table::table(def, &[obj], md, include))
         }
     }
 }
 
-fn render_list(
-    def: &ResourceDef,
-    list: Value,
-    accept: Accept,
-    q: &HashMap<String, String>,
-) -> Response {
+fn render_list(def: &ResourceDef, list: Value, accept: Accept, q: &HashMap<String, String>) -> Response {
     match accept {
         Accept::Json => json_response(200, &list),
         Accept::PartialMeta => {
@@ -613,15 +577,9 @@ fn render_list(
             )
         }
         Accept::Table => {
-            let include = q
-                .get("includeObject")
-                .map(String::as_str)
-                .unwrap_or("Metadata");
+            let include = q.get("includeObject").map(String::as_str).unwrap_or("Metadata");
             let items: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
-            json_response(
-                200,
-                &table::table(def, &items, list["metadata"].clone(), include),
-            )
+            json_response(200, &table::table(def, &items, list["metadata"].clone(), include))
         }
     }
 }
@@ -692,10 +650,7 @@ fn non_resource(shared: &Arc<Shared>, segs: &[&str], headers: &HeaderMap) -> Api
                 .expect("response"));
         }
         ["openapi", "v2"] => {
-            let accept = headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
             if accept.contains("protobuf") {
                 // An empty protobuf Document: kubectl finds no v2 model and relies on
                 // the v3 documents and its compiled-in types instead.
@@ -710,12 +665,8 @@ fn non_resource(shared: &Arc<Shared>, segs: &[&str], headers: &HeaderMap) -> Api
             openapi::v2_json(reg)
         }
         ["openapi", "v3"] => openapi::v3_index(reg),
-        ["openapi", "v3", "api", v] => {
-            openapi::v3_document(reg, "", v).ok_or_else(not_found_path)?
-        }
-        ["openapi", "v3", "apis", g, v] => {
-            openapi::v3_document(reg, g, v).ok_or_else(not_found_path)?
-        }
+        ["openapi", "v3", "api", v] => openapi::v3_document(reg, "", v).ok_or_else(not_found_path)?,
+        ["openapi", "v3", "apis", g, v] => openapi::v3_document(reg, g, v).ok_or_else(not_found_path)?,
         _ => return Err(not_found_path()),
     };
     Ok(json_response(200, &body))
@@ -771,10 +722,7 @@ impl WatchSpec {
             return None;
         }
         let now = st.selects(&self.def, &ev.obj, &self.query);
-        let before = ev
-            .old
-            .as_ref()
-            .is_some_and(|o| st.selects(&self.def, o, &self.query));
+        let before = ev.old.as_ref().is_some_and(|o| st.selects(&self.def, o, &self.query));
         match ev.etype {
             EventType::Added => now.then_some("ADDED"),
             EventType::Deleted => now.then_some("DELETED"),
@@ -828,10 +776,7 @@ async fn serve_watch(
         ns: ns.to_string(),
         query,
         accept,
-        include: q
-            .get("includeObject")
-            .cloned()
-            .unwrap_or_else(|| "Metadata".into()),
+        include: q.get("includeObject").cloned().unwrap_or_else(|| "Metadata".into()),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
     let mut notify_rx = shared.notify.subscribe();
@@ -873,9 +818,7 @@ async fn serve_watch(
             }
         }
         if send_initial == Some(true) {
-            let _ = tx
-                .send(event_line("BOOKMARK", &bookmark(&spec.def, start, true)))
-                .await;
+            let _ = tx.send(event_line("BOOKMARK", &bookmark(&spec.def, start, true))).await;
         }
         let mut last = start;
         let mut next_bookmark = tokio::time::Instant::now() + bookmark_every;
@@ -888,10 +831,7 @@ async fn serve_watch(
                         let head = st.rv;
                         let lines: Vec<Bytes> = evs
                             .iter()
-                            .filter_map(|ev| {
-                                spec.translate(&st, ev)
-                                    .map(|t| event_line(t, &spec.render(&ev.obj)))
-                            })
+                            .filter_map(|ev| spec.translate(&st, ev).map(|t| event_line(t, &spec.render(&ev.obj))))
                             .collect();
                         Ok((lines, head))
                     }

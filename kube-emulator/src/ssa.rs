@@ -39,11 +39,7 @@ impl Ctx<'_> {
         if last == "conditions" && items.iter().all(|i| i.get("type").is_some()) {
             return ListType::Map(vec!["type".into()]);
         }
-        if !items.is_empty()
-            && items
-                .iter()
-                .all(|i| i.get("name").is_some_and(Value::is_string))
-        {
+        if !items.is_empty() && items.iter().all(|i| i.get("name").is_some_and(Value::is_string)) {
             return ListType::Map(vec!["name".into()]);
         }
         ListType::Atomic
@@ -86,13 +82,7 @@ fn walk(v: &Value, ctx: Ctx, fields: &mut Vec<String>, prefix: &mut FieldPath, o
     }
 }
 
-fn walk_child(
-    c: &Value,
-    ctx: Ctx,
-    fields: &mut Vec<String>,
-    prefix: &mut FieldPath,
-    out: &mut FieldSet,
-) {
+fn walk_child(c: &Value, ctx: Ctx, fields: &mut Vec<String>, prefix: &mut FieldPath, out: &mut FieldSet) {
     let Value::Array(items) = c else {
         walk(c, ctx, fields, prefix, out);
         return;
@@ -125,13 +115,12 @@ fn walk_child(
     }
 }
 
-fn find_item<'a>(items: &'a [Value], elem: &str) -> Option<usize> {
+fn find_item(items: &[Value], elem: &str) -> Option<usize> {
     if let Some(k) = elem.strip_prefix("k:") {
         let keys: Map<String, Value> = serde_json::from_str(k).ok()?;
-        items.iter().position(|i| {
-            keys.iter()
-                .all(|(kk, kv)| i.get(kk).unwrap_or(&Value::Null) == kv)
-        })
+        items
+            .iter()
+            .position(|i| keys.iter().all(|(kk, kv)| i.get(kk).unwrap_or(&Value::Null) == kv))
     } else if let Some(v) = elem.strip_prefix("v:") {
         let want: Value = serde_json::from_str(v).ok()?;
         items.iter().position(|i| *i == want)
@@ -371,9 +360,7 @@ fn entry_index(entries: &mut Vec<Entry>, manager: &str, op: &str, ctx: Ctx) -> u
 /// others lose what it changed or removed.
 pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, ctx: Ctx) {
     let mut entries = old.map(read_entries).unwrap_or_default();
-    let old_t = old
-        .map(|o| trackable(o, ctx))
-        .unwrap_or(Value::Object(Map::new()));
+    let old_t = old.map(|o| trackable(o, ctx)).unwrap_or(Value::Object(Map::new()));
     let new_t = trackable(new, ctx);
     let fs_old = fieldset_of(&old_t, ctx);
     let fs_new = fieldset_of(&new_t, ctx);
@@ -388,8 +375,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, ctx: C
         return;
     }
     for e in entries.iter_mut() {
-        e.set
-            .retain(|p| !changed.contains(p) && !removed.contains(p));
+        e.set.retain(|p| !changed.contains(p) && !removed.contains(p));
     }
     if !changed.is_empty() {
         let i = entry_index(&mut entries, manager, "Update", ctx);
@@ -422,31 +408,29 @@ fn merge_apply(live: &mut Value, cfg: &Value, ctx: Ctx, fields: &mut Vec<String>
         fields.push(k.clone());
         match (l.get_mut(k), cv) {
             (Some(lv @ Value::Object(_)), Value::Object(_)) => merge_apply(lv, cv, ctx, fields),
-            (Some(Value::Array(litems)), Value::Array(citems)) => {
-                match ctx.list_type(fields, citems) {
-                    ListType::Atomic => *l.get_mut(k).expect("present") = cv.clone(),
-                    ListType::Set => {
-                        for i in citems {
-                            if !litems.contains(i) {
-                                litems.push(i.clone());
-                            }
+            (Some(Value::Array(litems)), Value::Array(citems)) => match ctx.list_type(fields, citems) {
+                ListType::Atomic => *l.get_mut(k).expect("present") = cv.clone(),
+                ListType::Set => {
+                    for i in citems {
+                        if !litems.contains(i) {
+                            litems.push(i.clone());
                         }
-                    }
-                    ListType::Map(keys) => {
-                        fields.push("[]".into());
-                        for ci in citems {
-                            match litems
-                                .iter_mut()
-                                .find(|li| keys.iter().all(|kk| li.get(kk) == ci.get(kk)))
-                            {
-                                Some(li) => merge_apply(li, ci, ctx, fields),
-                                None => litems.push(ci.clone()),
-                            }
-                        }
-                        fields.pop();
                     }
                 }
-            }
+                ListType::Map(keys) => {
+                    fields.push("[]".into());
+                    for ci in citems {
+                        match litems
+                            .iter_mut()
+                            .find(|li| keys.iter().all(|kk| li.get(kk) == ci.get(kk)))
+                        {
+                            Some(li) => merge_apply(li, ci, ctx, fields),
+                            None => litems.push(ci.clone()),
+                        }
+                    }
+                    fields.pop();
+                }
+            },
             _ => {
                 l.insert(k.clone(), cv.clone());
             }
@@ -484,9 +468,7 @@ pub fn apply(
     let mut merged = base.clone();
     merge_apply(&mut merged, &cfg, ctx, &mut Vec::new());
 
-    let mine = |e: &Entry| {
-        e.manager == manager && e.operation == "Apply" && e.subresource == ctx.subresource
-    };
+    let mine = |e: &Entry| e.manager == manager && e.operation == "Apply" && e.subresource == ctx.subresource;
     let base_t = trackable(&base, ctx);
     let merged_t = trackable(&merged, ctx);
     let mut conflicts = Vec::new();
@@ -564,10 +546,7 @@ mod tests {
         let v = json!({"spec": {"a": 1, "list": [{"name": "x", "v": 1}]}, "metadata": {"finalizers": ["f"]}});
         let set = fieldset_of(&v, ctx());
         let enc = to_fields_v1(&set);
-        assert_eq!(
-            enc["f:spec"]["f:list"]["k:{\"name\":\"x\"}"]["."],
-            json!({})
-        );
+        assert_eq!(enc["f:spec"]["f:list"]["k:{\"name\":\"x\"}"]["."], json!({}));
         assert_eq!(enc["f:metadata"]["f:finalizers"]["v:\"f\""], json!({}));
         assert_eq!(from_fields_v1(&enc), set);
     }
@@ -576,13 +555,11 @@ mod tests {
     fn apply_conflict_force_remove() {
         let cfg_a = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1, "b": 2}});
         let o = apply(None, &cfg_a, "alice", false, ctx()).unwrap();
-        let cfg_b =
-            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 5}});
+        let cfg_b = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 5}});
         let err = apply(Some(&o), &cfg_b, "bob", false, ctx()).unwrap_err();
         assert_eq!(err[0].path, ".spec.a");
         assert_eq!(err[0].manager, "alice");
-        let same =
-            json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1}});
+        let same = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"a": 1}});
         let shared = apply(Some(&o), &same, "bob", false, ctx()).unwrap();
         let o2 = apply(
             Some(&shared),
@@ -592,11 +569,7 @@ mod tests {
             ctx(),
         )
         .unwrap();
-        assert_eq!(
-            o2["spec"],
-            json!({"a": 1}),
-            "b removed, a kept because bob shares it"
-        );
+        assert_eq!(o2["spec"], json!({"a": 1}), "b removed, a kept because bob shares it");
         let forced = apply(Some(&o2), &cfg_b, "bob", true, ctx()).unwrap();
         assert_eq!(forced["spec"]["a"], json!(5));
     }

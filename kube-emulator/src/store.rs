@@ -168,11 +168,7 @@ fn spec_part(v: &Value) -> Value {
 
 fn obj_key(def: &ResourceDef, ns: &str, name: &str) -> ObjKey {
     (
-        if def.namespaced {
-            ns.to_string()
-        } else {
-            String::new()
-        },
+        if def.namespaced { ns.to_string() } else { String::new() },
         name.to_string(),
     )
 }
@@ -198,8 +194,7 @@ impl State {
                 field_manager: Some("kube-apiserver".into()),
                 ..Default::default()
             };
-            s.create(&def, "", body, &opts)
-                .expect("bootstrap namespace");
+            s.create(&def, "", body, &opts).expect("bootstrap namespace");
         }
         s
     }
@@ -262,10 +257,7 @@ impl State {
                 "the server could not find the requested resource: namespace required",
             ));
         }
-        match self.get_stored(
-            &ResKey::new("", "namespaces"),
-            &(String::new(), ns.to_string()),
-        ) {
+        match self.get_stored(&ResKey::new("", "namespaces"), &(String::new(), ns.to_string())) {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if is_deleting(&n) => {
                 let mut e = ApiError::forbidden(format!(
@@ -325,10 +317,7 @@ impl State {
         let name = name_of(new).to_string();
         let mut causes: Vec<Cause> = Vec::new();
         if let Some(refs) = new["metadata"]["ownerReferences"].as_array() {
-            let controllers = refs
-                .iter()
-                .filter(|r| r["controller"].as_bool() == Some(true))
-                .count();
+            let controllers = refs.iter().filter(|r| r["controller"].as_bool() == Some(true)).count();
             if controllers > 1 {
                 causes.push(Cause::new(
                     "FieldValueInvalid",
@@ -375,10 +364,7 @@ impl State {
                 Ok(())
             }
             FieldValidation::Strict => {
-                let list: Vec<String> = unknown
-                    .iter()
-                    .map(|f| format!("unknown field \"{f}\""))
-                    .collect();
+                let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
                 let msg = format!("strict decoding error: {}", list.join(", "));
                 if is_patch {
                     Err(ApiError::new(422, "Invalid", msg))
@@ -405,13 +391,7 @@ impl State {
     }
 
     /// POST (and apply-create, with managed fields already computed).
-    pub fn create(
-        &mut self,
-        def: &ResourceDef,
-        ns: &str,
-        body: Value,
-        opts: &WriteOpts,
-    ) -> ApiResult<WriteResult> {
+    pub fn create(&mut self, def: &ResourceDef, ns: &str, body: Value, opts: &WriteOpts) -> ApiResult<WriteResult> {
         self.create_inner(def, ns, body, opts, false)
     }
 
@@ -751,12 +731,7 @@ impl State {
         let new = Arc::new(new);
         if is_deleting(&new) && finalizers(&new).is_empty() {
             self.unstore(key, &ok);
-            self.emit(
-                key.clone(),
-                EventType::Deleted,
-                new.clone(),
-                Some(old.clone()),
-            );
+            self.emit(key.clone(), EventType::Deleted, new.clone(), Some(old.clone()));
             self.after_delete(def, &new);
             return Ok(WriteResult {
                 code: 200,
@@ -765,12 +740,7 @@ impl State {
             });
         }
         self.store(key, ok, new.clone());
-        self.emit(
-            key.clone(),
-            EventType::Modified,
-            new.clone(),
-            Some(old.clone()),
-        );
+        self.emit(key.clone(), EventType::Modified, new.clone(), Some(old.clone()));
         self.after_write(def, &new);
         Ok(WriteResult {
             code: 200,
@@ -814,8 +784,8 @@ impl State {
         if ptype == PatchType::Apply {
             return self.apply(def, ns, name, sub, body, opts, existing);
         }
-        let patch_doc: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+        let patch_doc: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         let Some(old) = existing else {
             return Err(ApiError::not_found(&def.group, &def.plural, name));
         };
@@ -829,9 +799,7 @@ impl State {
             }
             PatchType::Strategic => {
                 if !patch_doc.is_object() {
-                    return Err(ApiError::bad_request(
-                        "strategic merge patch must be a JSON object",
-                    ));
+                    return Err(ApiError::bad_request("strategic merge patch must be a JSON object"));
                 }
                 patch::strategic_merge(&mut view, &patch_doc)
             }
@@ -894,19 +862,17 @@ impl State {
                 )],
             ));
         };
-        let text = std::str::from_utf8(body)
-            .map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
+        let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply patch is not UTF-8"))?;
         let mut cfg: Value = match serde_json::from_str(text) {
             Ok(v) => v,
-            Err(_) => serde_saphyr::from_str(text)
-                .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+            Err(_) => {
+                serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+            }
         };
         if !cfg.is_object() {
             return Err(ApiError::bad_request("apply patch must be an object"));
         }
-        if cfg["apiVersion"].as_str().unwrap_or("").is_empty()
-            || cfg["kind"].as_str().unwrap_or("").is_empty()
-        {
+        if cfg["apiVersion"].as_str().unwrap_or("").is_empty() || cfg["kind"].as_str().unwrap_or("").is_empty() {
             return Err(ApiError::bad_request(
                 "invalid object type: apiVersion and kind must be set",
             ));
@@ -938,21 +904,12 @@ impl State {
             let mut e = ApiError::conflict(&def.group, &def.plural, name, "");
             let lines: Vec<String> = conflicts
                 .iter()
-                .map(|c| {
-                    format!(
-                        "conflict with \"{}\" using {}: {}",
-                        c.manager, c.api_version, c.path
-                    )
-                })
+                .map(|c| format!("conflict with \"{}\" using {}: {}", c.manager, c.api_version, c.path))
                 .collect();
             e.message = if lines.len() == 1 {
                 format!("Apply failed with 1 conflict: {}", lines[0])
             } else {
-                format!(
-                    "Apply failed with {} conflicts: {}",
-                    lines.len(),
-                    lines.join("\n")
-                )
+                format!("Apply failed with {} conflicts: {}", lines.len(), lines.join("\n"))
             };
             e.causes = conflicts
                 .iter()
@@ -971,8 +928,7 @@ impl State {
                 if sub == "status" {
                     return Err(ApiError::not_found(&def.group, &def.plural, name));
                 }
-                let mut obj =
-                    ssa::apply(None, &cfg, &manager, opts.force, ctx).map_err(conflict_err)?;
+                let mut obj = ssa::apply(None, &cfg, &manager, opts.force, ctx).map_err(conflict_err)?;
                 meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
                 let mut r = self.create_inner(def, ns, obj, opts, true)?;
                 r.warnings.extend(warnings);
@@ -980,8 +936,7 @@ impl State {
             }
             Some(old) => {
                 let view = to_view(def, &old);
-                let merged = ssa::apply(Some(&view), &cfg, &manager, opts.force, ctx)
-                    .map_err(conflict_err)?;
+                let merged = ssa::apply(Some(&view), &cfg, &manager, opts.force, ctx).map_err(conflict_err)?;
                 let new = from_view(def, merged);
                 let key = def.key();
                 let ok = obj_key(def, ns, name);
@@ -992,13 +947,7 @@ impl State {
         }
     }
 
-    pub fn delete(
-        &mut self,
-        def: &ResourceDef,
-        ns: &str,
-        name: &str,
-        dopts: &DeleteOpts,
-    ) -> ApiResult<WriteResult> {
+    pub fn delete(&mut self, def: &ResourceDef, ns: &str, name: &str, dopts: &DeleteOpts) -> ApiResult<WriteResult> {
         let key = def.key();
         let ok = obj_key(def, ns, name);
         let Some(old) = self.get_stored(&key, &ok) else {
@@ -1198,9 +1147,8 @@ impl State {
         }
         let (rv, items, remaining_token, remaining) = match &q.continue_token {
             Some(tok) => {
-                let (id, _) = decode_token(tok).ok_or_else(|| {
-                    ApiError::bad_request("continue key is not valid: invalid token")
-                })?;
+                let (id, _) = decode_token(tok)
+                    .ok_or_else(|| ApiError::bad_request("continue key is not valid: invalid token"))?;
                 let snap = self.snapshots.remove(&id).ok_or_else(|| {
                     ApiError::expired("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
                 })?;
@@ -1246,11 +1194,7 @@ impl State {
                     },
                 );
                 if self.snapshots.len() > MAX_SNAPSHOTS
-                    && let Some(oldest) = self
-                        .snapshots
-                        .iter()
-                        .min_by_key(|(_, s)| s.created)
-                        .map(|(k, _)| *k)
+                    && let Some(oldest) = self.snapshots.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| *k)
                 {
                     self.snapshots.remove(&oldest);
                 }
@@ -1261,8 +1205,7 @@ impl State {
     }
 
     fn expire_snapshots(&mut self) {
-        self.snapshots
-            .retain(|_, s| s.created.elapsed() < SNAPSHOT_TTL);
+        self.snapshots.retain(|_, s| s.created.elapsed() < SNAPSHOT_TTL);
     }
 
     /// Objects (storage form) for an initial watch listing.
@@ -1284,10 +1227,7 @@ impl State {
         meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
         let new = Arc::new(new);
         let def = self.registry.any_for_key(key);
-        if is_deleting(&new)
-            && finalizers(&new).is_empty()
-            && !(key.group.is_empty() && key.plural == "namespaces")
-        {
+        if is_deleting(&new) && finalizers(&new).is_empty() && !(key.group.is_empty() && key.plural == "namespaces") {
             self.unstore(key, ok);
             self.emit(key.clone(), EventType::Deleted, new.clone(), Some(old));
             if let Some(d) = def {
@@ -1301,10 +1241,7 @@ impl State {
 
     fn remove_finalizer(&mut self, key: &ResKey, ok: &ObjKey, fin: &str) {
         self.internal_update(key, ok, |o| {
-            if let Some(a) = o["metadata"]
-                .get_mut("finalizers")
-                .and_then(Value::as_array_mut)
-            {
+            if let Some(a) = o["metadata"].get_mut("finalizers").and_then(Value::as_array_mut) {
                 a.retain(|f| f.as_str() != Some(fin));
                 if a.is_empty()
                     && let Some(m) = o["metadata"].as_object_mut()
@@ -1393,9 +1330,7 @@ impl State {
                     }
                 }
                 if key.group == "apiextensions.k8s.io"
-                    && fins
-                        .iter()
-                        .any(|f| f == "customresourcecleanup.apiextensions.k8s.io")
+                    && fins.iter().any(|f| f == "customresourcecleanup.apiextensions.k8s.io")
                 {
                     let target = ResKey::new(
                         o["spec"]["group"].as_str().unwrap_or_default(),
@@ -1405,21 +1340,14 @@ impl State {
                         Some(objs) if !objs.is_empty() => {
                             to_delete.extend(objs.keys().map(|k| (target.clone(), k.clone())))
                         }
-                        _ => fin_done.push((
-                            key.clone(),
-                            ok.clone(),
-                            "customresourcecleanup.apiextensions.k8s.io",
-                        )),
+                        _ => fin_done.push((key.clone(), ok.clone(), "customresourcecleanup.apiextensions.k8s.io")),
                     }
                 }
             }
         }
         for (key, ok, owner_uid) in orphan_refs {
             self.internal_update(&key, &ok, |o| {
-                if let Some(a) = o["metadata"]
-                    .get_mut("ownerReferences")
-                    .and_then(Value::as_array_mut)
-                {
+                if let Some(a) = o["metadata"].get_mut("ownerReferences").and_then(Value::as_array_mut) {
                     a.retain(|r| r["uid"].as_str() != Some(owner_uid.as_str()));
                 }
             });
@@ -1436,8 +1364,7 @@ impl State {
                 if let Some(old) = self.get_stored(&key, &ok) {
                     let rv = self.next_rv();
                     let mut last = (*old).clone();
-                    meta::metadata_mut(&mut last)
-                        .insert("resourceVersion".into(), json!(rv.to_string()));
+                    meta::metadata_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
                     self.unstore(&key, &ok);
                     self.emit(key, EventType::Deleted, Arc::new(last), Some(old));
                 }
@@ -1518,7 +1445,7 @@ fn encode_token(id: u64, rv: u64) -> String {
 }
 
 fn decode_token(tok: &str) -> Option<(u64, u64)> {
-    if tok.len() % 2 != 0 {
+    if !tok.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..tok.len())
@@ -1541,18 +1468,9 @@ pub fn success_status(def: &ResourceDef, name: &str, uid: &str) -> Value {
 
 /// CRD admission: name rule, defaulted names, accepted names and conditions.
 fn admit_crd(new: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let group = new["spec"]["group"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let plural = new["spec"]["names"]["plural"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let kind = new["spec"]["names"]["kind"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let group = new["spec"]["group"].as_str().unwrap_or_default().to_string();
+    let plural = new["spec"]["names"]["plural"].as_str().unwrap_or_default().to_string();
+    let kind = new["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
     let name = name_of(new).to_string();
     if name != format!("{plural}.{group}") {
         causes.push(Cause::new(
@@ -1569,16 +1487,9 @@ fn admit_crd(new: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         ));
     }
     if kind.is_empty() {
-        causes.push(Cause::new(
-            "FieldValueRequired",
-            "Required value",
-            "spec.names.kind",
-        ));
+        causes.push(Cause::new("FieldValueRequired", "Required value", "spec.names.kind"));
     }
-    let versions = new["spec"]["versions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let versions = new["spec"]["versions"].as_array().cloned().unwrap_or_default();
     let storage: Vec<String> = versions
         .iter()
         .filter(|v| v["storage"].as_bool() == Some(true))
@@ -1648,7 +1559,12 @@ mod tests {
         let mut s = State::new(100);
         let def = cm_def(&s);
         let o = s
-            .create(&def, "default", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"x": "1"}}), &WriteOpts::default())
+            .create(
+                &def,
+                "default",
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"x": "1"}}),
+                &WriteOpts::default(),
+            )
             .unwrap()
             .body;
         let rv = s.rv;
@@ -1656,10 +1572,7 @@ mod tests {
             .update(&def, "default", "a", "", o.clone(), &WriteOpts::default())
             .unwrap();
         assert_eq!(s.rv, rv);
-        assert_eq!(
-            r.body["metadata"]["resourceVersion"],
-            o["metadata"]["resourceVersion"]
-        );
+        assert_eq!(r.body["metadata"]["resourceVersion"], o["metadata"]["resourceVersion"]);
     }
 
     #[test]
@@ -1713,9 +1626,6 @@ mod tests {
         let p2 = s.list(&def, "default", &q2).unwrap();
         assert_eq!(p2["items"].as_array().unwrap().len(), 3);
         assert!(p2["metadata"].get("continue").is_none());
-        assert_eq!(
-            p1["metadata"]["resourceVersion"],
-            p2["metadata"]["resourceVersion"]
-        );
+        assert_eq!(p1["metadata"]["resourceVersion"], p2["metadata"]["resourceVersion"]);
     }
 }

@@ -20,10 +20,7 @@ enum Step {
 
 fn parse_jsonpath(expr: &str) -> Option<Vec<Step>> {
     let e = expr.trim();
-    let e = e
-        .strip_prefix('{')
-        .and_then(|x| x.strip_suffix('}'))
-        .unwrap_or(e);
+    let e = e.strip_prefix('{').and_then(|x| x.strip_suffix('}')).unwrap_or(e);
     let e = e.strip_prefix('$').unwrap_or(e);
     let chars: Vec<char> = e.chars().collect();
     let mut i = 0;
@@ -93,9 +90,7 @@ fn parse_filter(f: &str) -> Option<Step> {
                 .map(String::from)
                 .collect();
             let r = r.trim();
-            let value = if (r.starts_with('"') && r.ends_with('"'))
-                || (r.starts_with('\'') && r.ends_with('\''))
-            {
+            let value = if (r.starts_with('"') && r.ends_with('"')) || (r.starts_with('\'') && r.ends_with('\'')) {
                 Value::String(r[1..r.len() - 1].to_string())
             } else {
                 serde_json::from_str(r).ok()?
@@ -240,8 +235,8 @@ fn builtin_columns(def: &ResourceDef) -> Vec<BuiltinColumn> {
         ],
         ("", "configmaps") => vec![
             c("Data", "integer", 0, |o| {
-                let n = o["data"].as_object().map_or(0, |m| m.len())
-                    + o["binaryData"].as_object().map_or(0, |m| m.len());
+                let n =
+                    o["data"].as_object().map_or(0, |m| m.len()) + o["binaryData"].as_object().map_or(0, |m| m.len());
                 json!(n)
             }),
             c("Age", "string", 0, age),
@@ -279,9 +274,7 @@ fn builtin_columns(def: &ResourceDef) -> Vec<BuiltinColumn> {
             c("Age", "string", 0, age),
         ],
         ("coordination.k8s.io", "leases") => vec![
-            c("Holder", "string", 0, |o| {
-                o["spec"]["holderIdentity"].clone()
-            }),
+            c("Holder", "string", 0, |o| o["spec"]["holderIdentity"].clone()),
             c("Age", "string", 0, age),
         ],
         ("", "events") => vec![
@@ -298,10 +291,7 @@ fn builtin_columns(def: &ResourceDef) -> Vec<BuiltinColumn> {
             c("Object", "string", 0, |o| {
                 json!(format!(
                     "{}/{}",
-                    o["involvedObject"]["kind"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_lowercase(),
+                    o["involvedObject"]["kind"].as_str().unwrap_or("").to_lowercase(),
                     o["involvedObject"]["name"].as_str().unwrap_or("")
                 ))
             }),
@@ -355,7 +345,13 @@ pub fn table(def: &ResourceDef, objs: &[Value], list_meta: Value, include_object
             }
         }
         Some(_) => {
-            defs.push(coldef("Age", "date", "", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0));
+            defs.push(coldef(
+                "Age",
+                "date",
+                "",
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+                0,
+            ));
             cols.push(Col::Path(".metadata.creationTimestamp", "date"));
         }
         None => {
@@ -407,9 +403,6 @@ mod tests {
         assert_eq!(jsonpath(&o, "{.spec.items[*]}"), vec![json!(1), json!(2)]);
         assert_eq!(jsonpath(&o, ".spec.items[-1]"), vec![json!(2)]);
         assert!(jsonpath(&o, ".spec.missing.deeper").is_empty());
-        assert_eq!(
-            jsonpath(&o, ".status.conditions[0]['type']"),
-            vec![json!("Synced")]
-        );
+        assert_eq!(jsonpath(&o, ".status.conditions[0]['type']"), vec![json!("Synced")]);
     }
 }

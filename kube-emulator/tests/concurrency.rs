@@ -22,7 +22,11 @@ async fn many_watchers_and_writers_lose_nothing() {
     let start_rv = emu.with_state(|s| s.rv);
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
-        let w = WatchStream::open(emu.addr(), &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start_rv}")).await;
+        let w = WatchStream::open(
+            emu.addr(),
+            &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={start_rv}"),
+        )
+        .await;
         assert_eq!(w.status, 200);
         watchers.push(w);
     }
@@ -41,7 +45,10 @@ async fn many_watchers_and_writers_lose_nothing() {
                     }
                 }
                 // Nothing extra arrives.
-                assert!(w.try_next(Duration::from_millis(300)).await.is_err(), "unexpected extra event");
+                assert!(
+                    w.try_next(Duration::from_millis(300)).await.is_err(),
+                    "unexpected extra event"
+                );
                 got
             })
         })
@@ -52,9 +59,16 @@ async fn many_watchers_and_writers_lose_nothing() {
             tokio::spawn(async move {
                 for i in 0..OBJECTS / WRITERS {
                     let name = format!("w{wi}-{i:04}");
-                    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}, "data": {"n": "0"}})).unwrap();
+                    let cm: ConfigMap =
+                        serde_json::from_value(json!({"metadata": {"name": name}, "data": {"n": "0"}})).unwrap();
                     api.create(&PostParams::default(), &cm).await.unwrap();
-                    api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"data": {"n": "1"}}))).await.unwrap();
+                    api.patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"data": {"n": "1"}})),
+                    )
+                    .await
+                    .unwrap();
                 }
             })
         })
@@ -63,15 +77,28 @@ async fn many_watchers_and_writers_lose_nothing() {
         w.await.unwrap();
     }
     let end_rv = emu.with_state(|s| s.rv);
-    assert_eq!(end_rv - start_rv, expected_events as u64, "one resourceVersion per write");
+    assert_eq!(
+        end_rv - start_rv,
+        expected_events as u64,
+        "one resourceVersion per write"
+    );
     let mut reference: Option<Vec<(u64, String, String)>> = None;
     for r in readers {
         let events = r.await.unwrap();
         let seq: Vec<(u64, String, String)> = events
             .iter()
-            .map(|e| (obj_rv(&e["object"]), e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
+            .map(|e| {
+                (
+                    obj_rv(&e["object"]),
+                    e["type"].as_str().unwrap().to_string(),
+                    e["object"]["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
             .collect();
-        assert!(seq.windows(2).all(|p| p[0].0 < p[1].0), "strictly increasing resourceVersions");
+        assert!(
+            seq.windows(2).all(|p| p[0].0 < p[1].0),
+            "strictly increasing resourceVersions"
+        );
         let rvs: HashSet<u64> = seq.iter().map(|s| s.0).collect();
         assert_eq!(rvs.len(), expected_events, "no duplicates");
         let mut per_object: BTreeMap<&str, Vec<&str>> = BTreeMap::new();

@@ -12,9 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{
-    Event as RecorderEvent, EventType as RecorderType, Recorder, Reporter,
-};
+use kube::runtime::events::{Event as RecorderEvent, EventType as RecorderType, Recorder, Reporter};
 use kube::runtime::{Controller, controller::Action, finalizer, watcher};
 use kube::{Resource, ResourceExt};
 use kube_emulator::Options;
@@ -37,16 +35,11 @@ fn api_err(e: kube::Error) -> (u16, String) {
 #[tokio::test]
 async fn discovery_under_both_accept_styles() {
     let (emu, client) = start_with_widgets().await;
-    let aggregated =
-        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
     for accept in [aggregated, "application/json", "*/*"] {
         let r = http(emu.addr(), "GET", "/apis", &[("Accept", accept)], b"").await;
         assert_eq!(r.status, 200);
-        assert!(
-            r.header("content-type")
-                .unwrap()
-                .starts_with("application/json")
-        );
+        assert!(r.header("content-type").unwrap().starts_with("application/json"));
         let groups = r.json();
         assert_eq!(groups["kind"], "APIGroupList");
         let names: Vec<&str> = groups["groups"]
@@ -84,10 +77,7 @@ async fn discovery_under_both_accept_styles() {
     assert_eq!(res[1]["name"], "widgets/status");
     assert_eq!(res[1]["verbs"], json!(["get", "patch", "update"]));
     // kube-rs discovery sees the CRD at once.
-    let discovery = kube::discovery::Discovery::new(client.clone())
-        .run()
-        .await
-        .unwrap();
+    let discovery = kube::discovery::Discovery::new(client.clone()).run().await.unwrap();
     let (ar, caps) = discovery
         .groups()
         .flat_map(|g| g.recommended_resources())
@@ -113,10 +103,7 @@ async fn discovery_under_both_accept_styles() {
         emu.addr(),
         "GET",
         "/api/v1/namespaces",
-        &[(
-            "Accept",
-            "application/vnd.kubernetes.protobuf,application/json",
-        )],
+        &[("Accept", "application/vnd.kubernetes.protobuf,application/json")],
         b"",
     )
     .await;
@@ -148,15 +135,10 @@ async fn paginated_list_then_watch_has_no_gap_or_duplicate() {
         if page == 0 {
             list_rv = l.metadata.resource_version.clone().unwrap();
             // Writes during pagination must not leak into later pages.
-            cms.create(&PostParams::default(), &cm("late-a"))
-                .await
-                .unwrap();
+            cms.create(&PostParams::default(), &cm("late-a")).await.unwrap();
             cms.delete("c24", &DeleteParams::default()).await.unwrap();
         }
-        assert_eq!(
-            l.metadata.resource_version.as_deref(),
-            Some(list_rv.as_str())
-        );
+        assert_eq!(l.metadata.resource_version.as_deref(), Some(list_rv.as_str()));
         seen.extend(l.items.iter().map(|c| c.name_any()));
         page += 1;
         match l.metadata.continue_ {
@@ -205,11 +187,7 @@ async fn paginated_list_then_watch_has_no_gap_or_duplicate() {
     assert_eq!(bad.status, 410);
     assert_eq!(bad.json()["reason"], "Expired");
     // resourceVersionMatch rules.
-    let r = get_json(
-        emu.addr(),
-        "/api/v1/configmaps?resourceVersionMatch=NotOlderThan",
-    )
-    .await;
+    let r = get_json(emu.addr(), "/api/v1/configmaps?resourceVersionMatch=NotOlderThan").await;
     assert_eq!(r.status, 422);
     let r = get_json(
         emu.addr(),
@@ -236,9 +214,7 @@ async fn stale_version_gets_410_and_watcher_relists() {
     let client = emu.client();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     for i in 0..30 {
-        cms.create(&PostParams::default(), &cm(&format!("c{i}")))
-            .await
-            .unwrap();
+        cms.create(&PostParams::default(), &cm(&format!("c{i}"))).await.unwrap();
     }
     let mut w = WatchStream::open(
         emu.addr(),
@@ -310,7 +286,11 @@ async fn bookmarks_and_timeout_close_then_watcher_resumes() {
     let client = emu.client();
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
     let started = std::time::Instant::now();
-    let mut w = WatchStream::open(emu.addr(), "/api/v1/namespaces/default/configmaps?watch=true&allowWatchBookmarks=true&timeoutSeconds=2").await;
+    let mut w = WatchStream::open(
+        emu.addr(),
+        "/api/v1/namespaces/default/configmaps?watch=true&allowWatchBookmarks=true&timeoutSeconds=2",
+    )
+    .await;
     // Headers arrive before any event exists.
     assert_eq!(w.status, 200);
     assert!(started.elapsed() < Duration::from_secs(1));
@@ -332,16 +312,15 @@ async fn bookmarks_and_timeout_close_then_watcher_resumes() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
         "closed after {took:?}"
     );
-    assert!(
-        bookmarks >= 2,
-        "periodic and final bookmarks, got {bookmarks}"
-    );
+    assert!(bookmarks >= 2, "periodic and final bookmarks, got {bookmarks}");
 
     // sendInitialEvents: ADDED for each object, then the annotated BOOKMARK.
-    cms.create(&PostParams::default(), &cm("one"))
-        .await
-        .unwrap();
-    let bad = get_json(emu.addr(), "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true").await;
+    cms.create(&PostParams::default(), &cm("one")).await.unwrap();
+    let bad = get_json(
+        emu.addr(),
+        "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&allowWatchBookmarks=true",
+    )
+    .await;
     assert_eq!(bad.status, 422);
     let mut w = WatchStream::open(
         emu.addr(),
@@ -371,9 +350,7 @@ async fn bookmarks_and_timeout_close_then_watcher_resumes() {
         }
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cms.create(&PostParams::default(), &cm("after-timeout"))
-        .await
-        .unwrap();
+    cms.create(&PostParams::default(), &cm("after-timeout")).await.unwrap();
     let got = tokio::time::timeout(T, async {
         while let Some(ev) = stream.try_next().await.unwrap() {
             if let watcher::Event::Apply(c) = ev {
@@ -416,26 +393,18 @@ async fn label_changes_move_objects_in_and_out_of_a_watch() {
     )
     .await;
     let pp = PatchParams::default();
-    cms.patch(
-        "x",
-        &pp,
-        &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})),
-    )
-    .await
-    .unwrap();
+    cms.patch("x", &pp, &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})))
+        .await
+        .unwrap();
     let e = w.next(T).await.unwrap();
     assert_eq!(e["type"], "ADDED");
     cms.patch("x", &pp, &Patch::Merge(json!({"data": {"k": "2"}})))
         .await
         .unwrap();
     assert_eq!(w.next(T).await.unwrap()["type"], "MODIFIED");
-    cms.patch(
-        "x",
-        &pp,
-        &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})),
-    )
-    .await
-    .unwrap();
+    cms.patch("x", &pp, &Patch::Merge(json!({"metadata": {"labels": {"app": "db"}}})))
+        .await
+        .unwrap();
     let e = w.next(T).await.unwrap();
     assert_eq!(e["type"], "DELETED");
     assert_eq!(e["object"]["metadata"]["labels"]["app"], "db");
@@ -460,11 +429,7 @@ async fn label_changes_move_objects_in_and_out_of_a_watch() {
     .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["reason"], "BadRequest");
-    let by_name = get_json(
-        emu.addr(),
-        "/api/v1/configmaps?fieldSelector=metadata.name%3Dx",
-    )
-    .await;
+    let by_name = get_json(emu.addr(), "/api/v1/configmaps?fieldSelector=metadata.name%3Dx").await;
     assert_eq!(by_name.json()["items"].as_array().unwrap().len(), 1);
 }
 
@@ -473,15 +438,8 @@ async fn label_changes_move_objects_in_and_out_of_a_watch() {
 async fn create_and_replace_error_matrix() {
     let (emu, client) = start_with_widgets().await;
     let w = widgets(&client);
-    let created = w
-        .create(&PostParams::default(), &widget("a", 1))
-        .await
-        .unwrap();
-    let (code, reason) = api_err(
-        w.create(&PostParams::default(), &widget("a", 1))
-            .await
-            .unwrap_err(),
-    );
+    let created = w.create(&PostParams::default(), &widget("a", 1)).await.unwrap();
+    let (code, reason) = api_err(w.create(&PostParams::default(), &widget("a", 1)).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
     let mut stale = created.clone();
     w.patch(
@@ -492,31 +450,25 @@ async fn create_and_replace_error_matrix() {
     .await
     .unwrap();
     stale.data["spec"]["size"] = json!(3);
-    let (code, reason) = api_err(
-        w.replace("a", &PostParams::default(), &stale)
-            .await
-            .unwrap_err(),
-    );
+    let (code, reason) = api_err(w.replace("a", &PostParams::default(), &stale).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (409, "Conflict"));
     let mut no_rv = created.clone();
     no_rv.metadata.resource_version = None;
-    let (code, reason) = api_err(
-        w.replace("a", &PostParams::default(), &no_rv)
-            .await
-            .unwrap_err(),
-    );
+    let (code, reason) = api_err(w.replace("a", &PostParams::default(), &no_rv).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (422, "Invalid"));
     let mut missing = widget("nope", 1);
     missing.metadata.resource_version = Some("5".into());
-    let (code, _) = api_err(
-        w.replace("nope", &PostParams::default(), &missing)
-            .await
-            .unwrap_err(),
-    );
+    let (code, _) = api_err(w.replace("nope", &PostParams::default(), &missing).await.unwrap_err());
     assert_eq!(code, 404);
     // Kind/apiVersion mismatch, namespace mismatch, bad names, generateName.
-    let r = send_json(emu.addr(), "POST", "/apis/example.com/v1/namespaces/default/widgets", "application/json",
-        &json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {"size": 1}})).await;
+    let r = send_json(
+        emu.addr(),
+        "POST",
+        "/apis/example.com/v1/namespaces/default/widgets",
+        "application/json",
+        &json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"}, "spec": {"size": 1}}),
+    )
+    .await;
     assert_eq!(r.status, 422);
     let r = send_json(emu.addr(), "POST", "/apis/example.com/v1/namespaces/default/widgets", "application/json",
         &json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "g", "namespace": "other"}, "spec": {"size": 1}})).await;
@@ -530,13 +482,7 @@ async fn create_and_replace_error_matrix() {
     let body = r.json();
     let name = body["metadata"]["name"].as_str().unwrap();
     assert!(name.starts_with("gen-") && name.len() == 9, "{name}");
-    assert_eq!(
-        body["metadata"]["creationTimestamp"]
-            .as_str()
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(body["metadata"]["creationTimestamp"].as_str().unwrap().len(), 20);
     let r = http(
         emu.addr(),
         "POST",
@@ -550,11 +496,7 @@ async fn create_and_replace_error_matrix() {
     assert_eq!(r.status, 404);
     let s = r.json();
     assert_eq!(
-        (
-            s["kind"].as_str(),
-            s["status"].as_str(),
-            s["reason"].as_str()
-        ),
+        (s["kind"].as_str(), s["status"].as_str(), s["reason"].as_str()),
         (Some("Status"), Some("Failure"), Some("NotFound"))
     );
     assert_eq!(s["details"]["name"], "x");
@@ -570,8 +512,7 @@ async fn create_and_replace_error_matrix() {
     // Leases: 409 on racing creates.
     let leases: Api<Lease> = Api::default_namespaced(client.clone());
     let lease: Lease =
-        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}))
-            .unwrap();
+        serde_json::from_value(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}})).unwrap();
     let pp = PostParams::default();
     let (a, b) = tokio::join!(leases.create(&pp, &lease), leases.create(&pp, &lease));
     assert!(a.is_ok() != b.is_ok(), "exactly one racing create wins");
@@ -583,10 +524,7 @@ async fn generation_matrix_and_noop_writes() {
     let (_emu, client) = start_with_widgets().await;
     let w = widgets(&client);
     let pp = PatchParams::default();
-    let o = w
-        .create(&PostParams::default(), &widget("g", 1))
-        .await
-        .unwrap();
+    let o = w.create(&PostParams::default(), &widget("g", 1)).await.unwrap();
     assert_eq!(o.metadata.generation, Some(1));
     let o = w
         .patch(
@@ -598,11 +536,7 @@ async fn generation_matrix_and_noop_writes() {
         .unwrap();
     assert_eq!(o.metadata.generation, Some(1), "metadata-only write");
     let o = w
-        .patch_status(
-            "g",
-            &pp,
-            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
-        )
+        .patch_status("g", &pp, &Patch::Merge(json!({"status": {"phase": "Ready"}})))
         .await
         .unwrap();
     assert_eq!(o.metadata.generation, Some(1), "status write");
@@ -611,15 +545,9 @@ async fn generation_matrix_and_noop_writes() {
         .patch("g", &pp, &Patch::Merge(json!({"spec": {"size": 1}})))
         .await
         .unwrap();
-    assert_eq!(
-        o.metadata.resource_version, rv,
-        "no-op patch keeps the resourceVersion"
-    );
+    assert_eq!(o.metadata.resource_version, rv, "no-op patch keeps the resourceVersion");
     let o = w.replace("g", &PostParams::default(), &o).await.unwrap();
-    assert_eq!(
-        o.metadata.resource_version, rv,
-        "no-op PUT keeps the resourceVersion"
-    );
+    assert_eq!(o.metadata.resource_version, rv, "no-op PUT keeps the resourceVersion");
     let o = w
         .patch("g", &pp, &Patch::Merge(json!({"spec": {"size": 2}})))
         .await
@@ -627,15 +555,20 @@ async fn generation_matrix_and_noop_writes() {
     assert_eq!(o.metadata.generation, Some(2), "spec write");
     // Writes to the main endpoint keep status; /status keeps everything else.
     let o = w
-        .patch(
-            "g",
-            &pp,
-            &Patch::Merge(json!({"status": {"phase": "Gone"}})),
-        )
+        .patch("g", &pp, &Patch::Merge(json!({"status": {"phase": "Gone"}})))
         .await
         .unwrap();
     assert_eq!(o.data["status"]["phase"], "Ready");
-    let o = w.patch_status("g", &pp, &Patch::Merge(json!({"spec": {"size": 9}, "metadata": {"labels": {"a": "c"}}, "status": {"phase": "Done"}}))).await.unwrap();
+    let o = w
+        .patch_status(
+            "g",
+            &pp,
+            &Patch::Merge(
+                json!({"spec": {"size": 9}, "metadata": {"labels": {"a": "c"}}, "status": {"phase": "Done"}}),
+            ),
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (
             o.data["spec"]["size"].as_i64(),
@@ -648,10 +581,7 @@ async fn generation_matrix_and_noop_writes() {
     // Status is stripped on create.
     let mut with_status = widget("h", 1);
     with_status.data["status"] = json!({"phase": "Fake"});
-    let h = w
-        .create(&PostParams::default(), &with_status)
-        .await
-        .unwrap();
+    let h = w.create(&PostParams::default(), &with_status).await.unwrap();
     assert!(h.data.get("status").is_none());
     // Deletion with a finalizer bumps generation once; re-DELETE changes nothing.
     w.patch(
@@ -669,12 +599,7 @@ async fn generation_matrix_and_noop_writes() {
         .expect("object while finalizing");
     assert_eq!(d.metadata.generation, Some(3));
     assert!(d.metadata.deletion_timestamp.is_some());
-    let d2 = w
-        .delete("g", &DeleteParams::default())
-        .await
-        .unwrap()
-        .left()
-        .unwrap();
+    let d2 = w.delete("g", &DeleteParams::default()).await.unwrap().left().unwrap();
     assert_eq!(d2.metadata.resource_version, d.metadata.resource_version);
     // No new finalizers on a deleting object; deletionTimestamp is immutable.
     let (code, _) = api_err(
@@ -697,13 +622,9 @@ async fn generation_matrix_and_noop_writes() {
         .unwrap();
     assert!(o.metadata.deletion_timestamp.is_some());
     // Emptying the finalizers completes the deletion.
-    w.patch(
-        "g",
-        &pp,
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    w.patch("g", &pp, &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .unwrap();
     assert!(w.get_opt("g").await.unwrap().is_none());
     // Two controllers in ownerReferences are rejected.
     let r = w
@@ -747,10 +668,7 @@ async fn finalizer_lifecycle_with_controller() {
             },
         ),
     });
-    async fn reconcile(
-        obj: Arc<DynamicObject>,
-        ctx: Arc<Ctx>,
-    ) -> Result<Action, finalizer::Error<ReconcileError>> {
+    async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Ctx>) -> Result<Action, finalizer::Error<ReconcileError>> {
         let api = ctx.api.clone();
         finalizer(&api, "example.com/cleanup", obj, |ev| async {
             match ev {
@@ -779,11 +697,7 @@ async fn finalizer_lifecycle_with_controller() {
         })
         .await
     }
-    fn error_policy(
-        _: Arc<DynamicObject>,
-        _: &finalizer::Error<ReconcileError>,
-        _: Arc<Ctx>,
-    ) -> Action {
+    fn error_policy(_: Arc<DynamicObject>, _: &finalizer::Error<ReconcileError>, _: Arc<Ctx>) -> Action {
         Action::requeue(Duration::from_millis(200))
     }
     let ctl = tokio::spawn(
@@ -791,9 +705,7 @@ async fn finalizer_lifecycle_with_controller() {
             .run(reconcile, error_policy, ctx)
             .for_each(|_| async {}),
     );
-    w.create(&PostParams::default(), &widget("f", 1))
-        .await
-        .unwrap();
+    w.create(&PostParams::default(), &widget("f", 1)).await.unwrap();
     eventually("ready with finalizer", Duration::from_secs(10), || async {
         let o = w.get("f").await.unwrap();
         o.finalizers().contains(&"example.com/cleanup".to_string())
@@ -801,10 +713,7 @@ async fn finalizer_lifecycle_with_controller() {
     })
     .await;
     let o = w.get("f").await.unwrap();
-    assert_eq!(
-        o.data["status"]["observedGeneration"],
-        json!(o.metadata.generation)
-    );
+    assert_eq!(o.data["status"]["observedGeneration"], json!(o.metadata.generation));
     let rv = o.resource_version().unwrap();
     let mut events = WatchStream::open(
         emu.addr(),
@@ -847,9 +756,7 @@ async fn finalizer_lifecycle_with_controller() {
 async fn patch_matrix() {
     let (emu, client) = start_with_widgets().await;
     let w = widgets(&client);
-    w.create(&PostParams::default(), &widget("p", 1))
-        .await
-        .unwrap();
+    w.create(&PostParams::default(), &widget("p", 1)).await.unwrap();
     let base = "/apis/example.com/v1/namespaces/default/widgets/p";
     let json_patch = "application/json-patch+json";
     // `test` of null on a missing member passes; a failing test is 422.
@@ -912,10 +819,7 @@ async fn patch_matrix() {
         &json!({"metadata": {"resourceVersion": "1"}, "spec": {"size": 2}}),
     )
     .await;
-    assert_eq!(
-        (r.status, r.json()["reason"].as_str()),
-        (409, Some("Conflict"))
-    );
+    assert_eq!((r.status, r.json()["reason"].as_str()), (409, Some("Conflict")));
     let r = send_json(
         emu.addr(),
         "PATCH",
@@ -1036,11 +940,7 @@ async fn server_side_apply() {
     match err {
         kube::Error::Api(s) => {
             assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
-            assert!(
-                s.message.contains("conflict with \"alice\""),
-                "{}",
-                s.message
-            );
+            assert!(s.message.contains("conflict with \"alice\""), "{}", s.message);
             assert!(s.message.contains(".spec.size"), "{}", s.message);
         }
         other => panic!("{other:?}"),
@@ -1050,9 +950,7 @@ async fn server_side_apply() {
         .patch(
             "s",
             &b,
-            &Patch::Apply(cfg(
-                json!({"size": 1, "ports": [{"name": "grpc", "port": 90}]}),
-            )),
+            &Patch::Apply(cfg(json!({"size": 1, "ports": [{"name": "grpc", "port": 90}]}))),
         )
         .await
         .unwrap();
@@ -1061,9 +959,7 @@ async fn server_side_apply() {
         .patch(
             "s",
             &b.clone().force(),
-            &Patch::Apply(cfg(
-                json!({"size": 2, "ports": [{"name": "grpc", "port": 90}]}),
-            )),
+            &Patch::Apply(cfg(json!({"size": 2, "ports": [{"name": "grpc", "port": 90}]}))),
         )
         .await
         .unwrap();
@@ -1086,10 +982,7 @@ async fn server_side_apply() {
         .await
         .unwrap();
     assert_eq!(
-        (
-            o.data["status"]["phase"].as_str(),
-            o.data["spec"]["size"].as_i64()
-        ),
+        (o.data["status"]["phase"].as_str(), o.data["spec"]["size"].as_i64()),
         (Some("Up"), Some(2))
     );
     let entry = o
@@ -1111,7 +1004,16 @@ async fn server_side_apply() {
         .unwrap();
     assert_eq!(o.finalizers().len(), 2);
     // An annotation-only client-side apply does not wipe the spec.
-    let o = w.patch("s", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}}))).await.unwrap();
+    let o = w
+        .patch(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}}}),
+            ),
+        )
+        .await
+        .unwrap();
     assert_eq!(o.data["spec"]["size"], 2);
     // Built-in leases: SSA conflict is what makes lease locking safe.
     let leases: Api<Lease> = Api::default_namespaced(client.clone());
@@ -1206,23 +1108,11 @@ async fn schema_defaulting_pruning_validation() {
     let s = r.json();
     assert_eq!(s["reason"], "Invalid");
     let causes = s["details"]["causes"].as_array().unwrap();
-    let fields: Vec<&str> = causes
-        .iter()
-        .map(|c| c["field"].as_str().unwrap())
-        .collect();
-    for f in [
-        "spec.size",
-        "spec.mode",
-        "spec.name",
-        "spec.when",
-        "spec.ports[1]",
-    ] {
+    let fields: Vec<&str> = causes.iter().map(|c| c["field"].as_str().unwrap()).collect();
+    for f in ["spec.size", "spec.mode", "spec.name", "spec.when", "spec.ports[1]"] {
         assert!(fields.contains(&f), "{f} missing in {fields:?}");
     }
-    let dup = causes
-        .iter()
-        .find(|c| c["field"] == "spec.ports[1]")
-        .unwrap();
+    let dup = causes.iter().find(|c| c["field"] == "spec.ports[1]").unwrap();
     assert_eq!(dup["reason"], "FieldValueDuplicate");
     assert!(
         s["message"]
@@ -1230,7 +1120,14 @@ async fn schema_defaulting_pruning_validation() {
             .unwrap()
             .starts_with("Widget.example.com \"bad\" is invalid: [")
     );
-    let r = send_json(emu.addr(), "POST", path, "application/json", &json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "nosize"}, "spec": {}})).await;
+    let r = send_json(
+        emu.addr(),
+        "POST",
+        path,
+        "application/json",
+        &json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "nosize"}, "spec": {}}),
+    )
+    .await;
     assert_eq!(
         r.json()["details"]["causes"][0],
         json!({"reason": "FieldValueRequired", "message": "Required value", "field": "spec.size"})
@@ -1256,10 +1153,7 @@ async fn schema_defaulting_pruning_validation() {
         "POST",
         path,
         "application/json",
-        &obj(
-            "cel2",
-            json!({"size": 1, "ports": [{"name": "a", "port": 0}]}),
-        ),
+        &obj("cel2", json!({"size": 1, "ports": [{"name": "a", "port": 0}]})),
     )
     .await;
     assert_eq!(r.status, 422);
@@ -1280,9 +1174,7 @@ async fn schema_defaulting_pruning_validation() {
 async fn tables_for_kubectl_get() {
     let (emu, client) = start_with_widgets().await;
     let w = widgets(&client);
-    w.create(&PostParams::default(), &widget("t", 7))
-        .await
-        .unwrap();
+    w.create(&PostParams::default(), &widget("t", 7)).await.unwrap();
     w.patch_status(
         "t",
         &PatchParams::default(),
@@ -1291,9 +1183,7 @@ async fn tables_for_kubectl_get() {
     )
     .await
     .unwrap();
-    w.create(&PostParams::default(), &widget("u", 8))
-        .await
-        .unwrap();
+    w.create(&PostParams::default(), &widget("u", 8)).await.unwrap();
     let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
     let r = http(
         emu.addr(),
@@ -1316,13 +1206,7 @@ async fn tables_for_kubectl_get() {
         .collect();
     assert_eq!(
         cols,
-        vec![
-            ("Name", 0),
-            ("Ready", 0),
-            ("Size", 0),
-            ("Mode", 1),
-            ("Age", 0)
-        ]
+        vec![("Name", 0), ("Ready", 0), ("Size", 0), ("Mode", 1), ("Age", 0)]
     );
     let row = &t["rows"][0];
     assert_eq!(row["cells"][0], "t");
@@ -1332,10 +1216,7 @@ async fn tables_for_kubectl_get() {
     assert!(age.ends_with('s') && age.len() <= 3, "age {age}");
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(row["object"]["metadata"]["namespace"], "default");
-    assert!(
-        t["rows"][1]["cells"][1].is_null(),
-        "missing condition → empty cell"
-    );
+    assert!(t["rows"][1]["cells"][1].is_null(), "missing condition → empty cell");
     let one = http(
         emu.addr(),
         "GET",
@@ -1346,15 +1227,9 @@ async fn tables_for_kubectl_get() {
     .await
     .json();
     assert_eq!(one["rows"].as_array().unwrap().len(), 1);
-    let cms = http(
-        emu.addr(),
-        "GET",
-        "/api/v1/namespaces",
-        &[("Accept", accept)],
-        b"",
-    )
-    .await
-    .json();
+    let cms = http(emu.addr(), "GET", "/api/v1/namespaces", &[("Accept", accept)], b"")
+        .await
+        .json();
     assert_eq!(cms["columnDefinitions"][1]["name"], "Status");
     let pom = http(
         emu.addr(),
@@ -1438,10 +1313,7 @@ async fn two_lease_electors_and_recorder() {
     }
     // Recorder: create, then a repeat becomes a series patch; both views agree.
     let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
-    let c = cms
-        .create(&PostParams::default(), &cm("subject"))
-        .await
-        .unwrap();
+    let c = cms.create(&PostParams::default(), &cm("subject")).await.unwrap();
     let rec = Recorder::new(
         client.clone(),
         Reporter {
@@ -1460,10 +1332,7 @@ async fn two_lease_electors_and_recorder() {
     rec.publish(&ev, &c.object_ref(&())).await.unwrap();
     let core: Api<CoreEvent> = Api::default_namespaced(client.clone());
     let list = core
-        .list(
-            &ListParams::default()
-                .fields("involvedObject.kind=ConfigMap,involvedObject.name=subject,type=Warning"),
-        )
+        .list(&ListParams::default().fields("involvedObject.kind=ConfigMap,involvedObject.name=subject,type=Warning"))
         .await
         .unwrap();
     assert_eq!(list.items.len(), 1);
@@ -1473,12 +1342,63 @@ async fn two_lease_electors_and_recorder() {
         (Some("Broken"), Some("it broke"))
     );
     assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
-    let modern = get_json(
-        emu.addr(),
-        "/apis/events.k8s.io/v1/namespaces/default/events",
-    )
-    .await
-    .json();
+    let modern = get_json(emu.addr(), "/apis/events.k8s.io/v1/namespaces/default/events")
+        .await
+        .json();
     assert_eq!(modern["items"][0]["note"], "it broke");
     assert_eq!(modern["items"][0]["regarding"]["name"], "subject");
+}
+
+// 29 (S): background garbage collection by owner uid; Foreground and Orphan propagation.
+#[tokio::test]
+async fn garbage_collection_by_owner_uid() {
+    let emu = start().await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(emu.client());
+    let owned_by = |name: &str, owner: &ConfigMap| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(), "uid": owner.uid().unwrap(), "controller": true}]}}))
+        .unwrap()
+    };
+    let gone = |name: &'static str| {
+        let cms = cms.clone();
+        move || {
+            let cms = cms.clone();
+            async move { cms.get_opt(name).await.unwrap().is_none() }
+        }
+    };
+    // Background: the dependent goes after its owner.
+    let owner = cms.create(&PostParams::default(), &cm("owner")).await.unwrap();
+    cms.create(&PostParams::default(), &owned_by("child", &owner))
+        .await
+        .unwrap();
+    cms.delete("owner", &DeleteParams::default()).await.unwrap();
+    eventually("child collected", T, gone("child")).await;
+    // Foreground: the owner waits for its dependents.
+    let owner = cms.create(&PostParams::default(), &cm("fg-owner")).await.unwrap();
+    let mut held = owned_by("fg-child", &owner);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    cms.delete("fg-owner", &DeleteParams::foreground()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let o = cms.get("fg-owner").await.unwrap();
+    assert!(o.finalizers().contains(&"foregroundDeletion".to_string()));
+    assert!(cms.get("fg-child").await.unwrap().metadata.deletion_timestamp.is_some());
+    cms.patch(
+        "fg-child",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    eventually("foreground owner deleted", T, gone("fg-owner")).await;
+    // Orphan: the dependent stays without its owner reference.
+    let owner = cms.create(&PostParams::default(), &cm("or-owner")).await.unwrap();
+    cms.create(&PostParams::default(), &owned_by("or-child", &owner))
+        .await
+        .unwrap();
+    cms.delete("or-owner", &DeleteParams::orphan()).await.unwrap();
+    eventually("orphaning owner deleted", T, gone("or-owner")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let child = cms.get("or-child").await.unwrap();
+    assert!(child.metadata.owner_references.unwrap_or_default().is_empty());
 }

@@ -34,11 +34,7 @@ impl Kubectl {
             .env("KUBECACHEDIR", &self.cache)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .current_dir(&self.dir)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -102,10 +98,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scenario() {
-    assert!(
-        Path::new(KUBECTL).exists(),
-        "kubectl must be installed at {KUBECTL}"
-    );
+    assert!(Path::new(KUBECTL).exists(), "kubectl must be installed at {KUBECTL}");
     let emu = start().await;
     let tmp = tempfile::tempdir().unwrap();
     let kubeconfig = tmp.path().join("kubeconfig");
@@ -148,12 +141,8 @@ async fn kubectl_scenario() {
     assert_eq!(header, vec!["NAME", "READY", "SIZE", "MODE", "AGE"]);
     assert!(out.contains("fast"), "defaulted mode shown: {out}");
     let out = k.ok(&["get", "wd", "w1", "-o", "yaml"]).await;
-    assert!(
-        out.contains("kind: Widget") && out.contains("size: 3"),
-        "{out}"
-    );
-    let json: serde_json::Value =
-        serde_json::from_str(&k.ok(&["get", "widget", "w1", "-o", "json"]).await).unwrap();
+    assert!(out.contains("kind: Widget") && out.contains("size: 3"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&k.ok(&["get", "widget", "w1", "-o", "json"]).await).unwrap();
     assert_eq!(json["spec"]["mode"], "fast");
     let out = k.ok(&["get", "wd", "-l", "app=demo", "-o", "name"]).await;
     assert_eq!(out.trim(), "widget.example.com/w1");
@@ -170,23 +159,12 @@ async fn kubectl_scenario() {
 
     // replace -f with the current object.
     let current = k.ok(&["get", "wd", "w1", "-o", "yaml"]).await;
-    let cur_file = write(
-        tmp.path(),
-        "current.yaml",
-        &current.replace("size: 3", "size: 4"),
-    );
+    let cur_file = write(tmp.path(), "current.yaml", &current.replace("size: 3", "size: 4"));
     let out = k.ok(&["replace", "-f", &cur_file]).await;
     assert_eq!(out.trim(), "widget.example.com/w1 replaced");
 
     let out = k
-        .ok(&[
-            "patch",
-            "wd",
-            "w1",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"size":5}}"#,
-        ])
+        .ok(&["patch", "wd", "w1", "--type=merge", "-p", r#"{"spec":{"size":5}}"#])
         .await;
     assert_eq!(out.trim(), "widget.example.com/w1 patched");
     k.ok(&[
@@ -217,11 +195,8 @@ async fn kubectl_scenario() {
             dir: k.dir.clone(),
         };
         tokio::spawn(async move {
-            k2.run(
-                &["wait", "--for=condition=Ready", "wd/w1", "--timeout=20s"],
-                None,
-            )
-            .await
+            k2.run(&["wait", "--for=condition=Ready", "wd/w1", "--timeout=20s"], None)
+                .await
         })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -238,13 +213,8 @@ async fn kubectl_scenario() {
     let waited = waiter.await.unwrap();
     assert_eq!(waited.code, 0, "{} {}", waited.stdout, waited.stderr);
     assert!(waited.stdout.contains("condition met"));
-    k.ok(&[
-        "wait",
-        "--for=jsonpath={.spec.size}=5",
-        "wd/w1",
-        "--timeout=10s",
-    ])
-    .await;
+    k.ok(&["wait", "--for=jsonpath={.spec.size}=5", "wd/w1", "--timeout=10s"])
+        .await;
     let out = k.ok(&["get", "wd", "w1"]).await;
     assert!(
         out.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("True"),
@@ -314,13 +284,7 @@ async fn kubectl_scenario() {
     let out = k.ok(&["delete", "wd", "w1", "--wait=false"]).await;
     assert!(out.contains("deleted"), "{out}");
     let ts = k
-        .ok(&[
-            "get",
-            "wd",
-            "w1",
-            "-o",
-            "jsonpath={.metadata.deletionTimestamp}",
-        ])
+        .ok(&["get", "wd", "w1", "-o", "jsonpath={.metadata.deletionTimestamp}"])
         .await;
     assert!(!ts.is_empty());
     let waiter = {
@@ -329,10 +293,7 @@ async fn kubectl_scenario() {
             cache: k.cache.clone(),
             dir: k.dir.clone(),
         };
-        tokio::spawn(async move {
-            k2.run(&["wait", "--for=delete", "wd/w1", "--timeout=20s"], None)
-                .await
-        })
+        tokio::spawn(async move { k2.run(&["wait", "--for=delete", "wd/w1", "--timeout=20s"], None).await })
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
     k.ok(&[
@@ -421,21 +382,11 @@ spec:
   - {name: metrics, port: 8080}
 ";
     let out = k.ok_stdin(&["apply", "-f", "-"], chart).await;
-    assert_eq!(
-        out.lines().filter(|l| l.ends_with(" created")).count(),
-        7,
-        "{out}"
-    );
-    let changed = chart.replace(
-        "image: featureenv-operator:dev",
-        "image: featureenv-operator:v2",
-    );
+    assert_eq!(out.lines().filter(|l| l.ends_with(" created")).count(), 7, "{out}");
+    let changed = chart.replace("image: featureenv-operator:dev", "image: featureenv-operator:v2");
     let out = k.ok_stdin(&["apply", "-f", "-"], &changed).await;
     assert!(out.contains("deployment.apps/operator configured"), "{out}");
-    assert!(
-        out.contains("namespace/featureenv-system unchanged"),
-        "{out}"
-    );
+    assert!(out.contains("namespace/featureenv-system unchanged"), "{out}");
     let img = k
         .ok(&[
             "get",
@@ -454,14 +405,7 @@ spec:
     let out = k.ok(&["create", "namespace", "scratch"]).await;
     assert_eq!(out.trim(), "namespace/scratch created");
     let out = k
-        .ok(&[
-            "create",
-            "configmap",
-            "c1",
-            "-n",
-            "scratch",
-            "--from-literal=a=b",
-        ])
+        .ok(&["create", "configmap", "c1", "-n", "scratch", "--from-literal=a=b"])
         .await;
     assert_eq!(out.trim(), "configmap/c1 created");
     let out = k
@@ -477,22 +421,11 @@ spec:
         .await;
     assert_eq!(out.trim(), "secret/s1 created");
     let v = k
-        .ok(&[
-            "get",
-            "secret",
-            "s1",
-            "-n",
-            "scratch",
-            "-o",
-            "jsonpath={.data.p}",
-        ])
+        .ok(&["get", "secret", "s1", "-n", "scratch", "-o", "jsonpath={.data.p}"])
         .await;
     assert_eq!(v, "cQ==");
-    k.ok(&["delete", "namespace", "scratch", "--timeout=20s"])
-        .await;
-    let o = k
-        .run(&["get", "configmap", "c1", "-n", "scratch"], None)
-        .await;
+    k.ok(&["delete", "namespace", "scratch", "--timeout=20s"]).await;
+    let o = k.run(&["get", "configmap", "c1", "-n", "scratch"], None).await;
     assert_ne!(o.code, 0, "namespace deletion removed its contents");
     // Deleting the CRD removes its objects and its routes.
     k.ok(&["apply", "-f", &w1]).await;

@@ -20,10 +20,7 @@ pub fn widget_crd() -> Value {
 }
 
 pub fn widget_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
-        "widgets",
-    )
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Widget"), "widgets")
 }
 
 pub fn widget(name: &str, size: i64) -> DynamicObject {
@@ -59,9 +56,7 @@ pub async fn install_widgets(client: &kube::Client) {
         ),
     );
     let crd: DynamicObject = serde_json::from_value(widget_crd()).expect("crd");
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("create CRD");
+    crds.create(&PostParams::default(), &crd).await.expect("create CRD");
 }
 
 pub fn widgets(client: &kube::Client) -> Api<DynamicObject> {
@@ -125,11 +120,7 @@ async fn send_request(
 async fn read_head(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>) {
     let mut line = String::new();
     r.read_line(&mut line).await.expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -146,13 +137,7 @@ async fn read_head(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>)
 }
 
 /// One request/response over a fresh connection.
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> RawResponse {
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
     let mut r = send_request(addr, method, path, headers, body, true).await;
     let (status, hs) = read_head(&mut r).await;
     let chunked = hs
@@ -178,22 +163,13 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> RawResponse {
     http(addr, "GET", path, &[("Accept", "application/json")], b"").await
 }
 
-pub async fn send_json(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    content_type: &str,
-    body: &Value,
-) -> RawResponse {
+pub async fn send_json(addr: SocketAddr, method: &str, path: &str, content_type: &str, body: &Value) -> RawResponse {
     let b = serde_json::to_vec(body).expect("json");
     http(
         addr,
         method,
         path,
-        &[
-            ("Content-Type", content_type),
-            ("Accept", "application/json"),
-        ],
+        &[("Content-Type", content_type), ("Accept", "application/json")],
         &b,
     )
     .await
@@ -231,15 +207,7 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub async fn open(addr: SocketAddr, path: &str) -> WatchStream {
-        let mut r = send_request(
-            addr,
-            "GET",
-            path,
-            &[("Accept", "application/json")],
-            b"",
-            true,
-        )
-        .await;
+        let mut r = send_request(addr, "GET", path, &[("Accept", "application/json")], b"", true).await;
         let (status, headers) = read_head(&mut r).await;
         WatchStream {
             status,
@@ -255,10 +223,7 @@ impl WatchStream {
             .expect("watch event in time")
     }
 
-    pub async fn try_next(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<Value>, tokio::time::error::Elapsed> {
+    pub async fn try_next(&mut self, timeout: Duration) -> Result<Option<Value>, tokio::time::error::Elapsed> {
         tokio::time::timeout(timeout, self.next_inner()).await
     }
 
