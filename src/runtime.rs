@@ -42,7 +42,16 @@ pub struct Health {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     init_tracing(config.log_format);
-    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    // kube-rs sends no User-Agent of its own; name ourselves so API server audit logs
+    // (and the RBAC proof in tests/e2e.rs) can tell the operator's requests apart.
+    let mut kube_config = kube::Config::infer()
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    kube_config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("featureenv-operator/", env!("CARGO_PKG_VERSION"))),
+    ));
+    let client = Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
     let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone()).await);
     let cloud = Cloud { compute: aws.clone(), databases: aws.clone(), parameters: aws.clone(), registry: aws };

@@ -1,0 +1,816 @@
+//! The local stack as a Rust test harness: an in-process kube-emulator (with an audit
+//! log), `moto_server` seeded by `hack/seed_aws.py`, optionally `hack/fault_proxy.py`
+//! between the operator and moto, the CRDs plus the example class and pool applied with
+//! the real `kubectl`, `hack/boot_simulator.py`, and any number of real
+//! `featureenv-operator run` subprocesses. Everything binds 127.0.0.1 on free ports.
+//!
+//! Every child is ours, held by its `Child` handle and killed by PID on drop. Logs live
+//! in a temporary directory; when the test panics the directory is kept and the tail of
+//! every log is printed, because an end-to-end failure is undiagnosable without them.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use featureenv_operator::api::{FeatureEnvironment, RdsPool};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube_emulator::{Emulator, Options};
+
+use super::moto::{MotoServer, REGION};
+
+/// The repository root (tests run with the package root as working directory, but
+/// be explicit: scripts and manifests are addressed from here).
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The operator binary cargo built for this test run.
+pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_featureenv-operator");
+/// What the test's own Kubernetes client calls itself, so the RBAC proof can tell its
+/// requests from the operator's in the audit log.
+pub const TEST_USER_AGENT: &str = "featureenv-e2e";
+pub const TAG_CLUSTER: &str = "featureenv.io/cluster";
+
+/// How a stack is built; `Default` is a light single-operator stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub cluster_id: String,
+    /// FEATUREENV_SIM_BOOT_SECONDS for the boot simulator.
+    pub boot_seconds: f64,
+    /// Put hack/fault_proxy.py between the operators and moto at this fault rate
+    /// (`Some(0.0)` only records the calls).
+    pub fault_rate: Option<f64>,
+    pub fault_seed: u64,
+    pub fast_poll: String,
+    pub slow_poll: String,
+    pub janitor_interval: String,
+    pub janitor_grace: String,
+    pub lease_duration: String,
+    /// RdsPool `integration` overrides (warm, maxSize) applied after the example.
+    pub pool: Option<(u32, u32)>,
+    /// Build the operator processes from this binary (the bench uses a release build).
+    pub operator_bin: PathBuf,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            cluster_id: "e2e".into(),
+            boot_seconds: 1.0,
+            fault_rate: None,
+            fault_seed: 42,
+            fast_poll: "500ms".into(),
+            slow_poll: "5s".into(),
+            janitor_interval: "1h".into(),
+            janitor_grace: "1h".into(),
+            lease_duration: "15s".into(),
+            pool: None,
+            operator_bin: PathBuf::from(OPERATOR_BIN),
+        }
+    }
+}
+
+/// One operator subprocess.
+pub struct Operator {
+    pub name: String,
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Stack {
+    pub opts: StackOptions,
+    pub dir: PathBuf,
+    tempdir: Option<tempfile::TempDir>,
+    pub emulator: Option<Emulator>,
+    pub moto: MotoServer,
+    /// The endpoint the operators use: the fault proxy's when there is one, else moto's.
+    pub aws_endpoint: String,
+    pub seed: serde_json::Value,
+    pub kubeconfig: PathBuf,
+    pub client: kube::Client,
+    proxy: Option<Child>,
+    boot_sim: Option<Child>,
+    pub operators: Vec<Operator>,
+}
+
+impl Stack {
+    /// Starts everything but the operators (see [`Stack::start_operator`]).
+    pub async fn start(opts: StackOptions) -> Stack {
+        kube_emulator::install_crypto_provider();
+        let tempdir = tempfile::Builder::new()
+            .prefix("featureenv-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let dir = tempdir.path().to_path_buf();
+        let emulator = Emulator::start_with(Options {
+            audit_log: Some(dir.join("audit.jsonl")),
+            ..Options::default()
+        })
+        .await
+        .expect("start kube-emulator");
+        let kubeconfig = dir.join("kubeconfig");
+        emulator.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
+        let client = test_client(&emulator).await;
+        let moto = MotoServer::start().await;
+        let mut stack = Stack {
+            aws_endpoint: moto.endpoint(),
+            opts,
+            dir,
+            tempdir: Some(tempdir),
+            emulator: Some(emulator),
+            moto,
+            seed: serde_json::Value::Null,
+            kubeconfig,
+            client,
+            proxy: None,
+            boot_sim: None,
+            operators: Vec::new(),
+        };
+        stack.seed_aws();
+        if let Some(rate) = stack.opts.fault_rate {
+            stack.start_fault_proxy(rate);
+        }
+        stack.apply_crds_class_pool().await;
+        stack.start_boot_simulator();
+        stack
+    }
+
+    /// A stack with one operator that leads.
+    pub async fn with_operator(opts: StackOptions) -> Stack {
+        let mut stack = Stack::start(opts).await;
+        stack.start_operator("op-a").await;
+        stack.wait_leading(0, Duration::from_secs(60)).await;
+        stack
+    }
+
+    fn seed_aws(&mut self) {
+        let out = self.dir.join("seed.json");
+        let status = Command::new("python3")
+            .arg(format!("{ROOT}/hack/seed_aws.py"))
+            .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
+            .args(["--cluster-id", &self.opts.cluster_id])
+            .arg("--out")
+            .arg(&out)
+            .stdout(self.log_file("seed.log"))
+            .stderr(self.log_file("seed.log"))
+            .status()
+            .expect("run hack/seed_aws.py");
+        assert!(
+            status.success(),
+            "hack/seed_aws.py failed: {}",
+            self.tail("seed.log", 40)
+        );
+        self.seed =
+            serde_json::from_str(&std::fs::read_to_string(&out).expect("seed.json")).expect("seed.json is JSON");
+    }
+
+    /// A seed variable (SUBNET_ID, ECR_REGISTRY, AMI_ID_NEWER, ...).
+    pub fn var(&self, name: &str) -> String {
+        self.seed["vars"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("seed var {name} missing"))
+            .to_owned()
+    }
+
+    fn start_fault_proxy(&mut self, rate: f64) {
+        let addr_file = self.dir.join("fault-proxy.addr");
+        let child = Command::new("python3")
+            .arg(format!("{ROOT}/hack/fault_proxy.py"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", &self.moto.endpoint()])
+            .args(["--rate", &rate.to_string(), "--seed", &self.opts.fault_seed.to_string()])
+            .arg("--log")
+            .arg(self.dir.join("aws-calls.jsonl"))
+            .stdin(Stdio::null())
+            // A file, not a pipe: nobody reads a pipe after the first line.
+            .stdout(File::create(&addr_file).expect("proxy addr file"))
+            .stderr(self.log_file("fault-proxy.log"))
+            .spawn()
+            .expect("spawn hack/fault_proxy.py");
+        self.proxy = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+            if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
+                self.aws_endpoint = format!("http://{}", line.trim());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fault proxy did not print its address: {}",
+                self.tail("fault-proxy.log", 20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The fault proxy's request log (JSON lines), if there is a proxy.
+    pub fn aws_call_log(&self) -> PathBuf {
+        self.dir.join("aws-calls.jsonl")
+    }
+
+    pub fn aws_calls(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.aws_call_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    async fn apply_crds_class_pool(&mut self) {
+        self.kubectl_ok(&["apply", "-f", &format!("{ROOT}/crds/")]).await;
+        self.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"])
+            .await;
+        let rendered = self.render(&["examples/featureenvironmentclass.yaml", "examples/rdspool.yaml"]);
+        self.apply_ok(&rendered).await;
+        if let Some((warm, max)) = self.opts.pool {
+            let patch = format!(r#"{{"spec":{{"warm":{warm},"maxSize":{max}}}}}"#);
+            self.kubectl_ok(&["patch", "rdspool", "integration", "--type=merge", "-p", &patch])
+                .await;
+        }
+    }
+
+    /// `hack/render_example.py` of repository files with this stack's seed.
+    pub fn render(&self, files: &[&str]) -> String {
+        let output = Command::new("python3")
+            .arg(format!("{ROOT}/hack/render_example.py"))
+            .arg("--seed")
+            .arg(self.dir.join("seed.json"))
+            .args(files.iter().map(|f| format!("{ROOT}/{f}")))
+            .output()
+            .expect("run hack/render_example.py");
+        assert!(
+            output.status.success(),
+            "render_example failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("UTF-8 manifests")
+    }
+
+    fn start_boot_simulator(&mut self) {
+        let child = Command::new("python3")
+            .arg(format!("{ROOT}/hack/boot_simulator.py"))
+            .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
+            .args(["--cluster-id", &self.opts.cluster_id, "--interval", "0.25"])
+            .env("FEATUREENV_SIM_BOOT_SECONDS", self.opts.boot_seconds.to_string())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(self.log_file("boot-simulator.log"))
+            .stderr(self.log_file("boot-simulator.log"))
+            .spawn()
+            .expect("spawn hack/boot_simulator.py");
+        self.boot_sim = Some(child);
+    }
+
+    /// Boot simulator lines `<ts> bootstrap instance=<id> value=<v> environment=<ns/name> ...`
+    /// as (timestamp, instance id, value, environment).
+    pub fn bootstrap_tags(&self) -> Vec<(jiff::Timestamp, String, String, String)> {
+        self.read_log("boot-simulator.log")
+            .lines()
+            .filter(|l| l.contains(" bootstrap "))
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let ts: jiff::Timestamp = parts.next()?.parse().ok()?;
+                let fields: BTreeMap<&str, &str> = parts.filter_map(|p| p.split_once('=')).collect();
+                Some((
+                    ts,
+                    fields.get("instance")?.to_string(),
+                    fields.get("value")?.to_string(),
+                    fields.get("environment")?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Starts `featureenv-operator run` named `name` (its Lease holder id) and waits for
+    /// its HTTP server. Returns its index. Restarting a killed operator reuses its slot.
+    pub async fn start_operator(&mut self, name: &str) -> usize {
+        let index = match self.operators.iter().position(|o| o.name == name) {
+            Some(i) => i,
+            None => {
+                self.operators.push(Operator {
+                    name: name.to_owned(),
+                    child: None,
+                    port: 0,
+                    log: self.dir.join(format!("operator-{name}.log")),
+                });
+                self.operators.len() - 1
+            }
+        };
+        assert!(
+            self.operators[index].child.is_none(),
+            "operator {name} is already running"
+        );
+        let port = free_port();
+        // Appending: a restarted operator's log follows its previous life's.
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.operators[index].log)
+            .expect("operator log");
+        let _ = writeln!(&log, "==== e2e: starting operator {name} on port {port}");
+        let o = &self.opts;
+        let child = Command::new(&o.operator_bin)
+            .arg("run")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env("FEATUREENV_CLUSTER_ID", &o.cluster_id)
+            .env("FEATUREENV_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("FEATUREENV_FAST_POLL_INTERVAL", &o.fast_poll)
+            .env("FEATUREENV_SLOW_POLL_INTERVAL", &o.slow_poll)
+            .env("FEATUREENV_JANITOR_INTERVAL", &o.janitor_interval)
+            .env("FEATUREENV_JANITOR_GRACE_PERIOD", &o.janitor_grace)
+            .env("FEATUREENV_LEADER_ELECTION", "true")
+            .env("FEATUREENV_LEASE_DURATION", &o.lease_duration)
+            .env("POD_NAMESPACE", "default")
+            .env("POD_NAME", name)
+            .env("FEATUREENV_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn featureenv-operator");
+        self.operators[index].child = Some(child);
+        self.operators[index].port = port;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http_get(port, "/healthz").is_none() {
+            if let Some(Ok(Some(status))) = self.operators[index].child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "operator {name} exited with {status}:\n{}",
+                    self.operators[index].log_text()
+                );
+            }
+            assert!(Instant::now() < deadline, "operator {name} /healthz never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        index
+    }
+
+    /// How many times operator `index` logged "controllers started" (once per life as leader).
+    pub fn leadership_count(&self, index: usize) -> usize {
+        self.operators[index].log_text().matches("controllers started").count()
+    }
+
+    pub async fn wait_leading(&self, index: usize, timeout: Duration) {
+        let before = self.operators[index]
+            .log_text()
+            .rsplit("==== e2e: starting operator")
+            .next()
+            .map(|l| l.contains("controllers started"))
+            .unwrap_or(false);
+        if before {
+            return;
+        }
+        let name = self.operators[index].name.clone();
+        self.wait_for(&format!("operator {name} to lead"), timeout, || async {
+            self.operators[index]
+                .log_text()
+                .rsplit("==== e2e: starting operator")
+                .next()
+                .is_some_and(|l| l.contains("controllers started"))
+        })
+        .await;
+    }
+
+    /// SIGKILL (through the `Child` handle, i.e. by PID) and reap operator `index`.
+    pub fn kill_operator(&mut self, index: usize) {
+        if let Some(mut child) = self.operators[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = writeln!(
+                OpenOptions::new()
+                    .append(true)
+                    .open(&self.operators[index].log)
+                    .expect("operator log"),
+                "==== e2e: SIGKILLed"
+            );
+        }
+    }
+
+    /// Restarts a killed operator and waits until it leads again.
+    pub async fn restart_operator(&mut self, index: usize) {
+        let name = self.operators[index].name.clone();
+        self.start_operator(&name).await;
+        self.wait_leading(index, Duration::from_secs(60)).await;
+    }
+
+    /// The operator's /metrics text.
+    pub fn metrics(&self, index: usize) -> String {
+        http_get(self.operators[index].port, "/metrics").unwrap_or_default()
+    }
+
+    /// Peak resident set (VmHWM) of operator `index`, in KiB.
+    pub fn peak_rss_kib(&self, index: usize) -> Option<u64> {
+        let pid = self.operators[index].pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    // ---- Kubernetes ----
+
+    /// Runs the real kubectl against the emulator.
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut command = tokio::process::Command::new("kubectl");
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", self.dir.join("kubecache"))
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("spawn kubectl");
+        if let Some(text) = stdin {
+            use tokio::io::AsyncWriteExt as _;
+            let mut pipe = child.stdin.take().expect("kubectl stdin");
+            pipe.write_all(text.as_bytes()).await.expect("write kubectl stdin");
+            drop(pipe);
+        }
+        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("kubectl finished within 60s")
+            .expect("kubectl output")
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` that must succeed.
+    pub async fn apply_ok(&self, manifests: &str) -> String {
+        let out = self.kubectl(&["apply", "-f", "-"], Some(manifests)).await;
+        assert!(
+            out.status.success(),
+            "kubectl apply failed:\n{}\n{manifests}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A FeatureEnvironment manifest in `default` (or `namespace`) with the PR image of
+    /// payments, the example's shape; `extra_spec` lines are added under `spec:`.
+    pub fn environment_yaml(&self, namespace: &str, name: &str, extra_spec: &str) -> String {
+        let registry = self.var("ECR_REGISTRY");
+        let mut yaml = format!(
+            "apiVersion: featureenv.io/v1alpha1\nkind: FeatureEnvironment\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  owner: alice@example.com\n  services:\n    - name: payments\n      image: {registry}/payments:pr-123\n"
+        );
+        for line in extra_spec.lines().filter(|l| !l.trim().is_empty()) {
+            yaml.push_str("  ");
+            yaml.push_str(line);
+            yaml.push('\n');
+        }
+        yaml
+    }
+
+    pub fn environments(&self, namespace: &str) -> Api<FeatureEnvironment> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    pub fn pools(&self) -> Api<RdsPool> {
+        Api::all(self.client.clone())
+    }
+
+    pub async fn get_env(&self, namespace: &str, name: &str) -> Option<FeatureEnvironment> {
+        self.environments(namespace)
+            .get_opt(name)
+            .await
+            .expect("get featureenv")
+    }
+
+    /// The Ready condition's (status, reason) of an environment.
+    pub async fn ready_condition(&self, namespace: &str, name: &str) -> Option<(String, String, String)> {
+        let env = self.get_env(namespace, name).await?;
+        let status = env.status?;
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    }
+
+    pub async fn wait_ready(&self, namespace: &str, name: &str, timeout: Duration) -> FeatureEnvironment {
+        self.wait_for(&format!("{namespace}/{name} Ready"), timeout, || async {
+            matches!(self.ready_condition(namespace, name).await, Some((s, _, _)) if s == "True")
+        })
+        .await;
+        self.get_env(namespace, name).await.expect("environment exists")
+    }
+
+    pub async fn wait_ready_reason(&self, namespace: &str, name: &str, reason: &str, timeout: Duration) -> String {
+        self.wait_for(&format!("{namespace}/{name} Ready=False/{reason}"), timeout, || async {
+            matches!(self.ready_condition(namespace, name).await, Some((s, r, _)) if s == "False" && r == reason)
+        })
+        .await;
+        self.ready_condition(namespace, name).await.expect("condition").2
+    }
+
+    pub async fn delete_env(&self, namespace: &str, name: &str) {
+        match self
+            .environments(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("delete {namespace}/{name}: {e}"),
+        }
+    }
+
+    pub async fn wait_gone(&self, namespace: &str, name: &str, timeout: Duration) {
+        self.wait_for(&format!("{namespace}/{name} gone"), timeout, || async {
+            self.get_env(namespace, name).await.is_none()
+        })
+        .await;
+    }
+
+    pub async fn patch_env_spec(&self, namespace: &str, name: &str, spec: serde_json::Value) {
+        self.environments(namespace)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": spec})),
+            )
+            .await
+            .expect("patch featureenv spec");
+    }
+
+    // ---- AWS (straight to moto, never through the fault proxy) ----
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        self.moto.ec2()
+    }
+
+    pub fn rds(&self) -> aws_sdk_rds::Client {
+        self.moto.rds()
+    }
+
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        self.moto.ssm()
+    }
+
+    /// Instances tagged with our cluster, any state but terminated.
+    pub async fn our_instances(&self) -> Vec<aws_sdk_ec2::types::Instance> {
+        self.instances_with_tag(TAG_CLUSTER, &self.opts.cluster_id)
+            .await
+            .into_iter()
+            .filter(|i| {
+                !matches!(
+                    i.state().and_then(|s| s.name()),
+                    Some(aws_sdk_ec2::types::InstanceStateName::Terminated)
+                        | Some(aws_sdk_ec2::types::InstanceStateName::ShuttingDown)
+                )
+            })
+            .collect()
+    }
+
+    /// All instances (any state) carrying `key=value`.
+    pub async fn instances_with_tag(&self, key: &str, value: &str) -> Vec<aws_sdk_ec2::types::Instance> {
+        let out = self
+            .ec2()
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name(format!("tag:{key}"))
+                    .values(value)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeInstances");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances().iter().cloned())
+            .collect()
+    }
+
+    /// Every DB instance with its tags (moto returns TagList in DescribeDBInstances).
+    pub async fn databases(&self) -> Vec<(aws_sdk_rds::types::DbInstance, BTreeMap<String, String>)> {
+        let out = self
+            .rds()
+            .describe_db_instances()
+            .send()
+            .await
+            .expect("DescribeDBInstances");
+        out.db_instances()
+            .iter()
+            .map(|db| {
+                let tags = db
+                    .tag_list()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                    .collect();
+                (db.clone(), tags)
+            })
+            .collect()
+    }
+
+    /// DB instances tagged with our cluster that are not being deleted.
+    pub async fn our_databases(&self) -> Vec<(aws_sdk_rds::types::DbInstance, BTreeMap<String, String>)> {
+        self.databases()
+            .await
+            .into_iter()
+            .filter(|(db, tags)| {
+                tags.get(TAG_CLUSTER) == Some(&self.opts.cluster_id)
+                    && !matches!(db.db_instance_status(), Some("deleting") | Some("deleted"))
+            })
+            .collect()
+    }
+
+    /// SSM parameter names under the operator's prefix.
+    pub async fn our_parameters(&self) -> Vec<String> {
+        let out = self
+            .ssm()
+            .get_parameters_by_path()
+            .path("/featureenv")
+            .recursive(true)
+            .send()
+            .await
+            .expect("GetParametersByPath");
+        out.parameters()
+            .iter()
+            .filter_map(|p| p.name().map(str::to_owned))
+            .filter(|n| n != "/featureenv/ami/latest")
+            .collect()
+    }
+
+    // ---- waiting and logs ----
+
+    /// Polls `check` every 250 ms until it is true; panics naming `what` on timeout.
+    pub async fn wait_for<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    pub fn log_file(&self, name: &str) -> File {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .expect("log file")
+    }
+
+    pub fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn tail(&self, name: &str, lines: usize) -> String {
+        tail_of(&self.dir.join(name), lines)
+    }
+
+    /// Audit records (JSON lines) of the emulator so far.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        self.read_log("audit.jsonl")
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Operators first (they act on the others), each by its own handle/PID.
+        for op in &mut self.operators {
+            if let Some(mut child) = op.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for child in [self.boot_sim.take(), self.proxy.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let kept = self.tempdir.take().map(tempfile::TempDir::keep);
+            eprintln!("==== e2e stack logs kept in {}", self.dir.display());
+            let _ = kept;
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            names.sort();
+            for path in names {
+                let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+                if name.ends_with(".log") {
+                    eprintln!("==== tail of {name}\n{}", tail_of(&path, 60));
+                }
+            }
+        }
+        // The emulator is dropped (and stops) with the struct.
+    }
+}
+
+/// A kube client for the emulator that names itself [`TEST_USER_AGENT`].
+async fn test_client(emulator: &Emulator) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("emulator kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(TEST_USER_AGENT),
+    ));
+    kube::Client::try_from(config).expect("kube client")
+}
+
+pub fn tail_of(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// A plain HTTP/1.1 GET on 127.0.0.1; the body on a 200, else None.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    // axum may answer chunked; de-chunk naively when it does.
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(after.get(..n)?);
+            rest = after.get(n + 2..)?;
+        }
+        return Some(out);
+    }
+    Some(body.to_owned())
+}
+
+/// Sum of a Prometheus counter's samples whose label set matches `filter`.
+pub fn metric_sum(text: &str, name: &str, filter: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name && filter(labels)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
