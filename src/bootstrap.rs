@@ -85,10 +85,7 @@ fn ecr_registry(image: &str) -> Option<(&str, &str)> {
             "amazonaws",
             "com",
             rest @ ..,
-        ] if account.len() == 12
-            && account.bytes().all(|b| b.is_ascii_digit())
-            && matches!(rest, [] | ["cn"]) =>
-        {
+        ] if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && matches!(rest, [] | ["cn"]) => {
             Some((host, region))
         }
         _ => None,
@@ -96,54 +93,35 @@ fn ecr_registry(image: &str) -> Option<(&str, &str)> {
 }
 
 fn bash_array(name: &str, values: impl IntoIterator<Item = impl AsRef<str>>) -> String {
-    let words: Vec<String> = values
-        .into_iter()
-        .map(|v| shell_quote(v.as_ref()))
-        .collect();
+    let words: Vec<String> = values.into_iter().map(|v| shell_quote(v.as_ref())).collect();
     format!("readonly -a {name}=({})\n", words.join(" "))
 }
 
 /// Renders the user-data script: data as quoted `readonly` values up front, then a
 /// fixed body (so `shellcheck` on any rendering checks the same logic).
 pub fn render_user_data(spec: &BootstrapSpec) -> String {
-    let registries: BTreeSet<(&str, &str)> = spec
-        .services
-        .iter()
-        .filter_map(|s| ecr_registry(&s.image))
-        .collect();
+    let registries: BTreeSet<(&str, &str)> = spec.services.iter().filter_map(|s| ecr_registry(&s.image)).collect();
 
     let mut script = String::new();
     script.push_str("#!/bin/bash\n");
     script.push_str("# featureenv-operator bootstrap. Generated; carries no secrets.\n");
     // -E so the ERR trap also fires inside functions.
     script.push_str("set -Eeuo pipefail\n\n");
-    let _ = writeln!(
-        script,
-        "readonly ENVIRONMENT={}",
-        shell_quote(&spec.environment)
-    );
+    let _ = writeln!(script, "readonly ENVIRONMENT={}", shell_quote(&spec.environment));
     let _ = writeln!(script, "readonly REGION={}", shell_quote(&spec.region));
     let _ = writeln!(
         script,
         "readonly DATABASE_PARAMETER={}",
         shell_quote(spec.database_parameter.as_deref().unwrap_or(""))
     );
-    let _ = writeln!(
-        script,
-        "readonly DATABASE_SECRET={}",
-        shell_quote(DATABASE_SECRET)
-    );
+    let _ = writeln!(script, "readonly DATABASE_SECRET={}", shell_quote(DATABASE_SECRET));
     let _ = writeln!(
         script,
         "readonly DATABASE_SECRET_KEY={}",
         shell_quote(DATABASE_SECRET_KEY)
     );
     let _ = writeln!(script, "readonly LOG_FILE={}", shell_quote(LOG_FILE));
-    let _ = writeln!(
-        script,
-        "readonly BOOTSTRAP_TAG={}",
-        shell_quote(tag::BOOTSTRAP)
-    );
+    let _ = writeln!(script, "readonly BOOTSTRAP_TAG={}", shell_quote(tag::BOOTSTRAP));
     let _ = writeln!(
         script,
         "readonly BOOTSTRAP_COMPLETE={}",
@@ -154,26 +132,11 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
         "readonly BOOTSTRAP_FAILED={}",
         shell_quote(tag::BOOTSTRAP_FAILED)
     );
-    script.push_str(&bash_array(
-        "SERVICE_NAMES",
-        spec.services.iter().map(|s| &s.name),
-    ));
-    script.push_str(&bash_array(
-        "SERVICE_IMAGES",
-        spec.services.iter().map(|s| &s.image),
-    ));
-    script.push_str(&bash_array(
-        "ADDONS",
-        spec.addons.iter().map(|a| minikube_addon(a)),
-    ));
-    script.push_str(&bash_array(
-        "ECR_HOSTS",
-        registries.iter().map(|(host, _)| host),
-    ));
-    script.push_str(&bash_array(
-        "ECR_REGIONS",
-        registries.iter().map(|(_, region)| region),
-    ));
+    script.push_str(&bash_array("SERVICE_NAMES", spec.services.iter().map(|s| &s.name)));
+    script.push_str(&bash_array("SERVICE_IMAGES", spec.services.iter().map(|s| &s.image)));
+    script.push_str(&bash_array("ADDONS", spec.addons.iter().map(|a| minikube_addon(a))));
+    script.push_str(&bash_array("ECR_HOSTS", registries.iter().map(|(host, _)| host)));
+    script.push_str(&bash_array("ECR_REGIONS", registries.iter().map(|(_, region)| region)));
     script.push_str(BODY);
     script
 }
@@ -308,10 +271,7 @@ mod tests {
     }
 
     fn write_script(script: &str) -> tempfile::NamedTempFile {
-        let mut file = tempfile::Builder::new()
-            .suffix(".sh")
-            .tempfile()
-            .expect("temp file");
+        let mut file = tempfile::Builder::new().suffix(".sh").tempfile().expect("temp file");
         file.write_all(script.as_bytes()).expect("write script");
         file
     }
@@ -341,20 +301,16 @@ mod tests {
         let script = render_user_data(&spec());
         assert!(script.starts_with("#!/bin/bash\n"));
         assert!(script.contains("set -Eeuo pipefail"));
-        assert!(
-            script.contains("'123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-123'")
-        );
+        assert!(script.contains("'123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-123'"));
         assert!(script.contains("'docker.io/library/nginx:1.27'"));
-        assert!(script.contains(
-            "readonly DATABASE_PARAMETER='/featureenv/prod/team-payments/payments-pr-123/database'"
-        ));
+        assert!(
+            script.contains("readonly DATABASE_PARAMETER='/featureenv/prod/team-payments/payments-pr-123/database'")
+        );
         assert!(script.contains("aws ssm get-parameter --with-decryption"));
         assert!(script.contains("readonly -a ADDONS=('ingress' 'dashboard' 'logviewer')"));
         assert!(script.contains("readonly -a SERVICE_NAMES=('payments' 'orders' 'search')"));
         // One login per ECR registry, none for Docker Hub.
-        assert!(script.contains(
-            "readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')"
-        ));
+        assert!(script.contains("readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')"));
         assert!(script.contains("trap 'on_error \"$LINENO\"' ERR"));
         assert!(script.contains("readonly BOOTSTRAP_TAG='featureenv.io/bootstrap'"));
         assert!(script.contains("readonly BOOTSTRAP_COMPLETE='complete'"));
@@ -367,10 +323,7 @@ mod tests {
     fn script_holds_no_database_credentials() {
         let script = render_user_data(&spec());
         // The only "password" is ECR's short-lived login token, fetched at run time.
-        for line in script
-            .lines()
-            .filter(|l| l.to_lowercase().contains("password"))
-        {
+        for line in script.lines().filter(|l| l.to_lowercase().contains("password")) {
             assert!(
                 line.contains("get-login-password") || line.contains("--password-stdin"),
                 "{line}"
@@ -380,10 +333,7 @@ mod tests {
             !script.contains("--from-literal"),
             "a secret on argv would be visible in ps"
         );
-        assert!(
-            !script.contains("set -x"),
-            "xtrace would log the connection string"
-        );
+        assert!(!script.contains("set -x"), "xtrace would log the connection string");
     }
 
     #[test]
@@ -447,10 +397,7 @@ mod tests {
             "minikube",
             r#"if [[ "$1" == docker-env ]]; then echo 'export DOCKER_HOST=tcp://127.0.0.1:2376'; fi"#,
         );
-        stub(
-            "docker",
-            r#"if [[ "$1" == login ]]; then cat > /dev/null; fi"#,
-        );
+        stub("docker", r#"if [[ "$1" == login ]]; then cat > /dev/null; fi"#);
         stub(
             "kubectl",
             r#"case "$*" in "create secret"*) cat > "$SECRET_STDIN"; echo 'kind: Secret' ;; "apply -f -") cat > /dev/null ;; "rollout status"*) exit "$ROLLOUT_EXIT" ;; esac"#,
@@ -478,12 +425,7 @@ mod tests {
         // The console pipeline is asynchronous; give it a moment to flush.
         std::thread::sleep(std::time::Duration::from_millis(200));
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-        (
-            status.success(),
-            read(&calls),
-            read(&secret_stdin),
-            read(&log),
-        )
+        (status.success(), read(&calls), read(&secret_stdin), read(&log))
     }
 
     #[test]
@@ -492,10 +434,7 @@ mod tests {
         let (ok, calls, secret, log) = run_with_stubs(&spec, 0);
         assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
         for service in &spec.services {
-            assert!(
-                calls.contains(&format!("docker pull {}\n", service.image)),
-                "{calls}"
-            );
+            assert!(calls.contains(&format!("docker pull {}\n", service.image)), "{calls}");
             assert!(
                 calls.contains(&format!(
                     "kubectl set image deployment/{0} {0}={1}\n",
@@ -513,10 +452,7 @@ mod tests {
         ));
         assert!(calls.contains("aws ecr get-login-password --region ap-southeast-1\n"));
         for addon in ["ingress", "dashboard", "logviewer"] {
-            assert!(
-                calls.contains(&format!("minikube addons enable {addon}\n")),
-                "{calls}"
-            );
+            assert!(calls.contains(&format!("minikube addons enable {addon}\n")), "{calls}");
         }
         assert!(calls.contains(&format!(
             "aws ssm get-parameter --with-decryption --name {} --query Parameter.Value --output text\n",
@@ -524,10 +460,7 @@ mod tests {
         )));
         // The connection string reaches the Secret through stdin only.
         assert_eq!(secret, "postgres://app:S3cretPW@db:5432/app");
-        assert!(
-            !calls.contains("S3cretPW"),
-            "secret on a command line:\n{calls}"
-        );
+        assert!(!calls.contains("S3cretPW"), "secret on a command line:\n{calls}");
         assert!(!log.contains("S3cretPW"), "secret in the log:\n{log}");
         let last = calls.lines().last().unwrap();
         assert_eq!(
@@ -558,14 +491,8 @@ mod tests {
         };
         let (ok, calls, secret, log) = run_with_stubs(&spec, 0);
         assert!(ok, "{calls}\n{log}");
-        assert!(
-            calls.contains("latest/meta-data/placement/region"),
-            "{calls}"
-        );
-        assert!(
-            !calls.contains("ssm get-parameter"),
-            "no database, no parameter read"
-        );
+        assert!(calls.contains("latest/meta-data/placement/region"), "{calls}");
+        assert!(!calls.contains("ssm get-parameter"), "no database, no parameter read");
         assert!(secret.is_empty());
     }
 
@@ -604,9 +531,7 @@ mod tests {
     #[test]
     fn script_passes_shellcheck() {
         let Ok(version) = Command::new("shellcheck").arg("--version").output() else {
-            panic!(
-                "shellcheck is not installed; run `apt-get install shellcheck` (or `make setup`)"
-            );
+            panic!("shellcheck is not installed; run `apt-get install shellcheck` (or `make setup`)");
         };
         assert!(version.status.success(), "shellcheck --version failed");
         for spec in [

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::api::duration::parse_duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "featureenv-operator", version, about = "Private full-stack feature environments on EC2 and RDS")]
+#[command(
+    name = "featureenv-operator",
+    version,
+    about = "Private full-stack feature environments on EC2 and RDS"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

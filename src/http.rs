@@ -18,14 +18,25 @@ pub struct Server {
     pub local_addr: SocketAddr,
 }
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, inventory: Arc<Inventory>, health: Arc<Health>) -> std::io::Result<Server> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    inventory: Arc<Inventory>,
+    health: Arc<Health>,
+) -> std::io::Result<Server> {
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
                 }
             }),
         )
@@ -33,7 +44,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, inventory: Arc<Inven
         .route(
             "/readyz",
             get(move || {
-                let ready = health.standby.load(Ordering::SeqCst) || (health.leading.load(Ordering::SeqCst) && inventory.is_ready());
+                let ready = health.standby.load(Ordering::SeqCst)
+                    || (health.leading.load(Ordering::SeqCst) && inventory.is_ready());
                 async move {
                     if ready {
                         (StatusCode::OK, "ok").into_response()

@@ -48,15 +48,27 @@ impl CloudState {
 
     /// Every instance of an environment, terminated ones included.
     pub fn all_instances_of(&self, uid: &str) -> Vec<Instance> {
-        self.instances.values().filter(|i| i.tags.get(tag::UID).map(String::as_str) == Some(uid)).cloned().collect()
+        self.instances
+            .values()
+            .filter(|i| i.tags.get(tag::UID).map(String::as_str) == Some(uid))
+            .cloned()
+            .collect()
     }
 
     pub fn databases_claimed_by(&self, uid: &str) -> Vec<Database> {
-        self.databases.values().filter(|d| d.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid)).cloned().collect()
+        self.databases
+            .values()
+            .filter(|d| d.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid))
+            .cloned()
+            .collect()
     }
 
     pub fn pool_members(&self, pool: &str) -> Vec<Database> {
-        self.databases.values().filter(|d| d.tags.get(tag::POOL).map(String::as_str) == Some(pool)).cloned().collect()
+        self.databases
+            .values()
+            .filter(|d| d.tags.get(tag::POOL).map(String::as_str) == Some(pool))
+            .cloned()
+            .collect()
     }
 }
 
@@ -101,7 +113,10 @@ pub fn diff(old: &CloudState, new: &CloudState) -> Changes {
             owner_of(&d.tags);
         }
     }
-    Changes { environments: envs.into_iter().collect(), pools: pools.into_iter().collect() }
+    Changes {
+        environments: envs.into_iter().collect(),
+        pools: pools.into_iter().collect(),
+    }
 }
 
 /// Receivers of reconcile triggers, taken once by the controllers.
@@ -111,13 +126,23 @@ pub struct Triggers {
 }
 
 impl Triggers {
-    pub fn environment_stream(self_envs: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironment>>) -> impl Stream<Item = ObjectRef<FeatureEnvironment>> {
-        futures::stream::unfold(self_envs, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    /// The environment triggers as a stream for `Controller::reconcile_on`.
+    pub fn environment_stream(
+        receiver: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironment>>,
+    ) -> impl Stream<Item = ObjectRef<FeatureEnvironment>> {
+        receiver_stream(receiver)
     }
 
-    pub fn pool_stream(pools: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>) -> impl Stream<Item = ObjectRef<RdsPool>> {
-        futures::stream::unfold(pools, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) })
+    /// The pool triggers as a stream for `Controller::reconcile_on`.
+    pub fn pool_stream(
+        receiver: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>,
+    ) -> impl Stream<Item = ObjectRef<RdsPool>> {
+        receiver_stream(receiver)
     }
+}
+
+fn receiver_stream<T>(receiver: mpsc::UnboundedReceiver<T>) -> impl Stream<Item = T> {
+    futures::stream::unfold(receiver, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 pub struct Inventory {
@@ -141,7 +166,13 @@ impl Inventory {
             environments: env_tx,
             pools: pool_tx,
         });
-        (inventory, Triggers { environments: env_rx, pools: pool_rx })
+        (
+            inventory,
+            Triggers {
+                environments: env_rx,
+                pools: pool_rx,
+            },
+        )
     }
 
     /// A copy of the current description.
@@ -197,12 +228,20 @@ impl Inventory {
     /// Records an instance we just launched or looked up, so the next reconcile
     /// sees it before the next poll does.
     pub fn record_instance(&self, instance: Instance) {
-        self.state.write().expect("inventory lock poisoned").instances.insert(instance.id.clone(), instance);
+        self.state
+            .write()
+            .expect("inventory lock poisoned")
+            .instances
+            .insert(instance.id.clone(), instance);
         self.wake.notify_one();
     }
 
     pub fn record_database(&self, database: Database) {
-        self.state.write().expect("inventory lock poisoned").databases.insert(database.id.clone(), database);
+        self.state
+            .write()
+            .expect("inventory lock poisoned")
+            .databases
+            .insert(database.id.clone(), database);
         self.wake.notify_one();
     }
 
@@ -259,16 +298,26 @@ mod tests {
     #[test]
     fn diff_names_owners_of_changed_resources_only() {
         let mut old = CloudState::default();
-        old.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[]));
-        old.instances.insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
+        old.instances
+            .insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[]));
+        old.instances
+            .insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
         let mut new = old.clone();
-        new.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]));
-        new.instances.insert("i-3".into(), instance("i-3", "ns/c", InstanceState::Pending, &[]));
+        new.instances.insert(
+            "i-1".into(),
+            instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]),
+        );
+        new.instances
+            .insert("i-3".into(), instance("i-3", "ns/c", InstanceState::Pending, &[]));
         new.instances.remove("i-2");
         let changes = diff(&old, &new);
         assert_eq!(
             changes.environments,
-            vec![("ns".into(), "a".into()), ("ns".into(), "b".into()), ("ns".into(), "c".into())]
+            vec![
+                ("ns".into(), "a".into()),
+                ("ns".into(), "b".into()),
+                ("ns".into(), "c".into())
+            ]
         );
         assert!(diff(&new, &new).environments.is_empty());
     }
@@ -276,9 +325,13 @@ mod tests {
     #[test]
     fn transition_detection() {
         let mut s = CloudState::default();
-        s.instances.insert("i-1".into(), instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]));
+        s.instances.insert(
+            "i-1".into(),
+            instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]),
+        );
         assert!(!s.in_transition());
-        s.instances.insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
+        s.instances
+            .insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
         assert!(s.in_transition(), "running without bootstrap tag is still booting");
     }
 }

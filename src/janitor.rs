@@ -62,14 +62,29 @@ impl Janitor {
     pub async fn sweep(&mut self, ctx: &Context) -> Result<usize> {
         let cluster = &ctx.config.cluster_id;
         // Cloud first.
-        let (instances, databases) = tokio::try_join!(ctx.cloud.compute.list_instances(cluster), ctx.cloud.databases.list_databases(cluster))?;
+        let (instances, databases) = tokio::try_join!(
+            ctx.cloud.compute.list_instances(cluster),
+            ctx.cloud.databases.list_databases(cluster)
+        )?;
         let root = naming::parameter_root(&ctx.config.ssm_prefix, cluster);
         let parameters = ctx.cloud.parameters.list_parameters(&root).await?;
         // Then the cluster.
         let environments: Api<FeatureEnvironment> = Api::all(ctx.client.clone());
-        let uids: BTreeSet<String> = environments.list(&ListParams::default()).await?.items.iter().filter_map(|e| e.uid()).collect();
+        let uids: BTreeSet<String> = environments
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|e| e.uid())
+            .collect();
         let pools: Api<RdsPool> = Api::all(ctx.client.clone());
-        let pool_names: BTreeSet<String> = pools.list(&ListParams::default()).await?.items.iter().map(|p| p.name_any()).collect();
+        let pool_names: BTreeSet<String> = pools
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
 
         let mut found = BTreeSet::new();
         for i in instances.iter().filter(|i| !i.state.is_gone()) {
@@ -92,7 +107,9 @@ impl Janitor {
         }
         for p in &parameters {
             // /prefix/<cluster>/<uid>/database
-            let uid = p.strip_prefix(&format!("{root}/")).and_then(|rest| rest.split('/').next());
+            let uid = p
+                .strip_prefix(&format!("{root}/"))
+                .and_then(|rest| rest.split('/').next());
             if !uid.is_some_and(|u| uids.contains(u)) {
                 found.insert(Orphan::Parameter(p.clone()));
             }
@@ -149,9 +166,15 @@ mod tests {
         let found = BTreeSet::from([Orphan::Instance("i-1".into())]);
         assert!(j.due(&found, t0, grace).is_empty());
         assert!(j.due(&found, "2026-11-28T10:05:00Z".parse().unwrap(), grace).is_empty());
-        assert_eq!(j.due(&found, "2026-11-28T10:10:00Z".parse().unwrap(), grace), vec![Orphan::Instance("i-1".into())]);
+        assert_eq!(
+            j.due(&found, "2026-11-28T10:10:00Z".parse().unwrap(), grace),
+            vec![Orphan::Instance("i-1".into())]
+        );
         // An owner reappearing resets the clock.
-        assert!(j.due(&BTreeSet::new(), "2026-11-28T10:11:00Z".parse().unwrap(), grace).is_empty());
+        assert!(
+            j.due(&BTreeSet::new(), "2026-11-28T10:11:00Z".parse().unwrap(), grace)
+                .is_empty()
+        );
         assert!(j.due(&found, "2026-11-28T10:12:00Z".parse().unwrap(), grace).is_empty());
     }
 }

@@ -83,15 +83,33 @@ impl Metrics {
         let pool_members = Family::<StateLabels, Gauge>::default();
         let janitor_removals = Family::<ResourceLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciles, by controller and error category", reconcile_errors.clone());
-        registry.register("reconcile_duration_seconds", "Reconcile duration, by controller", reconcile_duration.clone());
-        registry.register("aws_calls", "AWS API calls, by service, operation and outcome", aws_calls.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles, by controller and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration, by controller",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls, by service, operation and outcome",
+            aws_calls.clone(),
+        );
         registry.register("environments", "FeatureEnvironments, by phase", environments.clone());
         registry.register("time_to_ready_seconds", "From creation to Ready", time_to_ready.clone());
         registry.register("pool_members", "RdsPool databases, by state", pool_members.clone());
-        registry.register("janitor_removals", "Orphaned cloud resources removed, by resource", janitor_removals.clone());
+        registry.register(
+            "janitor_removals",
+            "Orphaned cloud resources removed, by resource",
+            janitor_removals.clone(),
+        );
         for phase in Phase::ALL {
-            environments.get_or_create(&PhaseLabels { phase: phase.as_str() }).set(0);
+            environments
+                .get_or_create(&PhaseLabels { phase: phase.as_str() })
+                .set(0);
         }
         Self {
             registry,
@@ -117,11 +135,15 @@ impl Metrics {
 
     pub fn reconciled(&self, controller: &'static str, took: Duration) {
         self.reconciles.get_or_create(&ControllerLabels { controller }).inc();
-        self.reconcile_duration.get_or_create(&ControllerLabels { controller }).observe(took.as_secs_f64());
+        self.reconcile_duration
+            .get_or_create(&ControllerLabels { controller })
+            .observe(took.as_secs_f64());
     }
 
     pub fn reconcile_error(&self, controller: &'static str, category: &'static str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { controller, category }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels { controller, category })
+            .inc();
     }
 
     /// Records an environment's phase (`None`: it is gone).
@@ -133,7 +155,9 @@ impl Metrics {
         };
         for p in Phase::ALL {
             let n = phases.values().filter(|v| **v == p).count() as i64;
-            self.environments.get_or_create(&PhaseLabels { phase: p.as_str() }).set(n);
+            self.environments
+                .get_or_create(&PhaseLabels { phase: p.as_str() })
+                .set(n);
         }
     }
 
@@ -146,7 +170,9 @@ impl Metrics {
         pools.insert(pool.to_owned(), [warm, claimed, creating, stale]);
         for (i, state) in ["warm", "claimed", "creating", "stale"].into_iter().enumerate() {
             let n: u32 = pools.values().map(|c| c[i]).sum();
-            self.pool_members.get_or_create(&StateLabels { state }).set(i64::from(n));
+            self.pool_members
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(n));
         }
     }
 
@@ -157,7 +183,13 @@ impl Metrics {
 
 impl CallObserver for Metrics {
     fn observe(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
-        self.aws_calls.get_or_create(&AwsCallLabels { service, operation, outcome }).inc();
+        self.aws_calls
+            .get_or_create(&AwsCallLabels {
+                service,
+                operation,
+                outcome,
+            })
+            .inc();
     }
 }
 
@@ -175,7 +207,12 @@ mod tests {
         m.environment_phase("uid-2", Some(Phase::Ready));
         m.environment_phase("uid-2", None);
         let text = m.encode();
-        assert!(text.contains(r#"featureenv_reconcile_errors_total{controller="featureenvironment",category="Throttled"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"featureenv_reconcile_errors_total{controller="featureenvironment",category="Throttled"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"featureenv_aws_calls_total{service="ec2",operation="RunInstances",outcome="ok"} 1"#));
         assert!(text.contains(r#"featureenv_environments{phase="Ready"} 1"#));
         assert!(!text.contains("uid-1"));

@@ -53,7 +53,9 @@ pub fn is_valid_rds_identifier(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= RDS_ID_MAX
         && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !id.contains("--")
         && !id.ends_with('-')
 }

@@ -54,9 +54,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let client = Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
     let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone()).await);
-    let cloud = Cloud { compute: aws.clone(), databases: aws.clone(), parameters: aws.clone(), registry: aws };
+    let cloud = Cloud {
+        compute: aws.clone(),
+        databases: aws.clone(),
+        parameters: aws.clone(),
+        registry: aws,
+    };
     let (inventory, triggers) = Inventory::new(cloud.clone(), config.cluster_id.clone());
-    let ctx = Arc::new(Context::new(client.clone(), config.clone(), cloud, inventory.clone(), metrics.clone()));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        cloud,
+        inventory.clone(),
+        metrics.clone(),
+    ));
     let health = Arc::new(Health::default());
 
     let server = http::serve(config.http_addr, metrics.clone(), inventory.clone(), health.clone()).await?;
@@ -121,11 +132,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| format!("featureenv-operator-{}", std::process::id()))
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("featureenv-operator-{}", std::process::id()))
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
@@ -145,30 +160,41 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
         metrics.reconcile_error("inventory", e.category());
         tokio::time::sleep(config.fast_poll_interval).await;
     }
-    let poll = tokio::spawn(inventory.clone().run(config.fast_poll_interval, config.slow_poll_interval, {
-        let metrics = metrics.clone();
-        move |e| metrics.reconcile_error("inventory", e.category())
-    }));
+    let poll = tokio::spawn(
+        inventory
+            .clone()
+            .run(config.fast_poll_interval, config.slow_poll_interval, {
+                let metrics = metrics.clone();
+                move |e| metrics.reconcile_error("inventory", e.category())
+            }),
+    );
     let janitor = tokio::spawn(janitor::run(ctx.clone()));
 
     let client = ctx.client.clone();
-    let envs = Controller::new(Api::<FeatureEnvironment>::all(client.clone()), watcher::Config::default())
-        .with_config(controller::Config::default().concurrency(16));
+    let envs = Controller::new(
+        Api::<FeatureEnvironment>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().concurrency(16));
     let store = envs.store();
     let envs = envs
-        .watches(Api::<FeatureEnvironmentClass>::all(client.clone()), watcher::Config::default(), move |class| {
-            let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
-            let name = class.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|e| match &e.spec.class_name {
-                    Some(c) => *c == name,
-                    None => is_default,
-                })
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<FeatureEnvironmentClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |class| {
+                let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
+                let name = class.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|e| match &e.spec.class_name {
+                        Some(c) => *c == name,
+                        None => is_default,
+                    })
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_on(Triggers::environment_stream(triggers.environments))
         .run(environment::reconcile, environment::error_policy, ctx.clone())
         .for_each(|_| async {});

@@ -13,7 +13,10 @@ pub fn class() -> FeatureEnvironmentClass {
         FeatureEnvironmentClassSpec {
             ami: AmiSelector {
                 selector_terms: vec![AmiSelectorTerm {
-                    tags: Some(BTreeMap::from([("featureenv.io/pipeline".into(), "minikube-service".into())])),
+                    tags: Some(BTreeMap::from([(
+                        "featureenv.io/pipeline".into(),
+                        "minikube-service".into(),
+                    )])),
                     ..Default::default()
                 }],
             },
@@ -28,11 +31,18 @@ pub fn class() -> FeatureEnvironmentClass {
             },
             services: ["payments", "orders"]
                 .into_iter()
-                .map(|n| BaselineService { name: n.into(), repository: format!("{ECR}/{n}"), tag: "latest".into() })
+                .map(|n| BaselineService {
+                    name: n.into(),
+                    repository: format!("{ECR}/{n}"),
+                    tag: "latest".into(),
+                })
                 .collect(),
             addons: vec![Addon::Ingress, Addon::Dashboard],
             database_pool: Some("integration".into()),
-            ttl: TtlPolicy { default: "8h".into(), max: "72h".into() },
+            ttl: TtlPolicy {
+                default: "8h".into(),
+                max: "72h".into(),
+            },
             readiness: Readiness { timeout: "20m".into() },
             endpoints: BTreeMap::from([
                 ("api".into(), "http://{publicIp}/".into()),
@@ -41,7 +51,10 @@ pub fn class() -> FeatureEnvironmentClass {
             max_per_namespace: None,
         },
     );
-    c.metadata.annotations = Some(BTreeMap::from([(crate::api::DEFAULT_CLASS_ANNOTATION.into(), "true".into())]));
+    c.metadata.annotations = Some(BTreeMap::from([(
+        crate::api::DEFAULT_CLASS_ANNOTATION.into(),
+        "true".into(),
+    )]));
     c
 }
 
@@ -50,7 +63,10 @@ pub fn environment_spec() -> FeatureEnvironmentSpec {
         class_name: Some("standard".into()),
         ttl: None,
         owner: Some("alice@example.com".into()),
-        services: vec![ServiceOverride { name: "payments".into(), image: format!("{ECR}/payments:pr-123") }],
+        services: vec![ServiceOverride {
+            name: "payments".into(),
+            image: format!("{ECR}/payments:pr-123"),
+        }],
         instance_type: None,
     }
 }

@@ -11,8 +11,8 @@ use base64::Engine as _;
 use featureenv_operator::bootstrap::{BootstrapSpec, ServiceImage, render_user_data};
 use featureenv_operator::cloud::aws::{AwsCloud, PageSizes};
 use featureenv_operator::cloud::{
-    CloudError, Compute, DatabaseStatus, Databases, ImageSelectorTerm, InstanceState,
-    LaunchRequest, Parameters, Registry, RestoreRequest, Tags, tag,
+    CloudError, Compute, DatabaseStatus, Databases, ImageSelectorTerm, InstanceState, LaunchRequest, Parameters,
+    Registry, RestoreRequest, Tags, tag,
 };
 use support::moto::{ACCOUNT, MotoServer, REGION, RecordingObserver};
 
@@ -22,10 +22,7 @@ fn adapter(moto: &MotoServer) -> (AwsCloud, Arc<RecordingObserver>) {
 }
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
 fn launch_request(image_id: &str, subnet_id: &str, sg: &str, tags: Tags) -> LaunchRequest {
@@ -70,11 +67,7 @@ async fn resolves_the_newest_image_of_tagged_candidates() {
         tags: tags(pipeline),
         ..Default::default()
     };
-    let image = cloud
-        .resolve_image(&[term])
-        .await
-        .unwrap()
-        .expect("an image matches");
+    let image = cloud.resolve_image(&[term]).await.unwrap().expect("an image matches");
     assert_eq!(image.id, ids[2]);
     assert_eq!(image.name, "minikube-c");
 
@@ -83,10 +76,7 @@ async fn resolves_the_newest_image_of_tagged_candidates() {
         tags: tags(&[("featureenv.io/pipeline", "*")]),
         ..Default::default()
     };
-    assert_eq!(
-        cloud.resolve_image(&[any]).await.unwrap().unwrap().id,
-        ids[3]
-    );
+    assert_eq!(cloud.resolve_image(&[any]).await.unwrap().unwrap().id, ids[3]);
 
     let none = ImageSelectorTerm {
         tags: tags(&[("featureenv.io/pipeline", "nope")]),
@@ -107,8 +97,7 @@ async fn resolves_images_by_name_id_and_ssm_parameter_as_a_union() {
             ("pinned-3", &[]),
         ])
         .await;
-    moto.put_string_parameter("/featureenv/ami/latest", &ids[0])
-        .await;
+    moto.put_string_parameter("/featureenv/ami/latest", &ids[0]).await;
 
     let by_name = ImageSelectorTerm {
         name: Some("minikube-service-*".into()),
@@ -158,11 +147,7 @@ async fn resolves_images_by_name_id_and_ssm_parameter_as_a_union() {
         .unwrap()
         .unwrap();
     assert_eq!(image.id, ids[2]);
-    let image = cloud
-        .resolve_image(&[by_parameter, by_name])
-        .await
-        .unwrap()
-        .unwrap();
+    let image = cloud.resolve_image(&[by_parameter, by_name]).await.unwrap().unwrap();
     assert_eq!(image.id, ids[1]);
 
     // Terms naming things that do not exist match nothing; they are not errors.
@@ -175,18 +160,12 @@ async fn resolves_images_by_name_id_and_ssm_parameter_as_a_union() {
         ..Default::default()
     };
     assert_eq!(
-        cloud
-            .resolve_image(&[missing_id, missing_parameter])
-            .await
-            .unwrap(),
+        cloud.resolve_image(&[missing_id, missing_parameter]).await.unwrap(),
         None
     );
 
     // An empty term would select every public image in the region.
-    let err = cloud
-        .resolve_image(&[ImageSelectorTerm::default()])
-        .await
-        .unwrap_err();
+    let err = cloud.resolve_image(&[ImageSelectorTerm::default()]).await.unwrap_err();
     assert!(matches!(err, CloudError::InvalidRequest { .. }), "{err}");
 }
 
@@ -225,10 +204,7 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
     assert_eq!(launched.image_id, image_id);
     assert_eq!(launched.instance_type, "t3.xlarge");
     assert!(!launched.state.is_gone());
-    assert_eq!(
-        launched.tags.get(tag::UID).map(String::as_str),
-        Some("uid-1")
-    );
+    assert_eq!(launched.tags.get(tag::UID).map(String::as_str), Some("uid-1"));
     assert_eq!(observer.count("RunInstances", "ok"), 1);
 
     // What was sent, including what moto accepts but does not model (ClientToken).
@@ -257,10 +233,7 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
     let instance = &described.reservations()[0].instances()[0];
     let metadata = instance.metadata_options().expect("metadata options");
     assert_eq!(metadata.http_tokens(), Some(&HttpTokensState::Required));
-    assert_eq!(
-        metadata.http_endpoint(),
-        Some(&InstanceMetadataEndpointState::Enabled)
-    );
+    assert_eq!(metadata.http_endpoint(), Some(&InstanceMetadataEndpointState::Enabled));
     let recorded: Tags = instance
         .tags()
         .iter()
@@ -287,11 +260,7 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
     let volumes = moto.volumes_of(&launched.id).await;
     let root = volumes
         .iter()
-        .find(|v| {
-            v.attachments()
-                .iter()
-                .any(|a| a.device() == Some(root_device.as_str()))
-        })
+        .find(|v| v.attachments().iter().any(|a| a.device() == Some(root_device.as_str())))
         .expect("a volume on the root device");
     assert_eq!(root.size(), Some(100));
     assert_eq!(root.volume_type().map(|t| t.as_str()), Some("gp3"));
@@ -312,16 +281,8 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
         .send()
         .await
         .unwrap();
-    let encoded = attribute
-        .user_data()
-        .and_then(|u| u.value())
-        .expect("user data");
-    let decoded = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(encoded)
-            .unwrap(),
-    )
-    .unwrap();
+    let encoded = attribute.user_data().and_then(|u| u.value()).expect("user data");
+    let decoded = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap();
     assert_eq!(decoded, user_data);
     assert!(decoded.contains(parameter));
     assert!(!decoded.contains(password));
@@ -341,10 +302,7 @@ async fn launch_with_a_missing_subnet_is_an_invalid_request() {
     );
     let err = cloud.launch_instance(&request).await.unwrap_err();
     assert!(matches!(err, CloudError::InvalidRequest { .. }), "{err}");
-    assert!(
-        err.to_string().contains("InvalidSubnetID.NotFound"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("InvalidSubnetID.NotFound"), "{err}");
     assert_eq!(observer.count("RunInstances", "InvalidRequest"), 1);
 
     let err = cloud
@@ -356,10 +314,7 @@ async fn launch_with_a_missing_subnet_is_an_invalid_request() {
         ))
         .await
         .unwrap_err();
-    assert!(
-        err.is_not_found(),
-        "the image lookup before RunInstances: {err}"
-    );
+    assert!(err.is_not_found(), "the image lookup before RunInstances: {err}");
 }
 
 #[tokio::test]
@@ -409,26 +364,12 @@ async fn list_instances_pages_through_ours_only() {
     ours.sort();
     assert_eq!(listed, ours);
     assert!(!listed.contains(&other) && !listed.contains(&foreign));
-    assert_eq!(
-        observer.count("DescribeInstances", "ok"),
-        2,
-        "{:?}",
-        observer.calls()
-    );
+    assert_eq!(observer.count("DescribeInstances", "ok"), 2, "{:?}", observer.calls());
 
     let found = cloud.find_instances(tag::UID, "uid-3").await.unwrap();
     assert_eq!(found.len(), 1);
-    assert_eq!(
-        found[0].tags.get(tag::UID).map(String::as_str),
-        Some("uid-3")
-    );
-    assert!(
-        cloud
-            .find_instances(tag::UID, "uid-none")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(found[0].tags.get(tag::UID).map(String::as_str), Some("uid-3"));
+    assert!(cloud.find_instances(tag::UID, "uid-none").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -459,10 +400,7 @@ async fn terminate_console_output_and_not_found() {
     let after = cloud.list_instances("c-term").await.unwrap();
     assert!(after.iter().all(|i| i.state.is_gone()), "{after:?}");
 
-    let err = cloud
-        .terminate_instance("i-0123456789abcdef0")
-        .await
-        .unwrap_err();
+    let err = cloud.terminate_instance("i-0123456789abcdef0").await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     assert_eq!(err.operation(), "TerminateInstances");
     assert_eq!(observer.count("TerminateInstances", "NotFound"), 1);
@@ -491,12 +429,7 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
     assert_eq!(latest.source_db, "integration-db");
     assert_eq!(cloud.latest_snapshot("no-such-db").await.unwrap(), None);
     assert_eq!(
-        cloud
-            .snapshot("integration-db-2")
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
+        cloud.snapshot("integration-db-2").await.unwrap().unwrap().id,
         "integration-db-2"
     );
     assert_eq!(cloud.snapshot("no-such-snapshot").await.unwrap(), None);
@@ -517,11 +450,7 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
     moto.start_recording();
     let restored = cloud.restore_database(&request).await.unwrap();
     assert_eq!(restored.id, "fe-integration-0");
-    assert!(
-        restored.arn.ends_with(":db:fe-integration-0"),
-        "{}",
-        restored.arn
-    );
+    assert!(restored.arn.ends_with(":db:fe-integration-0"), "{}", restored.arn);
     assert_eq!(restored.tags, pool_tags);
 
     let described = moto
@@ -547,18 +476,9 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
 
     // moto does not model PubliclyAccessible on restores; check what we sent.
     let sent = &moto.recorded_form_requests("RestoreDBInstanceFromDBSnapshot")[0];
-    assert_eq!(
-        sent.get("PubliclyAccessible").map(String::as_str),
-        Some("false")
-    );
-    assert_eq!(
-        sent.get("DBSubnetGroupName").map(String::as_str),
-        Some("featureenv")
-    );
-    assert_eq!(
-        sent.get("Tags.Tag.1.Key").map(String::as_str),
-        Some(tag::CLUSTER)
-    );
+    assert_eq!(sent.get("PubliclyAccessible").map(String::as_str), Some("false"));
+    assert_eq!(sent.get("DBSubnetGroupName").map(String::as_str), Some("featureenv"));
+    assert_eq!(sent.get("Tags.Tag.1.Key").map(String::as_str), Some(tag::CLUSTER));
 
     // A retried restore with the same deterministic id is AlreadyExists, to adopt.
     let err = cloud.restore_database(&request).await.unwrap_err();
@@ -579,19 +499,9 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
         .tag_database(&restored.arn, &tags(&[(tag::CLAIMED_BY, "uid-claim")]))
         .await
         .unwrap();
-    let claimed = cloud
-        .get_database("fe-integration-0")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        claimed.tags.get(tag::CLAIMED_BY).map(String::as_str),
-        Some("uid-claim")
-    );
-    assert_eq!(
-        claimed.tags.get(tag::POOL).map(String::as_str),
-        Some("integration")
-    );
+    let claimed = cloud.get_database("fe-integration-0").await.unwrap().unwrap();
+    assert_eq!(claimed.tags.get(tag::CLAIMED_BY).map(String::as_str), Some("uid-claim"));
+    assert_eq!(claimed.tags.get(tag::POOL).map(String::as_str), Some("integration"));
 
     cloud
         .set_master_password("fe-integration-0", "rotated-Secret-8f3k2x")
@@ -599,10 +509,7 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
         .unwrap();
     assert_eq!(observer.count("ModifyDBInstance", "ok"), 1);
     let sent = &moto.recorded_form_requests("ModifyDBInstance")[0];
-    assert_eq!(
-        sent.get("ApplyImmediately").map(String::as_str),
-        Some("true")
-    );
+    assert_eq!(sent.get("ApplyImmediately").map(String::as_str), Some("true"));
     assert_eq!(
         sent.get("MasterUserPassword").map(String::as_str),
         Some("rotated-Secret-8f3k2x")
@@ -619,14 +526,8 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
     assert!(err.is_not_found(), "{err}");
     assert_eq!(observer.count("DeleteDBInstance", "NotFound"), 1);
     let sent = &moto.recorded_form_requests("DeleteDBInstance")[0];
-    assert_eq!(
-        sent.get("SkipFinalSnapshot").map(String::as_str),
-        Some("true")
-    );
-    assert_eq!(
-        sent.get("DeleteAutomatedBackups").map(String::as_str),
-        Some("true")
-    );
+    assert_eq!(sent.get("SkipFinalSnapshot").map(String::as_str), Some("true"));
+    assert_eq!(sent.get("DeleteAutomatedBackups").map(String::as_str), Some("true"));
 }
 
 #[tokio::test]
@@ -682,10 +583,7 @@ async fn ssm_secure_parameters_put_overwrite_list_delete() {
     assert_eq!(puts[0]["Overwrite"], false);
     assert_eq!(puts[0]["Type"], "SecureString");
     assert!(puts[0]["Tags"].is_array());
-    assert_eq!(
-        puts[1]["Overwrite"], false,
-        "second put tries to create first"
-    );
+    assert_eq!(puts[1]["Overwrite"], false, "second put tries to create first");
     assert_eq!(puts[2]["Overwrite"], true);
     assert!(puts[2].get("Tags").is_none());
     assert_eq!(observer.count("PutParameter", "AlreadyExists"), 1);
@@ -737,10 +635,7 @@ async fn ecr_tags_resolve_to_digests() {
     let moto = MotoServer::start().await;
     let (cloud, observer) = adapter(&moto);
     let uri = moto.create_repository("payments").await;
-    assert_eq!(
-        uri,
-        format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/payments")
-    );
+    assert_eq!(uri, format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/payments"));
     let latest = moto
         .put_image("payments", "latest", &format!("sha256:{}", "a".repeat(64)))
         .await;
@@ -749,31 +644,19 @@ async fn ecr_tags_resolve_to_digests() {
         .await;
     assert_ne!(latest, pr);
 
-    assert_eq!(
-        cloud.resolve_digest(&uri, "latest").await.unwrap(),
-        Some(latest)
-    );
-    assert_eq!(
-        cloud.resolve_digest(&uri, "pr-123").await.unwrap(),
-        Some(pr)
-    );
+    assert_eq!(cloud.resolve_digest(&uri, "latest").await.unwrap(), Some(latest));
+    assert_eq!(cloud.resolve_digest(&uri, "pr-123").await.unwrap(), Some(pr));
 
     let err = cloud.resolve_digest(&uri, "no-such-tag").await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
     let missing_repo = format!("{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/no-such-repo");
-    let err = cloud
-        .resolve_digest(&missing_repo, "latest")
-        .await
-        .unwrap_err();
+    let err = cloud.resolve_digest(&missing_repo, "latest").await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
 
     // Other registries are not asked at all.
     observer.clear();
     assert_eq!(
-        cloud
-            .resolve_digest("docker.io/library/nginx", "1.27")
-            .await
-            .unwrap(),
+        cloud.resolve_digest("docker.io/library/nginx", "1.27").await.unwrap(),
         None
     );
     assert!(observer.calls().is_empty());
@@ -807,11 +690,7 @@ async fn rds_listings_follow_markers_across_pages() {
     }
 
     observer.clear();
-    let latest = cloud
-        .latest_snapshot("integration-db")
-        .await
-        .unwrap()
-        .unwrap();
+    let latest = cloud.latest_snapshot("integration-db").await.unwrap().unwrap();
     assert_eq!(latest.id, "integration-db-3");
     // moto 5 ignores MaxRecords on DescribeDBSnapshots (one page, no Marker), so only
     // DescribeDBInstances below really exercises the Marker loop; the snapshot
@@ -826,10 +705,7 @@ async fn rds_listings_follow_markers_across_pages() {
         .map(|d| d.id)
         .collect();
     ids.sort();
-    assert_eq!(
-        ids,
-        vec!["fe-page-0", "fe-page-1", "fe-page-2", "fe-page-3"]
-    );
+    assert_eq!(ids, vec!["fe-page-0", "fe-page-1", "fe-page-2", "fe-page-3"]);
     assert!(
         observer.count("DescribeDBInstances", "ok") >= 3,
         "{:?}",

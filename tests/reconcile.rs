@@ -18,8 +18,8 @@ use featureenv_operator::inventory::Inventory;
 use featureenv_operator::metrics::Metrics;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use kube_emulator::Emulator;
 use support::cluster::{self, ECR};
 
@@ -28,15 +28,49 @@ const NS: &str = "team";
 
 fn seeded_fake(seed: u64) -> FakeCloud {
     let fake = FakeCloud::new(seed);
-    fake.add_image("ami-00000000000000001", "minikube-service-old", "self", "2026-11-01T00:00:00Z".parse().unwrap(), &[("featureenv.io/pipeline", "minikube-service")]);
-    fake.add_image("ami-00000000000000002", "minikube-service-new", "self", "2026-11-27T00:00:00Z".parse().unwrap(), &[("featureenv.io/pipeline", "minikube-service")]);
-    fake.add_image("ami-00000000000000003", "unrelated", "self", "2026-11-28T00:00:00Z".parse().unwrap(), &[]);
-    fake.add_snapshot("integration-db-old", "integration-db", "2026-11-27T03:00:00Z".parse().unwrap());
-    fake.add_snapshot("integration-db-new", "integration-db", "2026-11-28T03:00:00Z".parse().unwrap());
+    fake.add_image(
+        "ami-00000000000000001",
+        "minikube-service-old",
+        "self",
+        "2026-11-01T00:00:00Z".parse().unwrap(),
+        &[("featureenv.io/pipeline", "minikube-service")],
+    );
+    fake.add_image(
+        "ami-00000000000000002",
+        "minikube-service-new",
+        "self",
+        "2026-11-27T00:00:00Z".parse().unwrap(),
+        &[("featureenv.io/pipeline", "minikube-service")],
+    );
+    fake.add_image(
+        "ami-00000000000000003",
+        "unrelated",
+        "self",
+        "2026-11-28T00:00:00Z".parse().unwrap(),
+        &[],
+    );
+    fake.add_snapshot(
+        "integration-db-old",
+        "integration-db",
+        "2026-11-27T03:00:00Z".parse().unwrap(),
+    );
+    fake.add_snapshot(
+        "integration-db-new",
+        "integration-db",
+        "2026-11-28T03:00:00Z".parse().unwrap(),
+    );
     for service in ["payments", "orders"] {
-        fake.add_registry_image(&format!("{ECR}/{service}"), "latest", &format!("sha256:{}", "a".repeat(64)));
+        fake.add_registry_image(
+            &format!("{ECR}/{service}"),
+            "latest",
+            &format!("sha256:{}", "a".repeat(64)),
+        );
     }
-    fake.add_registry_image(&format!("{ECR}/payments"), "pr-123", &format!("sha256:{}", "b".repeat(64)));
+    fake.add_registry_image(
+        &format!("{ECR}/payments"),
+        "pr-123",
+        &format!("sha256:{}", "b".repeat(64)),
+    );
     fake
 }
 
@@ -53,17 +87,38 @@ impl Harness {
         let (emulator, client) = cluster::cluster().await;
         cluster::namespace(&client, NS).await;
         let classes: Api<FeatureEnvironmentClass> = Api::all(client.clone());
-        classes.create(&PostParams::default(), &cluster::class("standard", Some("integration"))).await.unwrap();
+        classes
+            .create(&PostParams::default(), &cluster::class("standard", Some("integration")))
+            .await
+            .unwrap();
         let pools: Api<RdsPool> = Api::all(client.clone());
-        pools.create(&PostParams::default(), &cluster::pool("integration", pool_size.0, pool_size.1)).await.unwrap();
+        pools
+            .create(
+                &PostParams::default(),
+                &cluster::pool("integration", pool_size.0, pool_size.1),
+            )
+            .await
+            .unwrap();
         let ctx = Self::context(&client, &fake);
-        Self { _emulator: emulator, client, fake, ctx, restarts: 0 }
+        Self {
+            _emulator: emulator,
+            client,
+            fake,
+            ctx,
+            restarts: 0,
+        }
     }
 
     fn context(client: &kube::Client, fake: &FakeCloud) -> Arc<Context> {
         let cloud = Cloud::from(fake.clone());
         let (inventory, _triggers) = Inventory::new(cloud.clone(), CLUSTER);
-        Arc::new(Context::new(client.clone(), Config::for_tests(CLUSTER), cloud, inventory, Arc::new(Metrics::new())))
+        Arc::new(Context::new(
+            client.clone(),
+            Config::for_tests(CLUSTER),
+            cloud,
+            inventory,
+            Arc::new(Metrics::new()),
+        ))
     }
 
     /// A crash: everything in memory is gone; only Kubernetes and AWS remain.
@@ -95,11 +150,15 @@ impl Harness {
         self.ctx.inventory.refresh().await.map_err(|e| e.to_string())?;
         let pools: Api<RdsPool> = Api::all(self.client.clone());
         for p in pools.list(&Default::default()).await.unwrap() {
-            pool::reconcile(Arc::new(p), self.ctx.clone()).await.map_err(|e| e.to_string())?;
+            pool::reconcile(Arc::new(p), self.ctx.clone())
+                .await
+                .map_err(|e| e.to_string())?;
         }
         self.ctx.inventory.refresh().await.map_err(|e| e.to_string())?;
         if let Some(env) = self.get(name).await {
-            environment::reconcile(Arc::new(env), self.ctx.clone()).await.map_err(|e| e.to_string())?;
+            environment::reconcile(Arc::new(env), self.ctx.clone())
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -117,7 +176,10 @@ impl Harness {
             self.fake.finish_transitions();
             self.boot_instances();
         }
-        panic!("{name} did not reach the expected state; phase {:?}", self.get(name).await.and_then(|e| e.status).map(|s| s.phase));
+        panic!(
+            "{name} did not reach the expected state; phase {:?}",
+            self.get(name).await.and_then(|e| e.status).map(|s| s.phase)
+        );
     }
 
     async fn phase(&self, name: &str) -> Option<Phase> {
@@ -125,38 +187,59 @@ impl Harness {
     }
 
     fn instances_of(&self, uid: &str) -> usize {
-        self.fake.live_instances().iter().filter(|i| i.instance.tags.get(tag::UID).map(String::as_str) == Some(uid)).count()
+        self.fake
+            .live_instances()
+            .iter()
+            .filter(|i| i.instance.tags.get(tag::UID).map(String::as_str) == Some(uid))
+            .count()
     }
 
     fn databases_claimed_by(&self, uid: &str) -> usize {
         self.fake
             .databases()
             .iter()
-            .filter(|d| d.database.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid) && d.database.status != DatabaseStatus::Deleting)
+            .filter(|d| {
+                d.database.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid)
+                    && d.database.status != DatabaseStatus::Deleting
+            })
             .count()
     }
 }
 
 async fn create(h: &Harness, env: FeatureEnvironment) -> String {
-    h.envs().create(&PostParams::default(), &env).await.unwrap().uid().unwrap()
+    h.envs()
+        .create(&PostParams::default(), &env)
+        .await
+        .unwrap()
+        .uid()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn lifecycle_ready_then_deleted_leaves_nothing() {
     let mut h = Harness::new(seeded_fake(1), (1, 5)).await;
     let uid = create(&h, cluster::environment("pr-1", "standard")).await;
-    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready)).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
 
     let env = h.get("pr-1").await.unwrap();
     let status = env.status.unwrap();
     assert!(conditions::is_true(&status.conditions, READY));
     let instance = status.instance.unwrap();
-    assert_eq!(instance.ami_id.as_deref(), Some("ami-00000000000000002"), "newest tagged image");
+    assert_eq!(
+        instance.ami_id.as_deref(),
+        Some("ami-00000000000000002"),
+        "newest tagged image"
+    );
     assert_eq!(instance.instance_type.as_deref(), Some("t3.xlarge"));
     assert!(status.endpoints["api"].starts_with("http://54."));
     assert!(status.ready_at.is_some() && status.expires_at.is_some());
     let payments = status.images.iter().find(|i| i.name == "payments").unwrap();
-    assert_eq!(payments.image, format!("{ECR}/payments@sha256:{}", "b".repeat(64)), "override pinned to its digest");
+    assert_eq!(
+        payments.image,
+        format!("{ECR}/payments@sha256:{}", "b".repeat(64)),
+        "override pinned to its digest"
+    );
 
     let live = h.fake.live_instances();
     assert_eq!(live.len(), 1);
@@ -164,23 +247,49 @@ async fn lifecycle_ready_then_deleted_leaves_nothing() {
     assert!(launched.metadata_tokens_required);
     assert_eq!(launched.instance.tags[tag::CLUSTER], CLUSTER);
     assert_eq!(launched.instance.tags[tag::ENVIRONMENT], format!("{NS}/pr-1"));
-    assert!(launched.user_data.contains(&format!("{ECR}/payments@sha256:{}", "b".repeat(64))));
+    assert!(
+        launched
+            .user_data
+            .contains(&format!("{ECR}/payments@sha256:{}", "b".repeat(64)))
+    );
 
     let database = status.database.unwrap();
-    let db = h.fake.databases().into_iter().find(|d| Some(&d.database.id) == database.id.as_ref()).unwrap();
+    let db = h
+        .fake
+        .databases()
+        .into_iter()
+        .find(|d| Some(&d.database.id) == database.id.as_ref())
+        .unwrap();
     assert_eq!(db.database.tags[tag::CLAIMED_BY], uid);
-    assert_eq!(db.snapshot_id, "integration-db-new", "spares restore from the newest snapshot");
+    assert_eq!(
+        db.snapshot_id, "integration-db-new",
+        "spares restore from the newest snapshot"
+    );
     let password = db.master_password.clone().expect("password rotated");
-    assert!(!launched.user_data.contains(&password), "user data never carries the password");
+    assert!(
+        !launched.user_data.contains(&password),
+        "user data never carries the password"
+    );
     let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
     let secret = secrets.get(database.secret_name.as_deref().unwrap()).await.unwrap();
-    assert_eq!(String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap(), password);
-    let parameter = h.fake.parameter(database.parameter_name.as_deref().unwrap()).expect("SSM parameter written");
+    assert_eq!(
+        String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap(),
+        password
+    );
+    let parameter = h
+        .fake
+        .parameter(database.parameter_name.as_deref().unwrap())
+        .expect("SSM parameter written");
     assert!(parameter.contains(&password));
 
     // The pool restored a replacement spare.
     h.step("pr-1").await.unwrap();
-    let spares = h.fake.databases().into_iter().filter(|d| !d.database.tags.contains_key(tag::CLAIMED_BY)).count();
+    let spares = h
+        .fake
+        .databases()
+        .into_iter()
+        .filter(|d| !d.database.tags.contains_key(tag::CLAIMED_BY))
+        .count();
     assert_eq!(spares, 1);
 
     h.envs().delete("pr-1", &DeleteParams::default()).await.unwrap();
@@ -196,7 +305,8 @@ async fn a_crash_after_any_cloud_call_never_duplicates_or_leaks() {
     let total = {
         let mut h = Harness::new(seeded_fake(2), (1, 5)).await;
         create(&h, cluster::environment("pr-1", "standard")).await;
-        h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready)).await;
+        h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+            .await;
         h.envs().delete("pr-1", &DeleteParams::default()).await.unwrap();
         h.drive("pr-1", async |h| h.get("pr-1").await.is_none()).await;
         h.fake.total_calls()
@@ -210,15 +320,27 @@ async fn a_crash_after_any_cloud_call_never_duplicates_or_leaks() {
         fake.fail("*", Trigger::NthCall(k), FaultKind::LostResponse);
         let mut h = Harness::new(fake, (1, 5)).await;
         let uid = create(&h, cluster::environment("pr-1", "standard")).await;
-        h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready)).await;
+        h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+            .await;
         assert_eq!(h.instances_of(&uid), 1, "crash after call {k}: exactly one instance");
-        assert_eq!(h.databases_claimed_by(&uid), 1, "crash after call {k}: exactly one claimed database");
+        assert_eq!(
+            h.databases_claimed_by(&uid),
+            1,
+            "crash after call {k}: exactly one claimed database"
+        );
         h.envs().delete("pr-1", &DeleteParams::default()).await.unwrap();
         h.drive("pr-1", async |h| h.get("pr-1").await.is_none()).await;
         assert_eq!(h.instances_of(&uid), 0, "crash after call {k}: instance leaked");
         assert_eq!(h.databases_claimed_by(&uid), 0, "crash after call {k}: database leaked");
-        assert!(h.fake.parameter_names().is_empty(), "crash after call {k}: parameter leaked");
-        assert_eq!(h.fake.instances().len(), 1, "crash after call {k}: more than one instance was ever launched");
+        assert!(
+            h.fake.parameter_names().is_empty(),
+            "crash after call {k}: parameter leaked"
+        );
+        assert_eq!(
+            h.fake.instances().len(),
+            1,
+            "crash after call {k}: more than one instance was ever launched"
+        );
     }
 }
 
@@ -251,7 +373,8 @@ async fn throttling_and_capacity_errors_back_off_and_show_in_conditions() {
         h.boot_instances();
     }
     assert!(saw_throttle);
-    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready)).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
     assert_eq!(h.fake.live_instances().len(), 1);
 }
 
@@ -288,19 +411,30 @@ async fn invalid_specs_create_nothing_and_recover_when_fixed() {
         assert_eq!(status.phase, Phase::Pending);
     }
     assert_eq!(h.fake.call_count("RunInstances"), 0, "nothing launched");
-    assert!(h.fake.databases().iter().all(|d| !d.database.tags.contains_key(tag::CLAIMED_BY)), "nothing claimed");
+    assert!(
+        h.fake
+            .databases()
+            .iter()
+            .all(|d| !d.database.tags.contains_key(tag::CLAIMED_BY)),
+        "nothing claimed"
+    );
 
     // Creating the class lets pr-1 proceed by itself.
     let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
-    classes.create(&PostParams::default(), &cluster::class("premium", None)).await.unwrap();
-    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready)).await;
+    classes
+        .create(&PostParams::default(), &cluster::class("premium", None))
+        .await
+        .unwrap();
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
 }
 
 #[tokio::test]
 async fn exhausted_pool_waits_then_proceeds_when_a_spare_appears() {
     let mut h = Harness::new(seeded_fake(5), (1, 1)).await;
     create(&h, cluster::environment("first", "standard")).await;
-    h.drive("first", async |h| h.phase("first").await == Some(Phase::Ready)).await;
+    h.drive("first", async |h| h.phase("first").await == Some(Phase::Ready))
+        .await;
 
     create(&h, cluster::environment("second", "standard")).await;
     for _ in 0..3 {
@@ -308,13 +442,22 @@ async fn exhausted_pool_waits_then_proceeds_when_a_spare_appears() {
         h.boot_instances();
     }
     let status = h.get("second").await.unwrap().status.unwrap();
-    assert_eq!(conditions::find(&status.conditions, READY).unwrap().reason, "PoolExhausted");
+    assert_eq!(
+        conditions::find(&status.conditions, READY).unwrap().reason,
+        "PoolExhausted"
+    );
     assert_eq!(status.phase, Phase::Provisioning);
 
     h.envs().delete("first", &DeleteParams::default()).await.unwrap();
     h.drive("first", async |h| h.get("first").await.is_none()).await;
-    h.drive("second", async |h| h.phase("second").await == Some(Phase::Ready)).await;
-    let claimed = h.fake.databases().iter().filter(|d| d.database.tags.contains_key(tag::CLAIMED_BY)).count();
+    h.drive("second", async |h| h.phase("second").await == Some(Phase::Ready))
+        .await;
+    let claimed = h
+        .fake
+        .databases()
+        .iter()
+        .filter(|d| d.database.tags.contains_key(tag::CLAIMED_BY))
+        .count();
     assert_eq!(claimed, 1, "maxSize 1 never exceeded");
 }
 
@@ -324,8 +467,18 @@ async fn ttl_expiry_deletes_the_environment_and_its_resources() {
     let mut env = cluster::environment("short", "standard");
     env.spec.ttl = Some("3s".into());
     let uid = create(&h, env).await;
-    h.drive("short", async |h| h.phase("short").await == Some(Phase::Ready)).await;
-    let expires: Timestamp = h.get("short").await.unwrap().status.unwrap().expires_at.unwrap().parse().unwrap();
+    h.drive("short", async |h| h.phase("short").await == Some(Phase::Ready))
+        .await;
+    let expires: Timestamp = h
+        .get("short")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .expires_at
+        .unwrap()
+        .parse()
+        .unwrap();
     tokio::time::sleep(Duration::try_from(expires.duration_since(Timestamp::now())).unwrap_or_default()).await;
     h.drive("short", async |h| h.get("short").await.is_none()).await;
     assert_eq!(h.instances_of(&uid), 0);

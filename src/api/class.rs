@@ -196,7 +196,9 @@ pub struct Readiness {
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self { timeout: default_readiness_timeout() }
+        Self {
+            timeout: default_readiness_timeout(),
+        }
     }
 }
 

@@ -21,12 +21,22 @@ pub struct ConditionUpdate {
 
 impl ConditionUpdate {
     pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Sets (or adds) a condition. `lastTransitionTime` moves only when the status flips.
-pub fn set_condition(conditions: &mut Vec<Condition>, update: ConditionUpdate, generation: Option<i64>, now: Timestamp) {
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    update: ConditionUpdate,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let status = if update.status { "True" } else { "False" }.to_owned();
     match conditions.iter_mut().find(|c| c.type_ == update.type_) {
         Some(existing) => {
@@ -68,12 +78,27 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_status_changes() {
         let mut conditions = Vec::new();
-        set_condition(&mut conditions, ConditionUpdate::new(READY, false, "Provisioning", "launching"), Some(1), ts(100));
-        set_condition(&mut conditions, ConditionUpdate::new(READY, false, "WaitingForBootstrap", "booting"), Some(1), ts(200));
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new(READY, false, "Provisioning", "launching"),
+            Some(1),
+            ts(100),
+        );
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new(READY, false, "WaitingForBootstrap", "booting"),
+            Some(1),
+            ts(200),
+        );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, Time(ts(100)));
         assert_eq!(conditions[0].reason, "WaitingForBootstrap");
-        set_condition(&mut conditions, ConditionUpdate::new(READY, true, "Ready", "ready"), Some(2), ts(300));
+        set_condition(
+            &mut conditions,
+            ConditionUpdate::new(READY, true, "Ready", "ready"),
+            Some(2),
+            ts(300),
+        );
         assert_eq!(conditions[0].last_transition_time, Time(ts(300)));
         assert_eq!(conditions[0].observed_generation, Some(2));
         assert!(is_true(&conditions, READY));

@@ -14,7 +14,9 @@ pub struct DurationError {
 
 /// Parses a Go duration without sign (`1h30m`, `1.5h`, `90s`, `250ms`).
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError { input: input.to_owned() };
+    let err = || DurationError {
+        input: input.to_owned(),
+    };
     if input.is_empty() {
         return Err(err());
     }

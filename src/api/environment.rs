@@ -76,7 +76,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [Self::Pending, Self::Provisioning, Self::Ready, Self::Failed, Self::Terminating];
+    pub const ALL: [Phase; 5] = [
+        Self::Pending,
+        Self::Provisioning,
+        Self::Ready,
+        Self::Failed,
+        Self::Terminating,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

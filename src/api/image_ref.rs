@@ -21,7 +21,9 @@ pub struct ImageReferenceError {
 
 impl ImageReference {
     pub fn parse(input: &str) -> Result<Self, ImageReferenceError> {
-        let err = || ImageReferenceError { input: input.to_owned() };
+        let err = || ImageReferenceError {
+            input: input.to_owned(),
+        };
         let (name, digest) = match input.split_once('@') {
             Some((name, digest)) => {
                 let hex = digest.strip_prefix("sha256:").ok_or_else(err)?;
@@ -40,19 +42,24 @@ impl ImageReference {
         };
         let host_ok = {
             let (h, port) = host.split_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
-            component_ok(h, true) && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+            component_ok(h) && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
         };
-        let path_ok = !path.is_empty() && path.split('/').all(|c| component_ok(c, false));
+        let path_ok = !path.is_empty() && path.split('/').all(component_ok);
         let tag_ok = tag.is_none_or(|t| {
             !t.is_empty()
                 && t.len() <= 128
                 && !t.starts_with(['.', '-'])
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         });
         if !(host_ok && path_ok && tag_ok) {
             return Err(err());
         }
-        Ok(Self { repository: format!("{host}/{path}"), tag: tag.map(str::to_owned), digest })
+        Ok(Self {
+            repository: format!("{host}/{path}"),
+            tag: tag.map(str::to_owned),
+            digest,
+        })
     }
 
     /// `repository@digest` when a digest is known, else the reference as given.
@@ -65,10 +72,13 @@ impl ImageReference {
     }
 }
 
-fn component_ok(component: &str, is_host: bool) -> bool {
-    let separators: &[char] = if is_host { &['.', '-', '_'] } else { &['.', '-', '_'] };
+fn component_ok(component: &str) -> bool {
+    // Host components may also contain '_' in practice (registries accept it).
+    let separators: &[char] = &['.', '-', '_'];
     !component.is_empty()
-        && component.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separators.contains(&c))
+        && component
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separators.contains(&c))
         && !component.starts_with(separators)
         && !component.ends_with(separators)
 }
@@ -92,7 +102,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed_references() {
-        for bad in ["payments", "Registry/app", "host/App:v1", "host/app:", "host/app@sha256:abc", "host//app", "host/app:-x", ""] {
+        for bad in [
+            "payments",
+            "Registry/app",
+            "host/App:v1",
+            "host/app:",
+            "host/app@sha256:abc",
+            "host//app",
+            "host/app:-x",
+            "",
+        ] {
             assert!(ImageReference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -100,7 +119,14 @@ mod tests {
     #[test]
     fn pattern_and_parser_agree_on_examples() {
         let re = regex_lite::Regex::new(IMAGE_REFERENCE_PATTERN).unwrap();
-        for s in [format!("{ECR}:pr-123"), format!("{ECR}"), "localhost:5000/team/app:v1".into(), "payments".into(), "host/App:v1".into(), "host//app".into()] {
+        for s in [
+            format!("{ECR}:pr-123"),
+            ECR.to_string(),
+            "localhost:5000/team/app:v1".into(),
+            "payments".into(),
+            "host/App:v1".into(),
+            "host//app".into(),
+        ] {
             assert_eq!(re.is_match(&s), ImageReference::parse(&s).is_ok(), "{s}");
         }
     }

@@ -55,6 +55,9 @@ impl CloudError {
 
     /// Worth retrying with backoff (as opposed to a request that will never work).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Throttled { .. } | Self::InsufficientCapacity { .. } | Self::Other { .. })
+        matches!(
+            self,
+            Self::Throttled { .. } | Self::InsufficientCapacity { .. } | Self::Other { .. }
+        )
     }
 }

@@ -138,18 +138,30 @@ impl FakeCloud {
 
     pub fn add_image(&self, id: &str, name: &str, owner: &str, created_at: Timestamp, tags: &[(&str, &str)]) {
         self.state().images.push(FakeImage {
-            image: Image { id: id.into(), name: name.into(), created_at },
+            image: Image {
+                id: id.into(),
+                name: name.into(),
+                created_at,
+            },
             owner: owner.into(),
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         });
     }
 
     pub fn add_snapshot(&self, id: &str, source_db: &str, created_at: Timestamp) {
-        self.state().snapshots.push(Snapshot { id: id.into(), source_db: source_db.into(), created_at });
+        self.state().snapshots.push(Snapshot {
+            id: id.into(),
+            source_db: source_db.into(),
+            created_at,
+        });
     }
 
     pub fn add_registry_image(&self, repository: &str, tag: &str, digest: &str) {
-        self.state().registry.entry(repository.into()).or_default().insert(tag.into(), digest.into());
+        self.state()
+            .registry
+            .entry(repository.into())
+            .or_default()
+            .insert(tag.into(), digest.into());
     }
 
     pub fn set_parameter_value(&self, name: &str, value: &str) {
@@ -207,7 +219,11 @@ impl FakeCloud {
 
     /// Injects a fault for `operation` (`*` = any).
     pub fn fail(&self, operation: &str, trigger: Trigger, kind: FaultKind) {
-        self.state().faults.push(Fault { operation: operation.into(), trigger, kind });
+        self.state().faults.push(Fault {
+            operation: operation.into(),
+            trigger,
+            kind,
+        });
     }
 
     pub fn clear_faults(&self) {
@@ -234,7 +250,10 @@ impl FakeCloud {
 
     /// Instances not terminated or shutting down.
     pub fn live_instances(&self) -> Vec<FakeInstance> {
-        self.instances().into_iter().filter(|i| !i.instance.state.is_gone()).collect()
+        self.instances()
+            .into_iter()
+            .filter(|i| !i.instance.state.is_gone())
+            .collect()
     }
 
     pub fn databases(&self) -> Vec<FakeDatabase> {
@@ -306,7 +325,11 @@ fn injected(operation: &'static str, kind: FaultKind) -> CloudError {
     match kind {
         FaultKind::Throttled => CloudError::Throttled { operation, message },
         FaultKind::InsufficientCapacity => CloudError::InsufficientCapacity { operation, message },
-        FaultKind::Other | FaultKind::LostResponse => CloudError::Other { operation, message, source: None },
+        FaultKind::Other | FaultKind::LostResponse => CloudError::Other {
+            operation,
+            message,
+            source: None,
+        },
     }
 }
 
@@ -319,7 +342,10 @@ fn finish<T>(operation: &'static str, lost: bool, result: CloudResult<T>) -> Clo
 }
 
 fn not_found(operation: &'static str, what: &str) -> CloudError {
-    CloudError::NotFound { operation, message: what.to_owned() }
+    CloudError::NotFound {
+        operation,
+        message: what.to_owned(),
+    }
 }
 
 fn wildcard_match(pattern: &str, text: &str) -> bool {
@@ -355,7 +381,10 @@ impl Compute for FakeCloud {
             for img in &s.images {
                 let ok = wanted_id.as_ref().is_none_or(|id| &img.image.id == id)
                     && term.name.as_ref().is_none_or(|n| wildcard_match(n, &img.image.name))
-                    && term.owner.as_ref().is_none_or(|o| o == &img.owner || (o == "self" && img.owner == "self"))
+                    && term
+                        .owner
+                        .as_ref()
+                        .is_none_or(|o| o == &img.owner || (o == "self" && img.owner == "self"))
                     && term.tags.iter().all(|(k, v)| img.tags.get(k) == Some(v));
                 if ok && best.as_ref().is_none_or(|b| img.image.created_at > b.created_at) {
                     best = Some(img.image.clone());
@@ -370,20 +399,32 @@ impl Compute for FakeCloud {
         let lost = self.enter(OP).await?;
         // Like EC2 (and unlike moto), a repeated ClientToken returns the instance the
         // first call launched instead of launching another.
-        if let Some(existing) = self.state().instances.values().find(|i| i.client_token == request.client_token) {
+        if let Some(existing) = self
+            .state()
+            .instances
+            .values()
+            .find(|i| i.client_token == request.client_token)
+        {
             return finish(OP, lost, Ok(existing.instance.clone()));
         }
         let id = self.next_id("i");
         let mut s = self.state();
         if !s.images.iter().any(|i| i.image.id == request.image_id) {
-            return Err(CloudError::InvalidRequest { operation: OP, message: format!("image {} not found", request.image_id) });
+            return Err(CloudError::InvalidRequest {
+                operation: OP,
+                message: format!("image {} not found", request.image_id),
+            });
         }
         let n = s.next_id;
         let instance = Instance {
             id: id.clone(),
             instance_type: request.instance_type.clone(),
             image_id: request.image_id.clone(),
-            state: if s.instances_start_pending { InstanceState::Pending } else { InstanceState::Running },
+            state: if s.instances_start_pending {
+                InstanceState::Pending
+            } else {
+                InstanceState::Running
+            },
             public_ip: Some(format!("54.0.{}.{}", n / 250, n % 250 + 1)),
             public_dns: Some(format!("ec2-54-0-{}-{}.compute.amazonaws.com", n / 250, n % 250 + 1)),
             private_ip: Some(format!("10.0.{}.{}", n / 250, n % 250 + 1)),
@@ -444,7 +485,11 @@ impl Compute for FakeCloud {
         let pending = s.instances_start_pending;
         let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
         if !i.instance.state.is_gone() {
-            i.instance.state = if pending { InstanceState::ShuttingDown } else { InstanceState::Terminated };
+            i.instance.state = if pending {
+                InstanceState::ShuttingDown
+            } else {
+                InstanceState::Terminated
+            };
         }
         finish(OP, lost, Ok(()))
     }
@@ -464,7 +509,12 @@ impl Databases for FakeCloud {
         const OP: &str = "DescribeDBSnapshots";
         let lost = self.enter(OP).await?;
         let s = self.state();
-        let newest = s.snapshots.iter().filter(|x| x.source_db == source_db).max_by_key(|x| x.created_at).cloned();
+        let newest = s
+            .snapshots
+            .iter()
+            .filter(|x| x.source_db == source_db)
+            .max_by_key(|x| x.created_at)
+            .cloned();
         finish(OP, lost, Ok(newest))
     }
 
@@ -480,7 +530,10 @@ impl Databases for FakeCloud {
         let lost = self.enter(OP).await?;
         let mut s = self.state();
         if s.databases.contains_key(&request.id) {
-            return Err(CloudError::AlreadyExists { operation: OP, message: request.id.clone() });
+            return Err(CloudError::AlreadyExists {
+                operation: OP,
+                message: request.id.clone(),
+            });
         }
         if !s.snapshots.iter().any(|x| x.id == request.snapshot_id) {
             return Err(not_found(OP, &request.snapshot_id));
@@ -488,7 +541,11 @@ impl Databases for FakeCloud {
         let database = Database {
             id: request.id.clone(),
             arn: format!("arn:aws:rds:fake:123456789012:db:{}", request.id),
-            status: if s.restores_start_creating { DatabaseStatus::Creating } else { DatabaseStatus::Available },
+            status: if s.restores_start_creating {
+                DatabaseStatus::Creating
+            } else {
+                DatabaseStatus::Available
+            },
             endpoint: Some(format!("{}.fake.rds.amazonaws.com", request.id)),
             port: Some(5432),
             master_username: Some("postgres".into()),
@@ -497,7 +554,11 @@ impl Databases for FakeCloud {
         };
         s.databases.insert(
             request.id.clone(),
-            FakeDatabase { database: database.clone(), snapshot_id: request.snapshot_id.clone(), master_password: None },
+            FakeDatabase {
+                database: database.clone(),
+                snapshot_id: request.snapshot_id.clone(),
+                master_password: None,
+            },
         );
         finish(OP, lost, Ok(database))
     }
@@ -526,7 +587,11 @@ impl Databases for FakeCloud {
         const OP: &str = "AddTagsToResource";
         let lost = self.enter(OP).await?;
         let mut s = self.state();
-        let d = s.databases.values_mut().find(|d| d.database.arn == arn).ok_or_else(|| not_found(OP, arn))?;
+        let d = s
+            .databases
+            .values_mut()
+            .find(|d| d.database.arn == arn)
+            .ok_or_else(|| not_found(OP, arn))?;
         d.database.tags.extend(tags.clone());
         finish(OP, lost, Ok(()))
     }
@@ -548,7 +613,10 @@ impl Databases for FakeCloud {
         match s.databases.get_mut(id) {
             None => return Err(not_found(OP, id)),
             Some(d) if d.database.status == DatabaseStatus::Deleting => {
-                return Err(CloudError::InvalidRequest { operation: OP, message: format!("{id} is already being deleted") });
+                return Err(CloudError::InvalidRequest {
+                    operation: OP,
+                    message: format!("{id} is already being deleted"),
+                });
             }
             Some(d) => d.database.status = DatabaseStatus::Deleting,
         }
@@ -571,7 +639,10 @@ impl Parameters for FakeCloud {
     async fn delete_parameter(&self, name: &str) -> CloudResult<()> {
         const OP: &str = "DeleteParameter";
         let lost = self.enter(OP).await?;
-        self.state().parameters.remove(name).ok_or_else(|| not_found(OP, name))?;
+        self.state()
+            .parameters
+            .remove(name)
+            .ok_or_else(|| not_found(OP, name))?;
         finish(OP, lost, Ok(()))
     }
 
@@ -580,7 +651,15 @@ impl Parameters for FakeCloud {
         let lost = self.enter(OP).await?;
         let s = self.state();
         let prefix = format!("{}/", path.trim_end_matches('/'));
-        finish(OP, lost, Ok(s.parameters.keys().filter(|k| k.starts_with(&prefix)).cloned().collect()))
+        finish(
+            OP,
+            lost,
+            Ok(s.parameters
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect()),
+        )
     }
 }
 
@@ -593,8 +672,13 @@ impl Registry for FakeCloud {
         }
         let lost = self.enter(OP).await?;
         let s = self.state();
-        let repo = s.registry.get(repository).ok_or_else(|| not_found(OP, &format!("repository {repository}")))?;
-        let digest = repo.get(tag).ok_or_else(|| not_found(OP, &format!("{repository}:{tag}")))?;
+        let repo = s
+            .registry
+            .get(repository)
+            .ok_or_else(|| not_found(OP, &format!("repository {repository}")))?;
+        let digest = repo
+            .get(tag)
+            .ok_or_else(|| not_found(OP, &format!("{repository}:{tag}")))?;
         finish(OP, lost, Ok(Some(digest.clone())))
     }
 }
@@ -603,7 +687,12 @@ impl Registry for FakeCloud {
 impl From<FakeCloud> for super::Cloud {
     fn from(fake: FakeCloud) -> Self {
         let shared = Arc::new(fake);
-        Self { compute: shared.clone(), databases: shared.clone(), parameters: shared.clone(), registry: shared }
+        Self {
+            compute: shared.clone(),
+            databases: shared.clone(),
+            parameters: shared.clone(),
+            registry: shared,
+        }
     }
 }
 
@@ -622,7 +711,11 @@ mod tests {
     async fn lost_response_applies_the_effect() {
         let fake = FakeCloud::default();
         fake.add_snapshot("snap-1", "db", Timestamp::now());
-        fake.fail("RestoreDBInstanceFromDBSnapshot", Trigger::Nth(1), FaultKind::LostResponse);
+        fake.fail(
+            "RestoreDBInstanceFromDBSnapshot",
+            Trigger::Nth(1),
+            FaultKind::LostResponse,
+        );
         let req = RestoreRequest {
             id: "fe-a".into(),
             snapshot_id: "snap-1".into(),
@@ -633,6 +726,9 @@ mod tests {
         };
         assert!(fake.restore_database(&req).await.is_err());
         assert_eq!(fake.databases().len(), 1);
-        assert!(matches!(fake.restore_database(&req).await, Err(CloudError::AlreadyExists { .. })));
+        assert!(matches!(
+            fake.restore_database(&req).await,
+            Err(CloudError::AlreadyExists { .. })
+        ));
     }
 }

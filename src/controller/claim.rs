@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
@@ -65,13 +65,22 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
 }
 
 fn generate_password() -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(32).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
 }
 
 /// Hands out credentials for the claimed database: reuse the password already in the
 /// Secret (a retry after a crash) or make one, write the Secret (owned by the
 /// environment) and the SSM SecureString, then set it as the master password.
-pub async fn hand_out_credentials(ctx: &Context, env: &FeatureEnvironment, database: &Database, parameter: &str) -> Result<String> {
+pub async fn hand_out_credentials(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    database: &Database,
+    parameter: &str,
+) -> Result<String> {
     let namespace = env.namespace().ok_or(Error::InvalidObject("metadata.namespace"))?;
     let secret_name = naming::database_secret(&env.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -92,7 +101,9 @@ pub async fn hand_out_credentials(ctx: &Context, env: &FeatureEnvironment, datab
         ("password".to_owned(), password.clone()),
         ("dbInstanceIdentifier".to_owned(), database.id.clone()),
     ]);
-    let owner = env.controller_owner_ref(&()).ok_or(Error::InvalidObject("metadata.uid"))?;
+    let owner = env
+        .controller_owner_ref(&())
+        .ok_or(Error::InvalidObject("metadata.uid"))?;
     let secret = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -105,22 +116,38 @@ pub async fn hand_out_credentials(ctx: &Context, env: &FeatureEnvironment, datab
         "type": "Opaque",
         "data": data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect::<BTreeMap<_, _>>(),
     });
-    secrets.patch(&secret_name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret)).await?;
+    secrets
+        .patch(
+            &secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
 
     let value = serde_json::json!({
         "host": host, "port": port, "username": username, "password": password, "dbInstanceIdentifier": database.id,
     });
     let param_tags: Tags = BTreeMap::from([
         (tag::CLUSTER.to_owned(), ctx.config.cluster_id.clone()),
-        (tag::ENVIRONMENT.to_owned(), naming::environment_key(&namespace, &env.name_any())),
+        (
+            tag::ENVIRONMENT.to_owned(),
+            naming::environment_key(&namespace, &env.name_any()),
+        ),
     ]);
-    ctx.cloud.parameters.put_secret_parameter(parameter, &value.to_string(), &param_tags).await?;
+    ctx.cloud
+        .parameters
+        .put_secret_parameter(parameter, &value.to_string(), &param_tags)
+        .await?;
     ctx.cloud.databases.set_master_password(&database.id, &password).await?;
     Ok(secret_name)
 }
 
 fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    secret.data.as_ref()?.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok())
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
 /// Whether `env` owns `secret` (so cleanup never deletes someone else's Secret).

@@ -39,10 +39,18 @@ pub struct Context {
     pub claims: tokio::sync::Mutex<()>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Newest snapshot per pool source, with when it was looked up.
+    pub(crate) snapshots: Mutex<HashMap<String, (crate::cloud::Snapshot, Instant)>>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, config: Config, cloud: Cloud, inventory: Arc<Inventory>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        config: Config,
+        cloud: Cloud,
+        inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let reporter = kube::runtime::events::Reporter {
             controller: FIELD_MANAGER.into(),
             instance: config.holder_id.clone(),
@@ -56,12 +64,19 @@ impl Context {
             metrics,
             claims: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
+            snapshots: Mutex::default(),
         }
     }
 
     /// Publishes a Kubernetes Event about `obj`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "publishing event failed");
         }
@@ -155,7 +170,11 @@ pub fn retry_delay(error: &Error, attempt: u32, fast_poll: Duration, rng: &mut i
 
 /// Shared `error_policy`: count, log, and choose the backoff.
 pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>, controller: &'static str) -> Action {
-    let key = format!("{controller}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let key = format!(
+        "{controller}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    );
     let attempt = {
         let mut failures = ctx.failures.lock().expect("failures lock poisoned");
         let n = failures.entry(key).or_default();
@@ -173,7 +192,12 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>, 
 }
 
 /// Runs one reconcile with metrics and resets the failure count on success.
-pub async fn instrumented<K, F>(obj: Arc<K>, ctx: Arc<Context>, controller: &'static str, reconcile: F) -> Result<Action>
+pub async fn instrumented<K, F>(
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+    controller: &'static str,
+    reconcile: F,
+) -> Result<Action>
 where
     K: Resource,
     F: std::future::Future<Output = Result<Action>>,
@@ -182,7 +206,11 @@ where
     let result = reconcile.await;
     ctx.metrics.reconciled(controller, started.elapsed());
     if result.is_ok() {
-        let key = format!("{controller}/{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+        let key = format!(
+            "{controller}/{}/{}",
+            obj.namespace().unwrap_or_default(),
+            obj.name_any()
+        );
         ctx.failures.lock().expect("failures lock poisoned").remove(&key);
     }
     result
@@ -194,7 +222,10 @@ mod tests {
     use rand::SeedableRng;
 
     fn throttled() -> Error {
-        Error::Cloud(CloudError::Throttled { operation: "RunInstances", message: "slow down".into() })
+        Error::Cloud(CloudError::Throttled {
+            operation: "RunInstances",
+            message: "slow down".into(),
+        })
     }
 
     #[test]
@@ -207,19 +238,35 @@ mod tests {
         assert!(d1 <= Duration::from_secs(1));
         assert!(d5 >= Duration::from_secs(8) && d5 <= Duration::from_secs(16), "{d5:?}");
         assert!(d30 <= Duration::from_secs(300));
-        let samples: std::collections::BTreeSet<_> =
-            (0..20).map(|_| retry_delay(&throttled(), 6, fast, &mut rng).unwrap()).collect();
+        let samples: std::collections::BTreeSet<_> = (0..20)
+            .map(|_| retry_delay(&throttled(), 6, fast, &mut rng).unwrap())
+            .collect();
         assert!(samples.len() > 1, "jitter spreads retries");
     }
 
     #[test]
     fn other_errors_requeue_bounded_and_invalid_objects_wait() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let other = Error::Cloud(CloudError::Other { operation: "X", message: "boom".into(), source: None });
-        assert_eq!(retry_delay(&other, 20, Duration::from_secs(2), &mut rng), Some(Duration::from_secs(60)));
-        assert_eq!(retry_delay(&Error::InvalidObject("uid"), 1, Duration::from_secs(2), &mut rng), None);
+        let other = Error::Cloud(CloudError::Other {
+            operation: "X",
+            message: "boom".into(),
+            source: None,
+        });
         assert_eq!(
-            retry_delay(&Error::CleanupPending("i-1".into()), 9, Duration::from_secs(2), &mut rng),
+            retry_delay(&other, 20, Duration::from_secs(2), &mut rng),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            retry_delay(&Error::InvalidObject("uid"), 1, Duration::from_secs(2), &mut rng),
+            None
+        );
+        assert_eq!(
+            retry_delay(
+                &Error::CleanupPending("i-1".into()),
+                9,
+                Duration::from_secs(2),
+                &mut rng
+            ),
             Some(Duration::from_secs(2))
         );
     }

@@ -46,18 +46,34 @@ pub struct PoolCounts {
 
 /// Plans restores and deletions for `members` (the pool's databases). Pure.
 pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Database], now: Timestamp) -> PoolPlan {
-    let live: Vec<&Database> = members.iter().filter(|d| d.status != DatabaseStatus::Deleting).collect();
+    let live: Vec<&Database> = members
+        .iter()
+        .filter(|d| d.status != DatabaseStatus::Deleting)
+        .collect();
     let claimed = live.iter().filter(|d| d.tags.contains_key(tag::CLAIMED_BY)).count() as u32;
-    let spares: Vec<&Database> = live.iter().copied().filter(|d| !d.tags.contains_key(tag::CLAIMED_BY)).collect();
-    let failed: Vec<&Database> = spares.iter().copied().filter(|d| d.status == DatabaseStatus::Failed).collect();
-    let healthy: Vec<&Database> = spares.iter().copied().filter(|d| d.status != DatabaseStatus::Failed).collect();
+    let spares: Vec<&Database> = live
+        .iter()
+        .copied()
+        .filter(|d| !d.tags.contains_key(tag::CLAIMED_BY))
+        .collect();
+    let failed: Vec<&Database> = spares
+        .iter()
+        .copied()
+        .filter(|d| d.status == DatabaseStatus::Failed)
+        .collect();
+    let healthy: Vec<&Database> = spares
+        .iter()
+        .copied()
+        .filter(|d| d.status != DatabaseStatus::Failed)
+        .collect();
     let too_old = spec
         .max_snapshot_age
         .as_deref()
         .and_then(|a| parse_duration(a).ok())
         .is_some_and(|max| Duration::try_from(now.duration_since(snapshot.created_at)).unwrap_or_default() > max);
-    let (fresh, stale): (Vec<&Database>, Vec<&Database>) =
-        healthy.into_iter().partition(|d| d.tags.get(tag::SNAPSHOT).map(String::as_str) == Some(snapshot.id.as_str()));
+    let (fresh, stale): (Vec<&Database>, Vec<&Database>) = healthy
+        .into_iter()
+        .partition(|d| d.tags.get(tag::SNAPSHOT).map(String::as_str) == Some(snapshot.id.as_str()));
     let fresh_available = fresh.iter().filter(|d| d.status == DatabaseStatus::Available).count() as u32;
     let creating = fresh.iter().filter(|d| d.status != DatabaseStatus::Available).count() as u32;
 
@@ -94,12 +110,24 @@ pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Data
     PoolPlan {
         restore,
         delete,
-        counts: PoolCounts { warm: fresh_available.min(spec.warm), claimed, creating, stale: stale.len() as u32 },
+        counts: PoolCounts {
+            warm: fresh_available.min(spec.warm),
+            claimed,
+            creating,
+            stale: stale.len() as u32,
+        },
     }
 }
 
 /// The pool's status from its plan. Pure.
-pub fn pool_status(current: &RdsPoolStatus, spec: &RdsPoolSpec, plan: &PoolPlan, snapshot: &Snapshot, generation: Option<i64>, now: Timestamp) -> RdsPoolStatus {
+pub fn pool_status(
+    current: &RdsPoolStatus,
+    spec: &RdsPoolSpec,
+    plan: &PoolPlan,
+    snapshot: &Snapshot,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> RdsPoolStatus {
     let mut status = current.clone();
     status.warm = plan.counts.warm;
     status.claimed = plan.counts.claimed;
@@ -107,11 +135,29 @@ pub fn pool_status(current: &RdsPoolStatus, spec: &RdsPoolSpec, plan: &PoolPlan,
     status.latest_snapshot = Some(snapshot.id.clone());
     status.observed_generation = generation;
     let update = if plan.counts.warm >= spec.warm {
-        ConditionUpdate::new(WARM, true, "Warm", format!("{} warm spare(s) from {}", plan.counts.warm, snapshot.id))
+        ConditionUpdate::new(
+            WARM,
+            true,
+            "Warm",
+            format!("{} warm spare(s) from {}", plan.counts.warm, snapshot.id),
+        )
     } else if plan.counts.claimed + plan.counts.warm + plan.counts.creating >= spec.max_size {
-        ConditionUpdate::new(WARM, false, "MaxSizeReached", format!("{} of maxSize {} in use", plan.counts.claimed, spec.max_size))
+        ConditionUpdate::new(
+            WARM,
+            false,
+            "MaxSizeReached",
+            format!("{} of maxSize {} in use", plan.counts.claimed, spec.max_size),
+        )
     } else {
-        ConditionUpdate::new(WARM, false, "Restoring", format!("{} warm, {} restoring from {}", plan.counts.warm, plan.counts.creating, snapshot.id))
+        ConditionUpdate::new(
+            WARM,
+            false,
+            "Restoring",
+            format!(
+                "{} warm, {} restoring from {}",
+                plan.counts.warm, plan.counts.creating, snapshot.id
+            ),
+        )
     };
     set_condition(&mut status.conditions, update, generation, now);
     status
@@ -137,16 +183,25 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
         Some(s) => s,
         None => {
             let mut status = current.clone();
-            let message = match (&pool.spec.source.db_instance_identifier, &pool.spec.source.snapshot_identifier) {
+            let message = match (
+                &pool.spec.source.db_instance_identifier,
+                &pool.spec.source.snapshot_identifier,
+            ) {
                 (Some(db), _) => format!("spec.source.dbInstanceIdentifier: {db} has no available snapshot"),
                 (_, Some(s)) => format!("spec.source.snapshotIdentifier: snapshot {s} not found"),
                 _ => "spec.source: set dbInstanceIdentifier or snapshotIdentifier".to_owned(),
             };
-            set_condition(&mut status.conditions, ConditionUpdate::new(WARM, false, "SourceNotFound", message.clone()), generation, now);
+            set_condition(
+                &mut status.conditions,
+                ConditionUpdate::new(WARM, false, "SourceNotFound", message.clone()),
+                generation,
+                now,
+            );
             status.observed_generation = generation;
             if status != current {
                 patch_status(&api, &name, &status).await?;
-                ctx.event(pool.as_ref(), EventType::Warning, "SourceNotFound", message).await;
+                ctx.event(pool.as_ref(), EventType::Warning, "SourceNotFound", message)
+                    .await;
             }
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
@@ -172,21 +227,47 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
 
     // Status (pure) and one patch.
     let status = pool_status(&current, &pool.spec, &plan, &snapshot, generation, now);
-    ctx.metrics.pool_members(&name, plan.counts.warm, plan.counts.claimed, plan.counts.creating, plan.counts.stale);
+    ctx.metrics.pool_members(
+        &name,
+        plan.counts.warm,
+        plan.counts.claimed,
+        plan.counts.creating,
+        plan.counts.stale,
+    );
     if status != current {
         patch_status(&api, &name, &status).await?;
     }
     // New snapshots do not trigger anything; look for them every few minutes.
-    let wake = if plan.restore.is_empty() && plan.delete.is_empty() { 300 } else { 30 };
+    let wake = if plan.restore.is_empty() && plan.delete.is_empty() {
+        300
+    } else {
+        30
+    };
     Ok(Action::requeue(Duration::from_secs(wake)))
 }
 
+/// The snapshot spares are restored from. Pool reconciles run on every change of a
+/// member, so the answer is cached for the slow poll interval: the number of
+/// DescribeDBSnapshots calls follows time, not the number of claims.
 async fn newest_snapshot(ctx: &Context, spec: &RdsPoolSpec) -> Result<Option<Snapshot>> {
-    Ok(match (&spec.source.snapshot_identifier, &spec.source.db_instance_identifier) {
+    let key = format!("{:?}", spec.source);
+    if let Some((snapshot, at)) = ctx.snapshots.lock().expect("snapshot cache poisoned").get(&key)
+        && at.elapsed() < ctx.config.slow_poll_interval
+    {
+        return Ok(Some(snapshot.clone()));
+    }
+    let snapshot = match (&spec.source.snapshot_identifier, &spec.source.db_instance_identifier) {
         (Some(id), _) => ctx.cloud.databases.snapshot(id).await?,
         (None, Some(db)) => ctx.cloud.databases.latest_snapshot(db).await?,
         (None, None) => None,
-    })
+    };
+    if let Some(s) = &snapshot {
+        ctx.snapshots
+            .lock()
+            .expect("snapshot cache poisoned")
+            .insert(key, (s.clone(), std::time::Instant::now()));
+    }
+    Ok(snapshot)
 }
 
 async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snapshot) -> Result<()> {
@@ -208,7 +289,13 @@ async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snaps
         Ok(db) => {
             info!(pool = %name, database = %id, snapshot = %snapshot.id, "restoring spare");
             ctx.inventory.record_database(db);
-            ctx.event(pool, EventType::Normal, "Restoring", format!("restoring {id} from {}", snapshot.id)).await;
+            ctx.event(
+                pool,
+                EventType::Normal,
+                "Restoring",
+                format!("restoring {id} from {}", snapshot.id),
+            )
+            .await;
         }
         // A retried restore (after a crash or a lost response) adopts the database.
         Err(CloudError::AlreadyExists { .. }) => ctx.inventory.wake(),
@@ -219,7 +306,8 @@ async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snaps
 
 async fn patch_status(api: &Api<RdsPool>, name: &str, status: &RdsPoolStatus) -> Result<()> {
     let patch = serde_json::json!({"apiVersion": "featureenv.io/v1alpha1", "kind": "RdsPool", "status": status});
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 
@@ -230,7 +318,10 @@ mod tests {
 
     fn spec(warm: u32, max_size: u32) -> RdsPoolSpec {
         RdsPoolSpec {
-            source: PoolSource { db_instance_identifier: Some("integration-db".into()), snapshot_identifier: None },
+            source: PoolSource {
+                db_instance_identifier: Some("integration-db".into()),
+                snapshot_identifier: None,
+            },
             instance_class: "db.t3.micro".into(),
             db_subnet_group_name: None,
             vpc_security_group_ids: vec![],
@@ -241,7 +332,11 @@ mod tests {
     }
 
     fn snap(id: &str) -> Snapshot {
-        Snapshot { id: id.into(), source_db: "integration-db".into(), created_at: "2026-11-28T03:00:00Z".parse().unwrap() }
+        Snapshot {
+            id: id.into(),
+            source_db: "integration-db".into(),
+            created_at: "2026-11-28T03:00:00Z".parse().unwrap(),
+        }
     }
 
     fn db(id: &str, snapshot: &str, status: DatabaseStatus, claimed_by: Option<&str>) -> Database {
@@ -249,7 +344,16 @@ mod tests {
         if let Some(uid) = claimed_by {
             tags.insert(tag::CLAIMED_BY.into(), uid.into());
         }
-        Database { id: id.into(), arn: format!("arn:{id}"), status, endpoint: None, port: None, master_username: None, created_at: None, tags }
+        Database {
+            id: id.into(),
+            arn: format!("arn:{id}"),
+            status,
+            endpoint: None,
+            port: None,
+            master_username: None,
+            created_at: None,
+            tags,
+        }
     }
 
     fn now() -> Timestamp {
@@ -259,15 +363,35 @@ mod tests {
     #[test]
     fn empty_pool_restores_warm_spares_with_deterministic_ids() {
         let p = plan("p", &spec(2, 5), &snap("s2"), &[], now());
-        assert_eq!(p.restore, vec![naming::pool_database_id("p", "s2", 0), naming::pool_database_id("p", "s2", 1)]);
-        assert_eq!(plan("p", &spec(2, 5), &snap("s2"), &[], now()), p, "same input, same plan");
+        assert_eq!(
+            p.restore,
+            vec![
+                naming::pool_database_id("p", "s2", 0),
+                naming::pool_database_id("p", "s2", 1)
+            ]
+        );
+        assert_eq!(
+            plan("p", &spec(2, 5), &snap("s2"), &[], now()),
+            p,
+            "same input, same plan"
+        );
     }
 
     #[test]
     fn claimed_spares_are_replaced_within_max_size() {
         let members = vec![
-            db(&naming::pool_database_id("p", "s2", 0), "s2", DatabaseStatus::Available, Some("uid-a")),
-            db(&naming::pool_database_id("p", "s2", 1), "s2", DatabaseStatus::Available, Some("uid-b")),
+            db(
+                &naming::pool_database_id("p", "s2", 0),
+                "s2",
+                DatabaseStatus::Available,
+                Some("uid-a"),
+            ),
+            db(
+                &naming::pool_database_id("p", "s2", 1),
+                "s2",
+                DatabaseStatus::Available,
+                Some("uid-b"),
+            ),
         ];
         let p = plan("p", &spec(1, 3), &snap("s2"), &members, now());
         assert_eq!(p.restore, vec![naming::pool_database_id("p", "s2", 2)]);
@@ -281,7 +405,13 @@ mod tests {
     fn superseded_spares_are_replaced_then_deleted() {
         let old = db("fe-p-old-0", "s1", DatabaseStatus::Available, None);
         let claimed_old = db("fe-p-old-1", "s1", DatabaseStatus::Available, Some("uid-a"));
-        let p = plan("p", &spec(1, 5), &snap("s2"), &[old.clone(), claimed_old.clone()], now());
+        let p = plan(
+            "p",
+            &spec(1, 5),
+            &snap("s2"),
+            &[old.clone(), claimed_old.clone()],
+            now(),
+        );
         assert_eq!(p.restore.len(), 1);
         assert!(p.delete.is_empty(), "keep the old spare until a fresh one is available");
         let fresh = db(&p.restore[0], "s2", DatabaseStatus::Available, None);
@@ -292,7 +422,12 @@ mod tests {
 
     #[test]
     fn creating_spares_count_toward_warm() {
-        let creating = db(&naming::pool_database_id("p", "s2", 0), "s2", DatabaseStatus::Creating, None);
+        let creating = db(
+            &naming::pool_database_id("p", "s2", 0),
+            "s2",
+            DatabaseStatus::Creating,
+            None,
+        );
         let p = plan("p", &spec(1, 5), &snap("s2"), &[creating], now());
         assert!(p.restore.is_empty());
         assert_eq!(p.counts.creating, 1);

@@ -25,9 +25,7 @@ pub async fn cluster() -> (Emulator, kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, crd) in api::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .expect("creating CRD");
+        crds.create(&PostParams::default(), &crd).await.expect("creating CRD");
         tokio::time::timeout(
             Duration::from_secs(10),
             await_condition(crds.clone(), &name, conditions::is_crd_established()),
@@ -41,8 +39,7 @@ pub async fn cluster() -> (Emulator, kube::Client) {
 
 pub async fn namespace(client: &kube::Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
     let _ = api.create(&PostParams::default(), &ns).await;
 }
 
@@ -82,17 +79,12 @@ pub fn class(name: &str, pool: Option<&str>) -> FeatureEnvironmentClass {
                 default: "8h".into(),
                 max: "72h".into(),
             },
-            readiness: Readiness {
-                timeout: "20m".into(),
-            },
+            readiness: Readiness { timeout: "20m".into() },
             endpoints: BTreeMap::from([("api".into(), "http://{publicIp}/".into())]),
             max_per_namespace: None,
         },
     );
-    c.metadata.annotations = Some(BTreeMap::from([(
-        api::DEFAULT_CLASS_ANNOTATION.into(),
-        "true".into(),
-    )]));
+    c.metadata.annotations = Some(BTreeMap::from([(api::DEFAULT_CLASS_ANNOTATION.into(), "true".into())]));
     c
 }
 

@@ -3,9 +3,8 @@
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    ResourceType, Tag, TagSpecification, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -13,8 +12,7 @@ use jiff::Timestamp;
 
 use super::{AwsCloud, missing, timestamp};
 use crate::cloud::{
-    CloudError, CloudResult, Compute, Image, ImageSelectorTerm, Instance, InstanceState,
-    LaunchRequest, Tags, tag,
+    CloudError, CloudResult, Compute, Image, ImageSelectorTerm, Instance, InstanceState, LaunchRequest, Tags, tag,
 };
 
 const EC2: &str = "ec2";
@@ -85,17 +83,10 @@ impl Compute for AwsCloud {
             .tag_specifications(tag_spec(ResourceType::Volume))
             .user_data(BASE64.encode(request.user_data.as_bytes()));
         if let Some(profile) = &request.instance_profile {
-            run = run.iam_instance_profile(
-                IamInstanceProfileSpecification::builder()
-                    .name(profile)
-                    .build(),
-            );
+            run = run.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
         }
         let output = self.call(EC2, OP, run.send()).await?;
-        let instance = output
-            .instances()
-            .first()
-            .ok_or_else(|| missing(OP, "Instances"))?;
+        let instance = output.instances().first().ok_or_else(|| missing(OP, "Instances"))?;
         tracing::info!(
             instance_id = instance.instance_id().unwrap_or_default(),
             image_id = %request.image_id,
@@ -112,8 +103,7 @@ impl Compute for AwsCloud {
     }
 
     async fn list_instances(&self, cluster_id: &str) -> CloudResult<Vec<Instance>> {
-        self.describe_instances_tagged(tag::CLUSTER, cluster_id)
-            .await
+        self.describe_instances_tagged(tag::CLUSTER, cluster_id).await
     }
 
     async fn find_instances(&self, key: &str, value: &str) -> CloudResult<Vec<Instance>> {
@@ -128,37 +118,20 @@ impl Compute for AwsCloud {
     }
 
     async fn console_output(&self, id: &str) -> CloudResult<Option<String>> {
-        let request = self
-            .ec2
-            .get_console_output()
-            .instance_id(id)
-            .latest(true)
-            .send();
+        let request = self.ec2.get_console_output().instance_id(id).latest(true).send();
         let output = self.call(EC2, "GetConsoleOutput", request).await?;
-        Ok(output
-            .output()
-            .filter(|text| !text.is_empty())
-            .map(decode_console))
+        Ok(output.output().filter(|text| !text.is_empty()).map(decode_console))
     }
 }
 
 impl AwsCloud {
     /// One paginated DescribeInstances filtered by a tag, whatever the fleet size.
-    async fn describe_instances_tagged(
-        &self,
-        key: &str,
-        value: &str,
-    ) -> CloudResult<Vec<Instance>> {
+    async fn describe_instances_tagged(&self, key: &str, value: &str) -> CloudResult<Vec<Instance>> {
         const OP: &str = "DescribeInstances";
         let mut pages = self
             .ec2
             .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{key}"))
-                    .values(value)
-                    .build(),
-            )
+            .filters(Filter::builder().name(format!("tag:{key}")).values(value).build())
             .into_paginator()
             .page_size(self.page_sizes.ec2)
             .send();
@@ -178,13 +151,10 @@ impl AwsCloud {
         const OP: &str = "DescribeImages";
         let request = self.ec2.describe_images().image_ids(image_id).send();
         let output = self.call(EC2, OP, request).await?;
-        let image = output
-            .images()
-            .first()
-            .ok_or_else(|| CloudError::NotFound {
-                operation: OP,
-                message: format!("image {image_id} does not exist"),
-            })?;
+        let image = output.images().first().ok_or_else(|| CloudError::NotFound {
+            operation: OP,
+            message: format!("image {image_id} does not exist"),
+        })?;
         Ok(image.root_device_name().unwrap_or("/dev/xvda").to_owned())
     }
 
@@ -208,8 +178,7 @@ impl AwsCloud {
         if ids.is_empty() && term.owner.is_none() && filters.len() == 1 {
             return Err(CloudError::InvalidRequest {
                 operation: OP,
-                message: "an image selector term needs at least one of id, name, owner, tags, ssmParameter"
-                    .to_owned(),
+                message: "an image selector term needs at least one of id, name, owner, tags, ssmParameter".to_owned(),
             });
         }
         let mut request = self.ec2.describe_images().set_filters(Some(filters));
@@ -237,11 +206,7 @@ impl AwsCloud {
                     continue;
                 };
                 let Ok(created_at) = created.parse::<Timestamp>() else {
-                    tracing::warn!(
-                        image_id = id,
-                        creation_date = created,
-                        "unparseable image CreationDate"
-                    );
+                    tracing::warn!(image_id = id, creation_date = created, "unparseable image CreationDate");
                     continue;
                 };
                 images.push(Image {
@@ -258,10 +223,7 @@ impl AwsCloud {
     async fn image_id_from_parameter(&self, name: &str) -> CloudResult<Option<String>> {
         let request = self.ssm.get_parameter().name(name).send();
         match self.call("ssm", "GetParameter", request).await {
-            Ok(output) => Ok(output
-                .parameter()
-                .and_then(|p| p.value())
-                .map(str::to_owned)),
+            Ok(output) => Ok(output.parameter().and_then(|p| p.value()).map(str::to_owned)),
             Err(err) if err.is_not_found() => Ok(None),
             Err(err) => Err(err),
         }
@@ -279,10 +241,7 @@ fn image_filters(term: &ImageSelectorTerm) -> Vec<Filter> {
         let filter = if value == "*" {
             Filter::builder().name("tag-key").values(key).build()
         } else {
-            Filter::builder()
-                .name(format!("tag:{key}"))
-                .values(value)
-                .build()
+            Filter::builder().name(format!("tag:{key}")).values(value).build()
         };
         filters.push(filter);
     }
@@ -299,13 +258,8 @@ fn non_empty(value: Option<&str>) -> Option<String> {
     value.filter(|v| !v.is_empty()).map(str::to_owned)
 }
 
-fn to_instance(
-    operation: &'static str,
-    instance: &aws_sdk_ec2::types::Instance,
-) -> CloudResult<Instance> {
-    let id = instance
-        .instance_id()
-        .ok_or_else(|| missing(operation, "InstanceId"))?;
+fn to_instance(operation: &'static str, instance: &aws_sdk_ec2::types::Instance) -> CloudResult<Instance> {
+    let id = instance.instance_id().ok_or_else(|| missing(operation, "InstanceId"))?;
     let state = match instance.state().and_then(|s| s.name()) {
         Some(InstanceStateName::Running) => InstanceState::Running,
         Some(InstanceStateName::Stopping) => InstanceState::Stopping,
@@ -330,12 +284,7 @@ fn to_instance(
         tags: instance
             .tags()
             .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_owned(),
-                    t.value().unwrap_or_default().to_owned(),
-                ))
-            })
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
             .collect(),
     })
 }
@@ -356,21 +305,14 @@ mod tests {
     #[test]
     fn console_output_is_decoded_or_kept() {
         assert_eq!(decode_console(&BASE64.encode("boot ok\n")), "boot ok\n");
-        assert_eq!(
-            decode_console("Linux version 2.6 plain"),
-            "Linux version 2.6 plain"
-        );
+        assert_eq!(decode_console("Linux version 2.6 plain"), "Linux version 2.6 plain");
     }
 
     #[test]
     fn image_filters_cover_every_field() {
         let term = ImageSelectorTerm {
             name: Some("minikube-*".into()),
-            tags: [
-                ("a".to_owned(), "1".to_owned()),
-                ("b".to_owned(), "*".to_owned()),
-            ]
-            .into(),
+            tags: [("a".to_owned(), "1".to_owned()), ("b".to_owned(), "*".to_owned())].into(),
             ..Default::default()
         };
         let filters: Vec<(String, Vec<String>)> = image_filters(&term)

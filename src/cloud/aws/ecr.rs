@@ -38,11 +38,7 @@ fn parse_ecr(repository: &str) -> Option<EcrRepository<'_>> {
         && !region.is_empty()
         && matches!(rest, [] | ["cn"])
         && !name.is_empty();
-    valid.then_some(EcrRepository {
-        account,
-        region,
-        name,
-    })
+    valid.then_some(EcrRepository { account, region, name })
 }
 
 #[async_trait]
@@ -72,16 +68,11 @@ impl Registry for AwsCloud {
             .image_ids(ImageIdentifier::builder().image_tag(tag).build())
             .send();
         let output = self.call(ECR, OP, request).await?;
-        let detail = output
-            .image_details()
-            .first()
-            .ok_or_else(|| CloudError::NotFound {
-                operation: OP,
-                message: format!("{repository}:{tag} not found"),
-            })?;
-        let digest = detail
-            .image_digest()
-            .ok_or_else(|| missing(OP, "imageDigest"))?;
+        let detail = output.image_details().first().ok_or_else(|| CloudError::NotFound {
+            operation: OP,
+            message: format!("{repository}:{tag} not found"),
+        })?;
+        let digest = detail.image_digest().ok_or_else(|| missing(OP, "imageDigest"))?;
         Ok(Some(digest.to_owned()))
     }
 }
@@ -101,8 +92,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_ecr("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/payments")
-                .map(|r| r.region),
+            parse_ecr("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/payments").map(|r| r.region),
             Some("cn-north-1")
         );
     }

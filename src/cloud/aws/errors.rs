@@ -197,16 +197,8 @@ where
         }
         SdkError::ResponseError(context) => {
             let status = context.raw().status().as_u16();
-            let message = format!(
-                "unreadable response (HTTP {status}): {}",
-                DisplayErrorContext(&err)
-            );
-            cloud_error(
-                operation,
-                classify(None, Some(status)),
-                message,
-                Some(Box::new(err)),
-            )
+            let message = format!("unreadable response (HTTP {status}): {}", DisplayErrorContext(&err));
+            cloud_error(operation, classify(None, Some(status)), message, Some(Box::new(err)))
         }
         _ => {
             let message = DisplayErrorContext(&err).to_string();
@@ -331,8 +323,7 @@ mod tests {
     #[test]
     fn transport_failures_are_other_and_never_not_found() {
         use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
-        let timeout: SdkError<DescribeInstancesError, HttpResponse> =
-            SdkError::timeout_error("deadline");
+        let timeout: SdkError<DescribeInstancesError, HttpResponse> = SdkError::timeout_error("deadline");
         let mapped = from_sdk("DescribeInstances", timeout);
         assert_eq!(mapped.category(), "CloudError");
         assert!(mapped.is_transient());

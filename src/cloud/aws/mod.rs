@@ -84,12 +84,7 @@ impl AwsCloud {
     }
 
     /// Reports one request's outcome to the observer and passes the result on.
-    fn record<T>(
-        &self,
-        service: &'static str,
-        operation: &'static str,
-        result: CloudResult<T>,
-    ) -> CloudResult<T> {
+    fn record<T>(&self, service: &'static str, operation: &'static str, result: CloudResult<T>) -> CloudResult<T> {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) => err.category(),
@@ -111,9 +106,7 @@ impl AwsCloud {
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
-        let result = request
-            .await
-            .map_err(|err| errors::from_sdk(operation, err));
+        let result = request.await.map_err(|err| errors::from_sdk(operation, err));
         self.record(service, operation, result)
     }
 
@@ -127,11 +120,7 @@ impl AwsCloud {
     where
         E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     {
-        self.record(
-            service,
-            operation,
-            page.map_err(|err| errors::from_sdk(operation, err)),
-        )
+        self.record(service, operation, page.map_err(|err| errors::from_sdk(operation, err)))
     }
 }
 
@@ -144,10 +133,5 @@ fn timestamp(value: &DateTime) -> Option<Timestamp> {
 /// A malformed response: the service answered 200 but left out a field it documents
 /// as always present.
 fn missing(operation: &'static str, field: &str) -> crate::cloud::CloudError {
-    errors::cloud_error(
-        operation,
-        errors::Kind::Other,
-        format!("response has no {field}"),
-        None,
-    )
+    errors::cloud_error(operation, errors::Kind::Other, format!("response has no {field}"), None)
 }

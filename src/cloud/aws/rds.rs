@@ -5,9 +5,7 @@ use async_trait::async_trait;
 use aws_sdk_rds::types::{DbInstance, DbSnapshot, Tag};
 
 use super::{AwsCloud, missing, timestamp};
-use crate::cloud::{
-    CloudResult, Database, DatabaseStatus, Databases, RestoreRequest, Snapshot, Tags, tag,
-};
+use crate::cloud::{CloudResult, Database, DatabaseStatus, Databases, RestoreRequest, Snapshot, Tags, tag};
 
 const RDS: &str = "rds";
 
@@ -31,9 +29,10 @@ impl Databases for AwsCloud {
                 other => other?,
             };
             for snapshot in page.db_snapshots().iter().filter_map(available_snapshot) {
-                if newest.as_ref().is_none_or(|best| {
-                    (snapshot.created_at, &snapshot.id) > (best.created_at, &best.id)
-                }) {
+                if newest
+                    .as_ref()
+                    .is_none_or(|best| (snapshot.created_at, &snapshot.id) > (best.created_at, &best.id))
+                {
                     newest = Some(snapshot);
                 }
             }
@@ -42,11 +41,7 @@ impl Databases for AwsCloud {
     }
 
     async fn snapshot(&self, id: &str) -> CloudResult<Option<Snapshot>> {
-        let request = self
-            .rds
-            .describe_db_snapshots()
-            .db_snapshot_identifier(id)
-            .send();
+        let request = self.rds.describe_db_snapshots().db_snapshot_identifier(id).send();
         match self.call(RDS, "DescribeDBSnapshots", request).await {
             Ok(output) => Ok(output.db_snapshots().iter().find_map(available_snapshot)),
             Err(err) if err.is_not_found() => Ok(None),
@@ -66,16 +61,13 @@ impl Databases for AwsCloud {
             .db_instance_class(&request.instance_class)
             .set_db_subnet_group_name(request.subnet_group.clone())
             .set_vpc_security_group_ids(
-                (!request.security_group_ids.is_empty())
-                    .then(|| request.security_group_ids.clone()),
+                (!request.security_group_ids.is_empty()).then(|| request.security_group_ids.clone()),
             )
             .publicly_accessible(false)
             .set_tags(Some(rds_tags(&request.tags)))
             .send();
         let output = self.call(RDS, OP, restore).await?;
-        let instance = output
-            .db_instance()
-            .ok_or_else(|| missing(OP, "DBInstance"))?;
+        let instance = output.db_instance().ok_or_else(|| missing(OP, "DBInstance"))?;
         tracing::info!(
             database_id = %request.id,
             snapshot = %request.snapshot_id,
@@ -112,17 +104,9 @@ impl Databases for AwsCloud {
 
     async fn get_database(&self, id: &str) -> CloudResult<Option<Database>> {
         const OP: &str = "DescribeDBInstances";
-        let request = self
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(id)
-            .send();
+        let request = self.rds.describe_db_instances().db_instance_identifier(id).send();
         match self.call(RDS, OP, request).await {
-            Ok(output) => output
-                .db_instances()
-                .first()
-                .map(|db| to_database(OP, db))
-                .transpose(),
+            Ok(output) => output.db_instances().first().map(|db| to_database(OP, db)).transpose(),
             Err(err) if err.is_not_found() => Ok(None),
             Err(err) => Err(err),
         }
@@ -182,10 +166,7 @@ fn available_snapshot(snapshot: &DbSnapshot) -> Option<Snapshot> {
     }
     Some(Snapshot {
         id: snapshot.db_snapshot_identifier()?.to_owned(),
-        source_db: snapshot
-            .db_instance_identifier()
-            .unwrap_or_default()
-            .to_owned(),
+        source_db: snapshot.db_instance_identifier().unwrap_or_default().to_owned(),
         created_at: timestamp(snapshot.snapshot_create_time()?)?,
     })
 }
@@ -205,12 +186,7 @@ fn to_database(operation: &'static str, db: &DbInstance) -> CloudResult<Database
         tags: db
             .tag_list()
             .iter()
-            .filter_map(|t| {
-                Some((
-                    t.key()?.to_owned(),
-                    t.value().unwrap_or_default().to_owned(),
-                ))
-            })
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
             .collect(),
     })
 }

@@ -73,12 +73,7 @@ impl Parameters for AwsCloud {
         let mut names = Vec::new();
         while let Some(page) = pages.next().await {
             let page = self.page(SSM, OP, page)?;
-            names.extend(
-                page.parameters()
-                    .iter()
-                    .filter_map(|p| p.name())
-                    .map(str::to_owned),
-            );
+            names.extend(page.parameters().iter().filter_map(|p| p.name()).map(str::to_owned));
         }
         Ok(names)
     }

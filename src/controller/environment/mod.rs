@@ -23,10 +23,14 @@ use self::resolve::{Resolved, ServiceImage, resolve};
 use self::status::{DatabaseObservation, Observed, StatusInputs, became_ready, invalid_status, next_status};
 use super::claim::{ClaimOutcome, claim_database, hand_out_credentials};
 use super::{Context, Error, FIELD_MANAGER, Result, instrumented};
-use crate::api::environment::{DatabaseStatus as DatabaseStatusField, DeployedImage, FeatureEnvironmentStatus, InstanceStatus, Phase};
+use crate::api::environment::{
+    DatabaseStatus as DatabaseStatusField, DeployedImage, FeatureEnvironmentStatus, InstanceStatus, Phase,
+};
 use crate::api::{DEFAULT_CLASS_ANNOTATION, FINALIZER, FeatureEnvironment, FeatureEnvironmentClass};
 use crate::bootstrap::{self, BootstrapSpec};
-use crate::cloud::{CloudError, Database, DatabaseStatus, ImageSelectorTerm, Instance, InstanceState, LaunchRequest, Tags, tag};
+use crate::cloud::{
+    CloudError, Database, DatabaseStatus, ImageSelectorTerm, Instance, InstanceState, LaunchRequest, Tags, tag,
+};
 use crate::naming;
 
 pub const CONTROLLER: &str = "featureenvironment";
@@ -67,7 +71,12 @@ fn identity(env: &FeatureEnvironment) -> Result<Identity> {
     let namespace = env.namespace().ok_or(Error::InvalidObject("metadata.namespace"))?;
     let name = env.name_any();
     let key = naming::environment_key(&namespace, &name);
-    Ok(Identity { uid, namespace, name, key })
+    Ok(Identity {
+        uid,
+        namespace,
+        name,
+        key,
+    })
 }
 
 async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
@@ -94,7 +103,13 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
 
     if now >= resolved.expires_at {
         info!(namespace = %id.namespace, name = %id.name, "TTL expired; deleting");
-        ctx.event(env, EventType::Normal, "Expired", format!("TTL expired at {}", resolved.expires_at)).await;
+        ctx.event(
+            env,
+            EventType::Normal,
+            "Expired",
+            format!("TTL expired at {}", resolved.expires_at),
+        )
+        .await;
         match api.delete(&id.name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -107,22 +122,25 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     status.expires_at = Some(resolved.expires_at.to_string());
 
     // Admission against the class's per-namespace cap, before anything is made.
-    if status.launch_token.is_none() {
-        if let Some(max) = class.spec.max_per_namespace {
-            let admitted = api
-                .list(&ListParams::default())
-                .await?
-                .items
-                .iter()
-                .filter(|o| o.uid() != Some(id.uid.clone()))
-                .filter(|o| o.status.as_ref().is_some_and(|s| s.launch_token.is_some()))
-                .filter(|o| o.spec.class_name.as_deref().unwrap_or(&resolved.class_name) == resolved.class_name)
-                .count();
-            if admitted >= max as usize {
-                let message = format!("class {} allows {max} environments per namespace; {admitted} exist", resolved.class_name);
-                write_invalid(ctx, &api, env, &current, "NamespaceLimitReached", &message).await?;
-                return Ok(Action::requeue(Duration::from_secs(30)));
-            }
+    if status.launch_token.is_none()
+        && let Some(max) = class.spec.max_per_namespace
+    {
+        let admitted = api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|o| o.uid() != Some(id.uid.clone()))
+            .filter(|o| o.status.as_ref().is_some_and(|s| s.launch_token.is_some()))
+            .filter(|o| o.spec.class_name.as_deref().unwrap_or(&resolved.class_name) == resolved.class_name)
+            .count();
+        if admitted >= max as usize {
+            let message = format!(
+                "class {} allows {max} environments per namespace; {admitted} exist",
+                resolved.class_name
+            );
+            write_invalid(ctx, &api, env, &current, "NamespaceLimitReached", &message).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
 
@@ -133,7 +151,10 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
                 status.instance.get_or_insert_with(InstanceStatus::default).ami_id = Some(image.id);
             }
             None => {
-                let message = format!("class {}: spec.ami.selectorTerms match no available image", resolved.class_name);
+                let message = format!(
+                    "class {}: spec.ami.selectorTerms match no available image",
+                    resolved.class_name
+                );
                 write_invalid(ctx, &api, env, &current, "NoMatchingImage", &message).await?;
                 // A new image does not trigger a reconcile; look again later.
                 return Ok(Action::requeue(Duration::from_secs(60)));
@@ -160,7 +181,13 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         status.launch_token = Some(naming::launch_token(&id.uid, 0));
         status.phase = Phase::Provisioning;
         patch_status(&api, &id.name, &status).await?;
-        ctx.event(env, EventType::Normal, "Provisioning", format!("launching {} from {}", resolved.instance_type, ami_of(&status))).await;
+        ctx.event(
+            env,
+            EventType::Normal,
+            "Provisioning",
+            format!("launching {} from {}", resolved.instance_type, ami_of(&status)),
+        )
+        .await;
     }
 
     // Launch and claim in parallel.
@@ -179,7 +206,12 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     };
     if let Some(reason) = failure {
         // Show the cloud's answer in the conditions, then back off via error_policy.
-        let error = launched.as_ref().err().or(database.as_ref().err()).map(ToString::to_string).unwrap_or_default();
+        let error = launched
+            .as_ref()
+            .err()
+            .or(database.as_ref().err())
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let mut failed = status.clone();
         crate::api::conditions::set_condition(
             &mut failed.conditions,
@@ -202,16 +234,26 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
 
     if let Some(outcome) = &database {
         let field = status.database.get_or_insert_with(DatabaseStatusField::default);
-        if let DbOutcome::Claimed { secret_name, credentials_ready, .. } = outcome {
+        if let DbOutcome::Claimed {
+            secret_name,
+            credentials_ready,
+            ..
+        } = outcome
+        {
             field.secret_name = Some(secret_name.clone());
             field.credentials_ready = *credentials_ready;
             field.parameter_name = Some(parameter_name(ctx, &id.uid));
         }
     }
     let observation = database.as_ref().map(|d| match d {
-        DbOutcome::Claimed { database, credentials_ready, .. } => {
-            DatabaseObservation::Claimed { database, credentials_ready: *credentials_ready }
-        }
+        DbOutcome::Claimed {
+            database,
+            credentials_ready,
+            ..
+        } => DatabaseObservation::Claimed {
+            database,
+            credentials_ready: *credentials_ready,
+        },
         DbOutcome::Exhausted(pool) => DatabaseObservation::PoolExhausted { pool: pool.clone() },
     });
 
@@ -225,7 +267,11 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         namespace: &id.namespace,
         name: &id.name,
     };
-    let mut observed = Observed { instance: Some(&instance), database: observation, console_tail: None };
+    let mut observed = Observed {
+        instance: Some(&instance),
+        database: observation,
+        console_tail: None,
+    };
     let draft = next_status(&status, &observed, &inputs);
     if draft.phase == Phase::Failed && current.phase != Phase::Failed {
         observed.console_tail = console_tail(ctx, &instance.id).await;
@@ -242,18 +288,25 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
 
 /// When to look again without a trigger: at expiry, at the readiness deadline,
 /// soon while waiting for a pool spare, and at worst every five minutes.
-fn next_wake(status: &FeatureEnvironmentStatus, resolved: &Resolved, now: Timestamp, database: &Option<DbOutcome>) -> Duration {
+fn next_wake(
+    status: &FeatureEnvironmentStatus,
+    resolved: &Resolved,
+    now: Timestamp,
+    database: &Option<DbOutcome>,
+) -> Duration {
     let until = |t: Timestamp| Duration::try_from(t.duration_since(now)).unwrap_or_default();
     let mut wake = until(resolved.expires_at).min(Duration::from_secs(300));
-    if status.phase == Phase::Provisioning {
-        if let Some(deadline) = status
+    if status.phase == Phase::Provisioning
+        && let Some(deadline) = status
             .launched_at
             .as_deref()
             .and_then(|t| t.parse::<Timestamp>().ok())
-            .and_then(|t| t.checked_add(jiff::SignedDuration::try_from(resolved.readiness_timeout).ok()?).ok())
-        {
-            wake = wake.min(until(deadline) + Duration::from_millis(100));
-        }
+            .and_then(|t| {
+                t.checked_add(jiff::SignedDuration::try_from(resolved.readiness_timeout).ok()?)
+                    .ok()
+            })
+    {
+        wake = wake.min(until(deadline) + Duration::from_millis(100));
     }
     if matches!(database, Some(DbOutcome::Exhausted(_))) {
         wake = wake.min(Duration::from_secs(5));
@@ -284,7 +337,8 @@ async fn record_transition(
                 ctx.metrics.time_to_ready(seconds);
             }
             let url = after.endpoints.get("api").cloned().unwrap_or_default();
-            ctx.event(env, EventType::Normal, "Ready", format!("environment ready {url}")).await;
+            ctx.event(env, EventType::Normal, "Ready", format!("environment ready {url}"))
+                .await;
         }
         Phase::Failed => ctx.event(env, EventType::Warning, &reason.0, reason.1).await,
         _ => {}
@@ -319,7 +373,8 @@ pub async fn patch_status(api: &Api<FeatureEnvironment>, name: &str, status: &Fe
         "kind": "FeatureEnvironment",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
     Ok(())
 }
 
@@ -359,28 +414,52 @@ enum ImageProblem {
 
 /// Resolves every service's tag to a digest where the registry allows. A missing
 /// repository or tag is reported against the field that named it.
-async fn resolve_images(ctx: &Context, resolved: &Resolved, env: &FeatureEnvironment) -> Result<Vec<DeployedImage>, ImageProblem> {
+async fn resolve_images(
+    ctx: &Context,
+    resolved: &Resolved,
+    env: &FeatureEnvironment,
+) -> Result<Vec<DeployedImage>, ImageProblem> {
     let mut images = Vec::with_capacity(resolved.services.len());
-    for ServiceImage { name, image, overridden } in &resolved.services {
+    for ServiceImage {
+        name,
+        image,
+        overridden,
+    } in &resolved.services
+    {
         let digest = match (&image.digest, &image.tag) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(tag)) => match ctx.cloud.registry.resolve_digest(&image.repository, tag).await {
                 Ok(d) => d,
                 Err(e) if e.is_not_found() => {
                     let field = if *overridden {
-                        let i = env.spec.services.iter().position(|s| &s.name == name).unwrap_or_default();
+                        let i = env
+                            .spec
+                            .services
+                            .iter()
+                            .position(|s| &s.name == name)
+                            .unwrap_or_default();
                         format!("spec.services[{i}].image")
                     } else {
-                        let i = resolved.services.iter().position(|s| &s.name == name).unwrap_or_default();
+                        let i = resolved
+                            .services
+                            .iter()
+                            .position(|s| &s.name == name)
+                            .unwrap_or_default();
                         format!("class {}: spec.services[{i}]", resolved.class_name)
                     };
-                    return Err(ImageProblem::Invalid(format!("{field}: {}:{tag} not found in its registry", image.repository)));
+                    return Err(ImageProblem::Invalid(format!(
+                        "{field}: {}:{tag} not found in its registry",
+                        image.repository
+                    )));
                 }
                 Err(e) => return Err(ImageProblem::Cloud(e)),
             },
             (None, None) => None,
         };
-        images.push(DeployedImage { name: name.clone(), image: image.pinned(digest.as_deref()) });
+        images.push(DeployedImage {
+            name: name.clone(),
+            image: image.pinned(digest.as_deref()),
+        });
     }
     Ok(images)
 }
@@ -418,7 +497,11 @@ async fn observe_instance(ctx: &Context, id: &Identity, status: &FeatureEnvironm
 }
 
 fn ami_of(status: &FeatureEnvironmentStatus) -> String {
-    status.instance.as_ref().and_then(|i| i.ami_id.clone()).unwrap_or_default()
+    status
+        .instance
+        .as_ref()
+        .and_then(|i| i.ami_id.clone())
+        .unwrap_or_default()
 }
 
 fn parameter_name(ctx: &Context, uid: &str) -> String {
@@ -439,7 +522,10 @@ async fn launch_instance(
         services: status
             .images
             .iter()
-            .map(|i| bootstrap::ServiceImage { name: i.name.clone(), image: i.image.clone() })
+            .map(|i| bootstrap::ServiceImage {
+                name: i.name.clone(),
+                image: i.image.clone(),
+            })
             .collect(),
         addons: resolved.addons.iter().map(|a| a.as_str().to_owned()).collect(),
         database_parameter: resolved.database_pool.as_ref().map(|_| parameter_name(ctx, &id.uid)),
@@ -466,12 +552,22 @@ async fn launch_instance(
     let instance = ctx.cloud.compute.launch_instance(&request).await?;
     info!(environment = %id.key, instance_id = %instance.id, "launched instance");
     ctx.inventory.record_instance(instance.clone());
-    ctx.event(env, EventType::Normal, "Launched", format!("launched instance {}", instance.id)).await;
+    ctx.event(
+        env,
+        EventType::Normal,
+        "Launched",
+        format!("launched instance {}", instance.id),
+    )
+    .await;
     Ok(instance)
 }
 
 enum DbOutcome {
-    Claimed { database: Database, secret_name: String, credentials_ready: bool },
+    Claimed {
+        database: Database,
+        secret_name: String,
+        credentials_ready: bool,
+    },
     Exhausted(String),
 }
 
@@ -482,23 +578,42 @@ async fn database_part(
     resolved: &Resolved,
     status: &FeatureEnvironmentStatus,
 ) -> Result<Option<DbOutcome>> {
-    let Some(pool) = &resolved.database_pool else { return Ok(None) };
+    let Some(pool) = &resolved.database_pool else {
+        return Ok(None);
+    };
     let mut database = match claim_database(ctx, pool, &id.uid, &id.key).await? {
         ClaimOutcome::Exhausted => return Ok(Some(DbOutcome::Exhausted(pool.clone()))),
         ClaimOutcome::Claimed(db) => db,
     };
     let secret_name = naming::database_secret(&id.name);
-    let already = status.database.as_ref().is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()));
+    let already = status
+        .database
+        .as_ref()
+        .is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()));
     if !already && database.status == DatabaseStatus::Available {
         hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
-        ctx.event(env, EventType::Normal, "DatabaseClaimed", format!("claimed database {} from pool {pool}", database.id)).await;
+        ctx.event(
+            env,
+            EventType::Normal,
+            "DatabaseClaimed",
+            format!("claimed database {} from pool {pool}", database.id),
+        )
+        .await;
         // RDS applies the new password asynchronously; until the next Describe says
         // otherwise, treat the database as modifying.
         database.status = DatabaseStatus::Modifying;
         ctx.inventory.record_database(database.clone());
-        return Ok(Some(DbOutcome::Claimed { database, secret_name, credentials_ready: true }));
+        return Ok(Some(DbOutcome::Claimed {
+            database,
+            secret_name,
+            credentials_ready: true,
+        }));
     }
-    Ok(Some(DbOutcome::Claimed { database, secret_name, credentials_ready: already }))
+    Ok(Some(DbOutcome::Claimed {
+        database,
+        secret_name,
+        credentials_ready: already,
+    }))
 }
 
 async fn console_tail(ctx: &Context, instance_id: &str) -> Option<String> {
@@ -552,11 +667,16 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     }
 
     // Databases: claimed by this uid, plus the one recorded in status.
-    let mut databases: Vec<String> = ctx.inventory.read(|s| s.databases_claimed_by(&id.uid)).into_iter().map(|d| d.id).collect();
-    if let Some(db) = current.database.as_ref().and_then(|d| d.id.clone()) {
-        if !databases.contains(&db) {
-            databases.push(db);
-        }
+    let mut databases: Vec<String> = ctx
+        .inventory
+        .read(|s| s.databases_claimed_by(&id.uid))
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    if let Some(db) = current.database.as_ref().and_then(|d| d.id.clone())
+        && !databases.contains(&db)
+    {
+        databases.push(db);
     }
     for db in &databases {
         match ctx.cloud.databases.get_database(db).await? {
@@ -577,7 +697,12 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         }
     }
 
-    match ctx.cloud.parameters.delete_parameter(&parameter_name(ctx, &id.uid)).await {
+    match ctx
+        .cloud
+        .parameters
+        .delete_parameter(&parameter_name(ctx, &id.uid))
+        .await
+    {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
@@ -587,7 +712,13 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         return Err(Error::CleanupPending(pending.join(", ")));
     }
     info!(environment = %id.key, "cleaned up; releasing finalizer");
-    ctx.event(env, EventType::Normal, "CleanedUp", "instance, database and parameter removed".into()).await;
+    ctx.event(
+        env,
+        EventType::Normal,
+        "CleanedUp",
+        "instance, database and parameter removed".into(),
+    )
+    .await;
     ctx.metrics.environment_phase(&id.uid, None);
     Ok(Action::await_change())
 }

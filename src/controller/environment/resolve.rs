@@ -22,7 +22,10 @@ pub struct Invalid {
 
 impl Invalid {
     fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -56,7 +59,10 @@ pub fn resolve(
     created: Timestamp,
 ) -> Result<Resolved, Invalid> {
     let class = class.ok_or_else(|| match &spec.class_name {
-        Some(name) => Invalid::new("ClassNotFound", format!("spec.className: FeatureEnvironmentClass {name:?} does not exist")),
+        Some(name) => Invalid::new(
+            "ClassNotFound",
+            format!("spec.className: FeatureEnvironmentClass {name:?} does not exist"),
+        ),
         None => Invalid::new(
             "ClassNotFound",
             "spec.className is empty and no FeatureEnvironmentClass is annotated featureenv.io/is-default-class=true",
@@ -76,13 +82,24 @@ pub fn resolve(
     if ttl > max {
         return Err(Invalid::new(
             "TTLExceedsMaximum",
-            format!("spec.ttl: {} exceeds the maximum {} of class {class_name}", spec.ttl.as_deref().unwrap_or_default(), cs.ttl.max),
+            format!(
+                "spec.ttl: {} exceeds the maximum {} of class {class_name}",
+                spec.ttl.as_deref().unwrap_or_default(),
+                cs.ttl.max
+            ),
         ));
     }
-    let readiness_timeout = parse_duration(&cs.readiness.timeout)
-        .map_err(|e| Invalid::new("InvalidClass", format!("class {class_name}: spec.readiness.timeout: {e}")))?;
+    let readiness_timeout = parse_duration(&cs.readiness.timeout).map_err(|e| {
+        Invalid::new(
+            "InvalidClass",
+            format!("class {class_name}: spec.readiness.timeout: {e}"),
+        )
+    })?;
 
-    let instance_type = spec.instance_type.clone().unwrap_or_else(|| cs.instance.instance_type.clone());
+    let instance_type = spec
+        .instance_type
+        .clone()
+        .unwrap_or_else(|| cs.instance.instance_type.clone());
     let allowed = if cs.instance.allowed_types.is_empty() {
         std::slice::from_ref(&cs.instance.instance_type)
     } else {
@@ -91,7 +108,10 @@ pub fn resolve(
     if !allowed.contains(&instance_type) {
         return Err(Invalid::new(
             "InstanceTypeNotAllowed",
-            format!("spec.instanceType: {instance_type} is not allowed by class {class_name} (allowed: {})", allowed.join(", ")),
+            format!(
+                "spec.instanceType: {instance_type} is not allowed by class {class_name} (allowed: {})",
+                allowed.join(", ")
+            ),
         ));
     }
 
@@ -100,15 +120,26 @@ pub fn resolve(
         let reference = format!("{}:{}", base.repository, base.tag);
         let image = ImageReference::parse(&reference)
             .map_err(|e| Invalid::new("InvalidClass", format!("class {class_name}: spec.services[{i}]: {e}")))?;
-        services.push(ServiceImage { name: base.name.clone(), image, overridden: false });
+        services.push(ServiceImage {
+            name: base.name.clone(),
+            image,
+            overridden: false,
+        });
     }
     for (i, o) in spec.services.iter().enumerate() {
         let image = ImageReference::parse(&o.image)
             .map_err(|e| Invalid::new("InvalidImage", format!("spec.services[{i}].image: {e}")))?;
         if spec.services[..i].iter().any(|p| p.name == o.name) {
-            return Err(Invalid::new("DuplicateService", format!("spec.services[{i}].name: {} is listed twice", o.name)));
+            return Err(Invalid::new(
+                "DuplicateService",
+                format!("spec.services[{i}].name: {} is listed twice", o.name),
+            ));
         }
-        let entry = ServiceImage { name: o.name.clone(), image, overridden: true };
+        let entry = ServiceImage {
+            name: o.name.clone(),
+            image,
+            overridden: true,
+        };
         match services.iter_mut().find(|s| s.name == o.name) {
             Some(existing) => *existing = entry,
             None => services.push(entry),
@@ -163,10 +194,29 @@ mod tests {
     fn problems_name_the_field() {
         let cases: Vec<(FeatureEnvironmentSpec, Option<FeatureEnvironmentClass>, &str, &str)> = vec![
             (environment_spec(), None, "ClassNotFound", "spec.className"),
-            (FeatureEnvironmentSpec { ttl: Some("100h".into()), ..environment_spec() }, Some(class()), "TTLExceedsMaximum", "spec.ttl"),
-            (FeatureEnvironmentSpec { ttl: Some("8x".into()), ..environment_spec() }, Some(class()), "InvalidTTL", "spec.ttl"),
             (
-                FeatureEnvironmentSpec { instance_type: Some("m5.24xlarge".into()), ..environment_spec() },
+                FeatureEnvironmentSpec {
+                    ttl: Some("100h".into()),
+                    ..environment_spec()
+                },
+                Some(class()),
+                "TTLExceedsMaximum",
+                "spec.ttl",
+            ),
+            (
+                FeatureEnvironmentSpec {
+                    ttl: Some("8x".into()),
+                    ..environment_spec()
+                },
+                Some(class()),
+                "InvalidTTL",
+                "spec.ttl",
+            ),
+            (
+                FeatureEnvironmentSpec {
+                    instance_type: Some("m5.24xlarge".into()),
+                    ..environment_spec()
+                },
                 Some(class()),
                 "InstanceTypeNotAllowed",
                 "spec.instanceType",
@@ -193,8 +243,24 @@ mod tests {
 
     #[test]
     fn raising_the_ttl_extends_expiry() {
-        let short = resolve(&FeatureEnvironmentSpec { ttl: Some("1h".into()), ..environment_spec() }, Some(&class()), t0()).unwrap();
-        let long = resolve(&FeatureEnvironmentSpec { ttl: Some("2h".into()), ..environment_spec() }, Some(&class()), t0()).unwrap();
+        let short = resolve(
+            &FeatureEnvironmentSpec {
+                ttl: Some("1h".into()),
+                ..environment_spec()
+            },
+            Some(&class()),
+            t0(),
+        )
+        .unwrap();
+        let long = resolve(
+            &FeatureEnvironmentSpec {
+                ttl: Some("2h".into()),
+                ..environment_spec()
+            },
+            Some(&class()),
+            t0(),
+        )
+        .unwrap();
         assert!(long.expires_at > short.expires_at);
     }
 }

@@ -21,8 +21,13 @@ pub struct Observed<'a> {
 
 #[derive(Debug, Clone)]
 pub enum DatabaseObservation<'a> {
-    Claimed { database: &'a Database, credentials_ready: bool },
-    PoolExhausted { pool: String },
+    Claimed {
+        database: &'a Database,
+        credentials_ready: bool,
+    },
+    PoolExhausted {
+        pool: String,
+    },
     Claiming,
 }
 
@@ -41,8 +46,14 @@ pub fn instance_readiness(instance: Option<&Instance>) -> Result<(), NotReady> {
     };
     match (i.state, i.tags.get(tag::BOOTSTRAP).map(String::as_str)) {
         (InstanceState::Running, Some(tag::BOOTSTRAP_COMPLETE)) => Ok(()),
-        (_, Some(tag::BOOTSTRAP_FAILED)) => nr("BootstrapFailed", format!("instance {} reported bootstrap failure", i.id)),
-        (InstanceState::Running, _) => nr("Bootstrapping", format!("instance {} is running; waiting for its bootstrap to complete", i.id)),
+        (_, Some(tag::BOOTSTRAP_FAILED)) => nr(
+            "BootstrapFailed",
+            format!("instance {} reported bootstrap failure", i.id),
+        ),
+        (InstanceState::Running, _) => nr(
+            "Bootstrapping",
+            format!("instance {} is running; waiting for its bootstrap to complete", i.id),
+        ),
         (InstanceState::Pending, _) => nr("InstancePending", format!("instance {} is starting", i.id)),
         (state, _) => nr("InstanceNotRunning", format!("instance {} is {}", i.id, state.as_str())),
     }
@@ -54,25 +65,50 @@ pub fn database_readiness(database: Option<&DatabaseObservation<'_>>) -> Result<
     match database {
         None => Ok(()),
         Some(DatabaseObservation::Claiming) => nr("Claiming", "claiming a database from the pool".into()),
-        Some(DatabaseObservation::PoolExhausted { pool }) => {
-            nr("PoolExhausted", format!("RdsPool {pool} has no available spare; waiting for one"))
-        }
-        Some(DatabaseObservation::Claimed { database, credentials_ready }) => match (&database.status, credentials_ready) {
+        Some(DatabaseObservation::PoolExhausted { pool }) => nr(
+            "PoolExhausted",
+            format!("RdsPool {pool} has no available spare; waiting for one"),
+        ),
+        Some(DatabaseObservation::Claimed {
+            database,
+            credentials_ready,
+        }) => match (&database.status, credentials_ready) {
             (DatabaseStatus::Available, true) => Ok(()),
-            (DatabaseStatus::Available, false) => nr("RotatingCredentials", format!("handing out credentials for {}", database.id)),
-            (DatabaseStatus::Modifying, _) => nr("RotatingCredentials", format!("database {} is applying the new password", database.id)),
-            (status, _) => nr("DatabaseNotAvailable", format!("database {} is {status:?}", database.id)),
+            (DatabaseStatus::Available, false) => nr(
+                "RotatingCredentials",
+                format!("handing out credentials for {}", database.id),
+            ),
+            (DatabaseStatus::Modifying, _) => nr(
+                "RotatingCredentials",
+                format!("database {} is applying the new password", database.id),
+            ),
+            (status, _) => nr(
+                "DatabaseNotAvailable",
+                format!("database {} is {status:?}", database.id),
+            ),
         },
     }
 }
 
 /// Renders the class's URL templates for an instance.
-pub fn render_endpoints(templates: &BTreeMap<String, String>, instance: &Instance, namespace: &str, name: &str) -> BTreeMap<String, String> {
+pub fn render_endpoints(
+    templates: &BTreeMap<String, String>,
+    instance: &Instance,
+    namespace: &str,
+    name: &str,
+) -> BTreeMap<String, String> {
     templates
         .iter()
         .map(|(key, template)| {
             let url = template
-                .replace("{publicIp}", instance.public_ip.as_deref().or(instance.private_ip.as_deref()).unwrap_or(""))
+                .replace(
+                    "{publicIp}",
+                    instance
+                        .public_ip
+                        .as_deref()
+                        .or(instance.private_ip.as_deref())
+                        .unwrap_or(""),
+                )
                 .replace("{publicDns}", instance.public_dns.as_deref().unwrap_or(""))
                 .replace("{privateIp}", instance.private_ip.as_deref().unwrap_or(""))
                 .replace("{namespace}", namespace)
@@ -96,7 +132,11 @@ pub struct StatusInputs<'a> {
 /// The next status: phase, the three conditions, instance details, endpoints and
 /// readiness timestamps. `Failed` is sticky: a failed environment stays failed (and
 /// keeps its resources for debugging) until it is deleted or expires.
-pub fn next_status(current: &FeatureEnvironmentStatus, observed: &Observed<'_>, inputs: &StatusInputs<'_>) -> FeatureEnvironmentStatus {
+pub fn next_status(
+    current: &FeatureEnvironmentStatus,
+    observed: &Observed<'_>,
+    inputs: &StatusInputs<'_>,
+) -> FeatureEnvironmentStatus {
     let mut status = current.clone();
     let generation = inputs.generation;
     let now = inputs.now;
@@ -104,7 +144,11 @@ pub fn next_status(current: &FeatureEnvironmentStatus, observed: &Observed<'_>, 
     status.expires_at = Some(inputs.expires_at.to_string());
 
     if let Some(i) = observed.instance {
-        let ami = status.instance.as_ref().and_then(|s| s.ami_id.clone()).or_else(|| Some(i.image_id.clone()));
+        let ami = status
+            .instance
+            .as_ref()
+            .and_then(|s| s.ami_id.clone())
+            .or_else(|| Some(i.image_id.clone()));
         status.instance = Some(InstanceStatus {
             id: Some(i.id.clone()),
             instance_type: Some(i.instance_type.clone()),
@@ -133,14 +177,38 @@ pub fn next_status(current: &FeatureEnvironmentStatus, observed: &Observed<'_>, 
         Ok(()) => ConditionUpdate::new(type_, true, ok_reason, ok_message),
         Err(nr) => ConditionUpdate::new(type_, false, nr.reason, nr.message.clone()),
     };
-    set_condition(&mut status.conditions, cond(&instance, INSTANCE_READY, "BootstrapComplete", "instance running and bootstrapped"), generation, now);
-    let db_ok_message = if observed.database.is_some() { "database available and credentials handed out" } else { "the class requests no database" };
-    let db_ok_reason = if observed.database.is_some() { "Available" } else { "NotRequested" };
-    set_condition(&mut status.conditions, cond(&database, DATABASE_READY, db_ok_reason, db_ok_message), generation, now);
+    set_condition(
+        &mut status.conditions,
+        cond(
+            &instance,
+            INSTANCE_READY,
+            "BootstrapComplete",
+            "instance running and bootstrapped",
+        ),
+        generation,
+        now,
+    );
+    let db_ok_message = if observed.database.is_some() {
+        "database available and credentials handed out"
+    } else {
+        "the class requests no database"
+    };
+    let db_ok_reason = if observed.database.is_some() {
+        "Available"
+    } else {
+        "NotRequested"
+    };
+    set_condition(
+        &mut status.conditions,
+        cond(&database, DATABASE_READY, db_ok_reason, db_ok_message),
+        generation,
+        now,
+    );
 
     let launched_at: Option<Timestamp> = status.launched_at.as_deref().and_then(|t| t.parse().ok());
     let timed_out = launched_at.is_some_and(|at| {
-        let deadline = at.checked_add(SignedDuration::try_from(inputs.readiness_timeout).unwrap_or(SignedDuration::MAX));
+        let deadline =
+            at.checked_add(SignedDuration::try_from(inputs.readiness_timeout).unwrap_or(SignedDuration::MAX));
         deadline.is_ok_and(|d| now >= d)
     });
     let already_failed = current.phase == Phase::Failed;
@@ -153,35 +221,83 @@ pub fn next_status(current: &FeatureEnvironmentStatus, observed: &Observed<'_>, 
     if already_failed {
         // Keep the failure reason and message as they were.
         status.phase = Phase::Failed;
-    } else if let Err(nr @ NotReady { reason: "BootstrapFailed", .. }) = &instance {
+    } else if let Err(
+        nr @ NotReady {
+            reason: "BootstrapFailed",
+            ..
+        },
+    ) = &instance
+    {
         status.phase = Phase::Failed;
-        set_condition(&mut status.conditions, ConditionUpdate::new(READY, false, nr.reason, with_console(nr.message.clone())), generation, now);
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, false, nr.reason, with_console(nr.message.clone())),
+            generation,
+            now,
+        );
     } else if ready {
         status.phase = Phase::Ready;
         if status.ready_at.is_none() {
             status.ready_at = Some(now.to_string());
         }
-        set_condition(&mut status.conditions, ConditionUpdate::new(READY, true, "Ready", "instance bootstrapped and database available"), generation, now);
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, true, "Ready", "instance bootstrapped and database available"),
+            generation,
+            now,
+        );
     } else if timed_out && status.ready_at.is_none() {
         status.phase = Phase::Failed;
-        let waiting = instance.as_ref().err().or(database.as_ref().err()).map(|nr| nr.message.clone()).unwrap_or_default();
-        let message = format!("not ready within {} ({waiting})", crate::api::duration::format_duration(inputs.readiness_timeout));
-        set_condition(&mut status.conditions, ConditionUpdate::new(READY, false, "BootstrapTimeout", with_console(message)), generation, now);
+        let waiting = instance
+            .as_ref()
+            .err()
+            .or(database.as_ref().err())
+            .map(|nr| nr.message.clone())
+            .unwrap_or_default();
+        let message = format!(
+            "not ready within {} ({waiting})",
+            crate::api::duration::format_duration(inputs.readiness_timeout)
+        );
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, false, "BootstrapTimeout", with_console(message)),
+            generation,
+            now,
+        );
     } else {
         status.phase = Phase::Provisioning;
-        let nr = instance.err().or(database.err()).expect("not ready means one half is not ready");
-        set_condition(&mut status.conditions, ConditionUpdate::new(READY, false, nr.reason, nr.message), generation, now);
+        let nr = instance
+            .err()
+            .or(database.err())
+            .expect("not ready means one half is not ready");
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, false, nr.reason, nr.message),
+            generation,
+            now,
+        );
     }
     status
 }
 
 /// Status for an environment that cannot be provisioned as specified.
-pub fn invalid_status(current: &FeatureEnvironmentStatus, reason: &str, message: &str, generation: Option<i64>, now: Timestamp) -> FeatureEnvironmentStatus {
+pub fn invalid_status(
+    current: &FeatureEnvironmentStatus,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> FeatureEnvironmentStatus {
     let mut status = current.clone();
     status.observed_generation = generation;
     let launched = status.instance.as_ref().is_some_and(|i| i.id.is_some());
     status.phase = if launched { Phase::Failed } else { Phase::Pending };
-    set_condition(&mut status.conditions, ConditionUpdate::new(READY, false, reason, message), generation, now);
+    set_condition(
+        &mut status.conditions,
+        ConditionUpdate::new(READY, false, reason, message),
+        generation,
+        now,
+    );
     status
 }
 
@@ -245,7 +361,10 @@ mod tests {
         let db = database(DatabaseStatus::Available);
         let obs = Observed {
             instance: Some(&booting),
-            database: Some(DatabaseObservation::Claimed { database: &db, credentials_ready: true }),
+            database: Some(DatabaseObservation::Claimed {
+                database: &db,
+                credentials_ready: true,
+            }),
             console_tail: None,
         };
         let s1 = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
@@ -255,7 +374,10 @@ mod tests {
         assert_eq!(s1.endpoints["api"], "http://54.1.2.3/team/pr-1");
 
         let done = instance(InstanceState::Running, Some("complete"));
-        let obs = Observed { instance: Some(&done), ..obs };
+        let obs = Observed {
+            instance: Some(&done),
+            ..obs
+        };
         let s2 = next_status(&s1, &obs, &inputs("2026-11-28T10:03:00Z", &endpoints));
         assert_eq!(s2.phase, Phase::Ready);
         assert_eq!(s2.ready_at.as_deref(), Some("2026-11-28T10:03:00Z"));
@@ -270,7 +392,11 @@ mod tests {
     fn timeout_fails_with_console_tail_and_sticks() {
         let endpoints = BTreeMap::new();
         let booting = instance(InstanceState::Running, None);
-        let obs = Observed { instance: Some(&booting), database: None, console_tail: Some("pulling images...".into()) };
+        let obs = Observed {
+            instance: Some(&booting),
+            database: None,
+            console_tail: Some("pulling images...".into()),
+        };
         let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:30:00Z", &endpoints));
         assert_eq!(s.phase, Phase::Failed);
         let ready = conditions::find(&s.conditions, READY).unwrap();
@@ -278,7 +404,15 @@ mod tests {
         assert!(ready.message.contains("pulling images..."));
         // Even if it finishes later, Failed stays.
         let done = instance(InstanceState::Running, Some("complete"));
-        let s2 = next_status(&s, &Observed { instance: Some(&done), database: None, console_tail: None }, &inputs("2026-11-28T10:31:00Z", &endpoints));
+        let s2 = next_status(
+            &s,
+            &Observed {
+                instance: Some(&done),
+                database: None,
+                console_tail: None,
+            },
+            &inputs("2026-11-28T10:31:00Z", &endpoints),
+        );
         assert_eq!(s2.phase, Phase::Failed);
     }
 
@@ -286,25 +420,47 @@ mod tests {
     fn bootstrap_failure_and_pool_exhaustion_have_reasons() {
         let endpoints = BTreeMap::new();
         let failed = instance(InstanceState::Running, Some("failed"));
-        let s = next_status(&Default::default(), &Observed { instance: Some(&failed), database: None, console_tail: None }, &inputs("2026-11-28T10:01:00Z", &endpoints));
+        let s = next_status(
+            &Default::default(),
+            &Observed {
+                instance: Some(&failed),
+                database: None,
+                console_tail: None,
+            },
+            &inputs("2026-11-28T10:01:00Z", &endpoints),
+        );
         assert_eq!(s.phase, Phase::Failed);
-        assert_eq!(conditions::find(&s.conditions, READY).unwrap().reason, "BootstrapFailed");
+        assert_eq!(
+            conditions::find(&s.conditions, READY).unwrap().reason,
+            "BootstrapFailed"
+        );
 
         let done = instance(InstanceState::Running, Some("complete"));
         let obs = Observed {
             instance: Some(&done),
-            database: Some(DatabaseObservation::PoolExhausted { pool: "integration".into() }),
+            database: Some(DatabaseObservation::PoolExhausted {
+                pool: "integration".into(),
+            }),
             console_tail: None,
         };
         let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
         assert_eq!(s.phase, Phase::Provisioning);
         assert_eq!(conditions::find(&s.conditions, READY).unwrap().reason, "PoolExhausted");
-        assert_eq!(conditions::find(&s.conditions, DATABASE_READY).unwrap().reason, "PoolExhausted");
+        assert_eq!(
+            conditions::find(&s.conditions, DATABASE_READY).unwrap().reason,
+            "PoolExhausted"
+        );
     }
 
     #[test]
     fn invalid_spec_without_resources_stays_pending() {
-        let s = invalid_status(&Default::default(), "ClassNotFound", "spec.className: x", Some(1), "2026-11-28T10:00:00Z".parse().unwrap());
+        let s = invalid_status(
+            &Default::default(),
+            "ClassNotFound",
+            "spec.className: x",
+            Some(1),
+            "2026-11-28T10:00:00Z".parse().unwrap(),
+        );
         assert_eq!(s.phase, Phase::Pending);
         assert_eq!(conditions::find(&s.conditions, READY).unwrap().reason, "ClassNotFound");
     }
