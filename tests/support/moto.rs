@@ -40,19 +40,11 @@ impl MotoServer {
         // A port picked free can be taken before moto binds it; try a few.
         for _ in 0..3 {
             let port = free_port();
-            let log = std::env::temp_dir()
-                .join(format!("featureenv-moto-{}-{port}.log", std::process::id()));
+            let log = std::env::temp_dir().join(format!("featureenv-moto-{}-{port}.log", std::process::id()));
             let log_file = File::create(&log).expect("create moto log file");
             let recording = log.with_extension("recording");
             let child = Command::new("python3")
-                .args([
-                    "-m",
-                    "moto.server",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ])
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
                 // The request recorder writes to the working directory unless told.
                 .env("MOTO_RECORDER_FILEPATH", &recording)
                 .stdin(Stdio::null())
@@ -70,9 +62,7 @@ impl MotoServer {
                 server.config = aws_config::defaults(BehaviorVersion::latest())
                     .region(Region::new(REGION))
                     .endpoint_url(server.endpoint())
-                    .credentials_provider(Credentials::new(
-                        "testing", "testing", None, None, "moto",
-                    ))
+                    .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
                     .load()
                     .await;
                 return server;
@@ -192,11 +182,7 @@ impl MotoServer {
             .send()
             .await
             .expect("CreateVpc");
-        let vpc_id = vpc
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .expect("vpc id")
-            .to_owned();
+        let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).expect("vpc id").to_owned();
         let subnet = ec2
             .create_subnet()
             .vpc_id(&vpc_id)
@@ -254,10 +240,7 @@ impl MotoServer {
 
     /// Registers images oldest first, a little over a second apart, so each has its
     /// own CreationDate (moto's resolution is one second).
-    pub async fn register_images_in_order(
-        &self,
-        images: &[(&str, &[(&str, &str)])],
-    ) -> Vec<String> {
+    pub async fn register_images_in_order(&self, images: &[(&str, &[(&str, &str)])]) -> Vec<String> {
         let mut ids = Vec::new();
         for (i, (name, tags)) in images.iter().enumerate() {
             if i > 0 {
@@ -269,12 +252,7 @@ impl MotoServer {
     }
 
     /// An instance we did not launch (no featureenv tags), for filtering tests.
-    pub async fn run_foreign_instance(
-        &self,
-        image_id: &str,
-        subnet_id: &str,
-        tags: &[(&str, &str)],
-    ) -> String {
+    pub async fn run_foreign_instance(&self, image_id: &str, subnet_id: &str, tags: &[(&str, &str)]) -> String {
         let mut request = self
             .ec2()
             .run_instances()
@@ -292,10 +270,7 @@ impl MotoServer {
             );
         }
         let output = request.send().await.expect("RunInstances (foreign)");
-        output.instances()[0]
-            .instance_id()
-            .expect("instance id")
-            .to_owned()
+        output.instances()[0].instance_id().expect("instance id").to_owned()
     }
 
     pub async fn volumes_of(&self, instance_id: &str) -> Vec<aws_sdk_ec2::types::Volume> {
@@ -317,8 +292,7 @@ impl MotoServer {
     /// IAM has no SDK crate in this workspace; moto speaks the IAM query protocol and
     /// does not verify signatures, so one form POST creates the profile.
     pub fn create_instance_profile(&self, name: &str) {
-        let body =
-            format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}");
+        let body = format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}");
         let request = format!(
             "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
              Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n\
@@ -469,11 +443,10 @@ impl RecordingObserver {
 
 impl CallObserver for RecordingObserver {
     fn observe(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
-        self.calls.lock().unwrap().push((
-            service.to_owned(),
-            operation.to_owned(),
-            outcome.to_owned(),
-        ));
+        self.calls
+            .lock()
+            .unwrap()
+            .push((service.to_owned(), operation.to_owned(), outcome.to_owned()));
     }
 }
 
@@ -534,8 +507,7 @@ fn free_port() -> u16 {
 }
 
 fn http_answers(port: u16) -> bool {
-    let request =
-        format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     http_exchange(port, &request).is_ok_and(|response| response.starts_with("HTTP/"))
 }
 
