@@ -9,6 +9,8 @@ pub const INSTANCE_READY: &str = "InstanceReady";
 pub const DATABASE_READY: &str = "DatabaseReady";
 /// RdsPool: enough warm spares exist.
 pub const WARM: &str = "Warm";
+/// RdsPool: the newest snapshot is younger than `maxSnapshotAge`.
+pub const SNAPSHOT_FRESH: &str = "SnapshotFresh";
 
 /// A condition to set; the time and generation are filled in by [`set_condition`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use kube::{Api, ResourceExt};
 use tracing::info;
 
 use super::{Context, Error, FIELD_MANAGER, Result, instrumented};
-use crate::api::conditions::{ConditionUpdate, WARM, set_condition};
+use crate::api::conditions::{ConditionUpdate, SNAPSHOT_FRESH, WARM, set_condition};
 use crate::api::duration::parse_duration;
 use crate::api::{RdsPool, RdsPoolSpec, RdsPoolStatus};
 use crate::cloud::{CloudError, Database, DatabaseStatus, RestoreRequest, Snapshot, Tags, tag};
@@ -42,6 +42,9 @@ pub struct PoolCounts {
     pub creating: u32,
     /// Unclaimed spares of an older snapshot still around.
     pub stale: u32,
+    /// The newest snapshot itself is older than `maxSnapshotAge`: new spares would be
+    /// no fresher, so this is reported rather than acted on.
+    pub snapshot_too_old: bool,
 }
 
 /// Plans restores and deletions for `members` (the pool's databases). Pure.
@@ -106,7 +109,6 @@ pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Data
         .filter(|id| !used.contains(id.as_str()))
         .take(to_restore as usize)
         .collect();
-    let _ = too_old; // reported as a condition by `pool_status`
     PoolPlan {
         restore,
         delete,
@@ -115,6 +117,7 @@ pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Data
             claimed,
             creating,
             stale: stale.len() as u32,
+            snapshot_too_old: too_old,
         },
     }
 }
@@ -160,6 +163,23 @@ pub fn pool_status(
         )
     };
     set_condition(&mut status.conditions, update, generation, now);
+    let freshness = if plan.counts.snapshot_too_old {
+        let age = spec.max_snapshot_age.as_deref().unwrap_or_default();
+        ConditionUpdate::new(
+            SNAPSHOT_FRESH,
+            false,
+            "SnapshotTooOld",
+            format!("the newest snapshot {} is older than maxSnapshotAge {age}", snapshot.id),
+        )
+    } else {
+        ConditionUpdate::new(
+            SNAPSHOT_FRESH,
+            true,
+            "SnapshotFresh",
+            format!("restoring from {}", snapshot.id),
+        )
+    };
+    set_condition(&mut status.conditions, freshness, generation, now);
     status
 }
 
@@ -418,6 +438,31 @@ mod tests {
         let p = plan("p", &spec(1, 5), &snap("s2"), &[old, claimed_old, fresh], now());
         assert!(p.restore.is_empty());
         assert_eq!(p.delete, vec!["fe-p-old-0".to_string()]);
+    }
+
+    #[test]
+    fn an_old_newest_snapshot_is_reported_not_churned() {
+        let fresh = db(
+            &naming::pool_database_id("p", "s2", 0),
+            "s2",
+            DatabaseStatus::Available,
+            None,
+        );
+        let later: Timestamp = "2026-11-30T04:00:00Z".parse().unwrap();
+        let p = plan("p", &spec(1, 5), &snap("s2"), std::slice::from_ref(&fresh), later);
+        assert!(p.counts.snapshot_too_old);
+        assert!(
+            p.restore.is_empty() && p.delete.is_empty(),
+            "replacing it from the same snapshot gains nothing"
+        );
+        let status = pool_status(&Default::default(), &spec(1, 5), &p, &snap("s2"), Some(1), later);
+        let c = crate::api::conditions::find(&status.conditions, SNAPSHOT_FRESH).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SnapshotTooOld"));
+        assert!(
+            !plan("p", &spec(1, 5), &snap("s2"), &[fresh], now())
+                .counts
+                .snapshot_too_old
+        );
     }
 
     #[test]
