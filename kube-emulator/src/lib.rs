@@ -3,6 +3,7 @@
 //! it for the demo and chart checks.
 #![forbid(unsafe_code)]
 
+pub mod builtin_schema;
 pub mod cel_rules;
 pub mod error;
 pub mod meta;

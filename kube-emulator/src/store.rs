@@ -338,6 +338,16 @@ impl State {
                 cel_rules::validate(sch, new, old, "", &mut causes);
             }
         }
+        if !def.is_custom() && opts.field_validation != FieldValidation::Ignore {
+            let (group, kind) = if def.is_events_k8s_io() {
+                ("", "Event")
+            } else {
+                (def.group.as_str(), def.kind.as_str())
+            };
+            if let Some(unknown) = crate::builtin_schema::unknown_fields(group, kind, new) {
+                self.unknown_fields(&unknown, opts, is_patch, &mut warnings)?;
+            }
+        }
         if def.group == "apiextensions.k8s.io" && def.plural == "customresourcedefinitions" {
             admit_crd(new, old, &mut causes);
         }

@@ -401,6 +401,15 @@ spec:
     assert_eq!(img, "featureenv-operator:v2 2");
     let out = k.ok(&["get", "deploy", "-n", "featureenv-system"]).await;
     assert!(out.contains("operator"), "{out}");
+    // Strict validation also covers built-ins: a typo in a chart is an error.
+    let typo = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: typo\n  namespace: featureenv-system\nautomountServiceAccountTokn: false\n";
+    let o = k.run(&["apply", "-f", "-"], Some(typo)).await;
+    assert_ne!(o.code, 0);
+    assert!(
+        o.stderr.contains("unknown field \"automountServiceAccountTokn\""),
+        "{}",
+        o.stderr
+    );
     // Imperative commands send protobuf bodies for built-ins.
     let out = k.ok(&["create", "namespace", "scratch"]).await;
     assert_eq!(out.trim(), "namespace/scratch created");
