@@ -218,3 +218,230 @@ async fn lifecycle() {
     assert!(!stack.our_parameters().await.contains(&parameter), "SSM parameter left");
     println!("lifecycle: ok in {}", elapsed(start));
 }
+
+/// Instances (any state, terminated included) and databases carrying `uid`.
+async fn resources_of(stack: &Stack, uid: &str) -> (Vec<aws_sdk_ec2::types::Instance>, Vec<String>) {
+    let instances = stack.instances_with_tag("featureenv.io/uid", uid).await;
+    let dbs = stack
+        .our_databases()
+        .await
+        .into_iter()
+        .filter(|(_, t)| t.get("featureenv.io/claimed-by").map(String::as_str) == Some(uid))
+        .filter_map(|(db, _)| db.db_instance_identifier().map(str::to_owned))
+        .collect();
+    (instances, dbs)
+}
+
+fn is_gone(instance: &aws_sdk_ec2::types::Instance) -> bool {
+    matches!(
+        instance.state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("terminated") | Some("shutting-down")
+    )
+}
+
+/// Scenario 3: malformed manifests are refused by `kubectl apply` with the field named;
+/// semantically wrong ones end Ready=False with a specific reason and create nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input() {
+    let start = Instant::now();
+    let stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-bad".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let registry = stack.var("ECR_REGISTRY");
+
+    // Refused at admission: (manifest, what the error must name).
+    let bad_duration = stack.environment_yaml(NS, "bad-duration", "ttl: 8hours");
+    let bad_image = stack
+        .environment_yaml(NS, "bad-image", "")
+        .replace(&format!("{registry}/payments:pr-123"), "Not An Image!!");
+    let duplicate = stack.environment_yaml(
+        NS,
+        "duplicate",
+        &format!("services:\n  - name: orders\n    image: {registry}/orders:pr-123\n  - name: orders\n    image: {registry}/orders:latest"),
+    );
+    // environment_yaml already wrote a services list; a second key would be invalid
+    // YAML, so build this one without the default list.
+    let duplicate = duplicate.replacen(
+        &format!("  services:\n    - name: payments\n      image: {registry}/payments:pr-123\n"),
+        "",
+        1,
+    );
+    let pool = stack
+        .render(&["examples/rdspool.yaml"])
+        .replace("name: integration", "name: too-warm")
+        .replace("warm: 1", "warm: 5")
+        .replace("maxSize: 20", "maxSize: 2");
+    for (what, manifest, field) in [
+        ("bad duration", bad_duration, "spec.ttl"),
+        ("bad image reference", bad_image, "spec.services[0].image"),
+        ("duplicate service names", duplicate, "spec.services[1]"),
+        ("pool warm > maxSize", pool, "warm must not exceed maxSize"),
+    ] {
+        let out = stack.kubectl(&["apply", "-f", "-"], Some(&manifest)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: kubectl apply succeeded:\n{manifest}");
+        assert!(stderr.contains(field), "{what}: error does not name {field}:\n{stderr}");
+        println!("refused ({what}): {}", stderr.trim());
+    }
+    let listed = stack.kubectl_ok(&["get", "featureenvs,rdspools", "-o", "name"]).await;
+    assert!(
+        !listed.contains("bad-") && !listed.contains("duplicate") && !listed.contains("too-warm"),
+        "{listed}"
+    );
+
+    // Admitted but wrong: (name, extra spec, reason, field in the message).
+    let cases = [
+        ("unknown-class", "className: nope".to_owned(), "ClassNotFound", "spec.className"),
+        ("type-not-allowed", "instanceType: t3.nano".to_owned(), "InstanceTypeNotAllowed", "spec.instanceType"),
+        ("ttl-over-max", "ttl: 100h".to_owned(), "TTLExceedsMaximum", "spec.ttl"),
+        ("missing-repo", String::new(), "ImageNotFound", "spec.services[0].image"),
+    ];
+    let mut manifests = String::new();
+    for (name, extra, _, _) in &cases {
+        let mut yaml = stack.environment_yaml(NS, name, extra);
+        if *name == "missing-repo" {
+            yaml = yaml.replace("payments:pr-123", "no-such-repo:pr-123");
+        }
+        manifests.push_str("---\n");
+        manifests.push_str(&yaml);
+    }
+    stack.apply_ok(&manifests).await;
+    let mut uids = Vec::new();
+    for (name, _, reason, field) in &cases {
+        let message = stack.wait_ready_reason(NS, name, reason, READY_TIMEOUT).await;
+        assert!(message.contains(field), "{name}: message {message:?} does not name {field}");
+        let env = stack.get_env(NS, name).await.expect("env");
+        let phase = env.status.as_ref().map(|s| s.phase.as_str()).unwrap_or_default();
+        assert!(matches!(phase, "Failed" | "Pending"), "{name}: phase {phase}");
+        println!("{name}: phase={phase} Ready=False reason={reason} message={message}");
+        uids.push(env.metadata.uid.expect("uid"));
+    }
+    // A few poll intervals later, still nothing was made for any of them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for ((name, _, _, _), uid) in cases.iter().zip(&uids) {
+        let (instances, dbs) = resources_of(&stack, uid).await;
+        assert!(instances.is_empty() && dbs.is_empty(), "{name}: made {instances:?} {dbs:?}");
+    }
+    assert!(stack.our_instances().await.is_empty(), "no instance at all");
+    assert!(
+        stack
+            .our_databases()
+            .await
+            .iter()
+            .all(|(_, t)| !t.contains_key("featureenv.io/claimed-by")),
+        "no database claimed"
+    );
+    assert!(stack.our_parameters().await.is_empty(), "no SSM parameter");
+    // Deleting them is immediate: there is nothing to clean up.
+    for (name, _, _, _) in &cases {
+        stack.delete_env(NS, name).await;
+    }
+    for (name, _, _, _) in &cases {
+        stack.wait_gone(NS, name, GONE_TIMEOUT).await;
+    }
+    println!("bad_input: ok in {}", elapsed(start));
+}
+
+/// The seed for the random kill moments: FEATUREENV_E2E_SEED or the clock; printed.
+fn seed() -> u64 {
+    let seed = std::env::var("FEATUREENV_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        });
+    println!("random seed {seed} (rerun with FEATUREENV_E2E_SEED={seed})");
+    seed
+}
+
+/// Scenario 4: 12 create/delete cycles, the operator SIGKILLed at seeded random moments
+/// during provisioning and during deletion and restarted each time: every environment
+/// gets exactly one instance (ever, terminated ones included) and one database, and
+/// after deletion nothing of it remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_safety() {
+    use rand::{Rng as _, SeedableRng as _};
+    let start = Instant::now();
+    let seed = seed();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-crash".into(),
+        lease_duration: "4s".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    const CYCLES: usize = 12;
+    for cycle in 0..CYCLES {
+        let name = format!("crash-{cycle}");
+        // Two environments per cycle so a kill can land between two reconciles.
+        let names = [name.clone(), format!("{name}-b")];
+        let manifests: String = names
+            .iter()
+            .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
+            .collect();
+        stack.apply_ok(&manifests).await;
+        let kill_in_create = Duration::from_millis(rng.random_range(0..2000));
+        tokio::time::sleep(kill_in_create).await;
+        stack.kill_operator(0);
+        let restart_after = Duration::from_millis(rng.random_range(0..500));
+        tokio::time::sleep(restart_after).await;
+        stack.restart_operator(0).await;
+        let mut uids = Vec::new();
+        for n in &names {
+            let env = stack.wait_ready(NS, n, READY_TIMEOUT).await;
+            let uid = env.metadata.uid.clone().expect("uid");
+            let (instances, dbs) = resources_of(&stack, &uid).await;
+            assert_eq!(
+                instances.len(),
+                1,
+                "cycle {cycle} (seed {seed}): {n} has {} instances: {:?}",
+                instances.len(),
+                instances.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
+            );
+            assert_eq!(dbs.len(), 1, "cycle {cycle} (seed {seed}): {n} has databases {dbs:?}");
+            let status = env.status.expect("status");
+            assert_eq!(status.instance.and_then(|i| i.id).as_deref(), instances[0].instance_id());
+            assert_eq!(status.database.and_then(|d| d.id), Some(dbs[0].clone()));
+            uids.push(uid);
+        }
+        // Delete, and kill again somewhere inside the deletion.
+        for n in &names {
+            stack.delete_env(NS, n).await;
+        }
+        let kill_in_delete = Duration::from_millis(rng.random_range(0..1500));
+        tokio::time::sleep(kill_in_delete).await;
+        stack.kill_operator(0);
+        stack.restart_operator(0).await;
+        for n in &names {
+            stack.wait_gone(NS, n, GONE_TIMEOUT).await;
+        }
+        for (n, uid) in names.iter().zip(&uids) {
+            let (instances, dbs) = resources_of(&stack, uid).await;
+            assert!(
+                instances.iter().all(is_gone) && instances.len() == 1,
+                "cycle {cycle} (seed {seed}): {n} instances after delete: {instances:?}"
+            );
+            assert!(dbs.is_empty(), "cycle {cycle} (seed {seed}): {n} databases left {dbs:?}");
+        }
+        println!(
+            "cycle {cycle}: killed {}ms after apply, {}ms into delete: ok",
+            kill_in_create.as_millis(),
+            kill_in_delete.as_millis()
+        );
+    }
+    // Nothing tagged with our cluster is left but the pool's own warm spare.
+    assert!(stack.our_instances().await.is_empty(), "instances left (seed {seed})");
+    let dbs = stack.our_databases().await;
+    assert!(
+        dbs.iter().all(|(_, t)| !t.contains_key("featureenv.io/claimed-by")) && dbs.len() <= 1,
+        "databases left (seed {seed}): {:?}",
+        dbs.iter().map(|(d, t)| (d.db_instance_identifier(), t)).collect::<Vec<_>>()
+    );
+    assert!(stack.our_parameters().await.is_empty(), "SSM parameters left (seed {seed})");
+    println!("crash_safety: {CYCLES} cycles ok in {} (seed {seed})", elapsed(start));
+}
