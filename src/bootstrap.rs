@@ -74,22 +74,7 @@ pub fn minikube_addon(addon: &str) -> &str {
 /// `(registry host, region)` when `image` is in a private ECR registry, which needs a
 /// `docker login` before pulling.
 fn ecr_registry(image: &str) -> Option<(&str, &str)> {
-    let (host, _) = image.split_once('/')?;
-    let labels: Vec<&str> = host.split('.').collect();
-    match labels.as_slice() {
-        [
-            account,
-            "dkr",
-            "ecr" | "ecr-fips",
-            region,
-            "amazonaws",
-            "com",
-            rest @ ..,
-        ] if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) && matches!(rest, [] | ["cn"]) => {
-            Some((host, region))
-        }
-        _ => None,
-    }
+    crate::api::image_ref::ecr_repository(image).map(|r| (r.host, r.region))
 }
 
 fn bash_array(name: &str, values: impl IntoIterator<Item = impl AsRef<str>>) -> String {

@@ -72,6 +72,47 @@ impl ImageReference {
     }
 }
 
+/// The parts of a reference into a private Amazon ECR registry
+/// (`<account>.dkr.ecr.<region>.amazonaws.com[.cn]/<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcrRepository<'a> {
+    pub host: &'a str,
+    pub account: &'a str,
+    pub region: &'a str,
+    /// Repository name, plus any `:tag` / `@digest` the reference carried.
+    pub name: &'a str,
+}
+
+/// Recognises private ECR registries: the operator resolves their tags to digests and
+/// the bootstrap script logs in to them. Anything else is `None`.
+pub fn ecr_repository(reference: &str) -> Option<EcrRepository<'_>> {
+    let (host, name) = reference.split_once('/')?;
+    let labels: Vec<&str> = host.split('.').collect();
+    let [
+        account,
+        "dkr",
+        "ecr" | "ecr-fips",
+        region,
+        "amazonaws",
+        "com",
+        rest @ ..,
+    ] = labels.as_slice()
+    else {
+        return None;
+    };
+    let valid = account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !region.is_empty()
+        && matches!(rest, [] | ["cn"])
+        && !name.is_empty();
+    valid.then_some(EcrRepository {
+        host,
+        account,
+        region,
+        name,
+    })
+}
+
 fn component_ok(component: &str) -> bool {
     // Host components may also contain '_' in practice (registries accept it).
     let separators: &[char] = &['.', '-', '_'];

@@ -5,41 +5,10 @@ use async_trait::async_trait;
 use aws_sdk_ecr::types::ImageIdentifier;
 
 use super::{AwsCloud, missing};
+use crate::api::image_ref::ecr_repository as parse_ecr;
 use crate::cloud::{CloudError, CloudResult, Registry};
 
 const ECR: &str = "ecr";
-
-/// The parts of an ECR repository reference
-/// (`<account>.dkr.ecr.<region>.amazonaws.com/<name>`).
-#[derive(Debug, PartialEq, Eq)]
-struct EcrRepository<'a> {
-    account: &'a str,
-    region: &'a str,
-    name: &'a str,
-}
-
-fn parse_ecr(repository: &str) -> Option<EcrRepository<'_>> {
-    let (host, name) = repository.split_once('/')?;
-    let labels: Vec<&str> = host.split('.').collect();
-    let [
-        account,
-        "dkr",
-        "ecr" | "ecr-fips",
-        region,
-        "amazonaws",
-        "com",
-        rest @ ..,
-    ] = labels.as_slice()
-    else {
-        return None;
-    };
-    let valid = account.len() == 12
-        && account.bytes().all(|b| b.is_ascii_digit())
-        && !region.is_empty()
-        && matches!(rest, [] | ["cn"])
-        && !name.is_empty();
-    valid.then_some(EcrRepository { account, region, name })
-}
 
 #[async_trait]
 impl Registry for AwsCloud {
@@ -85,7 +54,8 @@ mod tests {
     fn ecr_references_are_recognised() {
         assert_eq!(
             parse_ecr("123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/team/payments"),
-            Some(EcrRepository {
+            Some(crate::api::image_ref::EcrRepository {
+                host: "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com",
                 account: "123456789012",
                 region: "ap-southeast-1",
                 name: "team/payments"
