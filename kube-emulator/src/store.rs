@@ -495,6 +495,12 @@ impl State {
             m.remove("status");
         }
         if def.group.is_empty() && def.plural == "namespaces" {
+            // Set by the NamespaceDefaultLabelName admission since 1.21; namespace selectors rely on it.
+            let m = meta::metadata_mut(&mut obj);
+            let labels = m.entry("labels").or_insert_with(|| json!({}));
+            if labels.is_object() {
+                labels["kubernetes.io/metadata.name"] = json!(name);
+            }
             obj["status"] = json!({"phase": "Active"});
             if obj["spec"]["finalizers"].is_null() {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -709,6 +715,13 @@ impl State {
                         "metadata.finalizers",
                     )],
                 ));
+            }
+        }
+        if def.group.is_empty() && def.plural == "namespaces" {
+            let m = meta::metadata_mut(&mut new);
+            let labels = m.entry("labels").or_insert_with(|| json!({}));
+            if labels.is_object() {
+                labels["kubernetes.io/metadata.name"] = json!(name);
             }
         }
         normalize_metadata(&mut new);
