@@ -20,7 +20,7 @@ use crate::openapi;
 use crate::resources::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector, supported_fields};
 use crate::store::{
-    DeleteOpts, EventType, FieldValidation, ListQuery, PatchType, State, WatchEvent, WriteOpts, parse_rv,
+    DeleteOpts, EventType, FieldValidation, ListQuery, PatchType, State, WatchEvent, WriteOpts, parse_rv, selects,
     success_status,
 };
 use crate::table;
@@ -334,8 +334,23 @@ pub async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Resp
         user_agent: user_agent(&parts.headers),
         ..Default::default()
     };
-    let resp = route(&shared, &parts.method, &path, &q, &parts.headers, body, &mut audit).await;
-    let resp = resp.unwrap_or_else(|e| error_response(&e));
+    // A bug must cost one request a 500, not the whole test run its server.
+    let routed = std::panic::AssertUnwindSafe(route(
+        &shared,
+        &parts.method,
+        &path,
+        &q,
+        &parts.headers,
+        body,
+        &mut audit,
+    ));
+    let resp = match futures::FutureExt::catch_unwind(routed).await {
+        Ok(r) => r.unwrap_or_else(|e| error_response(&e)),
+        Err(_) => {
+            tracing::error!(%path, "request handler panicked");
+            error_response(&ApiError::internal("internal error in kube-emulator"))
+        }
+    };
     audit.code = resp.status().as_u16();
     if let Some(a) = &shared.audit
         && let Ok(line) = serde_json::to_string(&audit)
@@ -717,12 +732,12 @@ impl WatchSpec {
     }
 
     /// The event type this watcher sees, accounting for selector transitions.
-    fn translate(&self, st: &State, ev: &WatchEvent) -> Option<&'static str> {
+    fn translate(&self, ev: &WatchEvent) -> Option<&'static str> {
         if ev.key != self.def.key() || !self.in_scope(&ev.obj) {
             return None;
         }
-        let now = st.selects(&self.def, &ev.obj, &self.query);
-        let before = ev.old.as_ref().is_some_and(|o| st.selects(&self.def, o, &self.query));
+        let now = selects(&self.def, &ev.obj, &self.query);
+        let before = ev.old.as_ref().is_some_and(|o| selects(&self.def, o, &self.query));
         match ev.etype {
             EventType::Added => now.then_some("ADDED"),
             EventType::Deleted => now.then_some("DELETED"),
@@ -823,20 +838,21 @@ async fn serve_watch(
         let mut last = start;
         let mut next_bookmark = tokio::time::Instant::now() + bookmark_every;
         loop {
+            // Only cloning Arcs happens under the lock; filtering and encoding do not.
             let batch = {
                 let st = shared2.lock();
                 match st.events_since(last) {
                     None => Err(expired_status(last, st.floor)),
-                    Some(evs) => {
-                        let head = st.rv;
-                        let lines: Vec<Bytes> = evs
-                            .iter()
-                            .filter_map(|ev| spec.translate(&st, ev).map(|t| event_line(t, &spec.render(&ev.obj))))
-                            .collect();
-                        Ok((lines, head))
-                    }
+                    Some(evs) => Ok((evs, st.rv)),
                 }
             };
+            let batch = batch.map(|(evs, head)| {
+                let lines: Vec<Bytes> = evs
+                    .iter()
+                    .filter_map(|ev| spec.translate(ev).map(|t| event_line(t, &spec.render(&ev.obj))))
+                    .collect();
+                (lines, head)
+            });
             match batch {
                 Err(status) => {
                     let _ = tx.send(event_line("ERROR", &status)).await;

@@ -835,6 +835,9 @@ impl State {
             })?,
             PatchType::Apply => unreachable!("handled above"),
         }
+        if !view.is_object() {
+            return Err(ApiError::new(422, "Invalid", "the patch did not produce an object"));
+        }
         let old_rv = meta::get_str(&old, &["metadata", "resourceVersion"]).unwrap_or("");
         let new_rv = meta::get_str(&view, &["metadata", "resourceVersion"]).unwrap_or(old_rv);
         if new_rv != old_rv {
@@ -1099,21 +1102,7 @@ impl State {
         } else {
             Box::new(m.values())
         };
-        iter.filter(|o| self.selects(def, o, q)).cloned().collect()
-    }
-
-    pub fn selects(&self, def: &ResourceDef, obj: &Value, q: &ListQuery) -> bool {
-        if !q.labels.matches(obj["metadata"].get("labels")) {
-            return false;
-        }
-        if q.fields.is_empty() {
-            return true;
-        }
-        if def.is_events_k8s_io() {
-            q.fields.matches(&to_view(def, obj))
-        } else {
-            q.fields.matches(obj)
-        }
+        iter.filter(|o| selects(def, o, q)).cloned().collect()
     }
 
     pub fn list(&mut self, def: &ResourceDef, ns: &str, q: &ListQuery) -> ApiResult<Value> {
@@ -1435,6 +1424,21 @@ impl State {
         self.rv = saved_rv + 1;
         self.floor = self.rv;
         self.dirty = false;
+    }
+}
+
+/// Whether an object (storage form) matches a query's selectors.
+pub fn selects(def: &ResourceDef, obj: &Value, q: &ListQuery) -> bool {
+    if !q.labels.matches(obj["metadata"].get("labels")) {
+        return false;
+    }
+    if q.fields.is_empty() {
+        return true;
+    }
+    if def.is_events_k8s_io() {
+        q.fields.matches(&to_view(def, obj))
+    } else {
+        q.fields.matches(obj)
     }
 }
 

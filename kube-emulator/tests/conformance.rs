@@ -831,6 +831,24 @@ async fn patch_matrix() {
     assert_eq!(r.status, 409);
     let r = send_json(emu.addr(), "PATCH", base, "text/plain", &json!({})).await;
     assert_eq!(r.status, 415);
+    let r = send_json(
+        emu.addr(),
+        "PATCH",
+        base,
+        json_patch,
+        &json!([{"op": "replace", "path": "", "value": 5}]),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let r = http(
+        emu.addr(),
+        "POST",
+        "/apis/example.com/v1/namespaces/default/widgets",
+        &[("Content-Type", "application/json")],
+        b"{not json",
+    )
+    .await;
+    assert_eq!((r.status, r.json()["reason"].as_str()), (400, Some("BadRequest")));
     // Apply creates (201) and needs a field manager.
     let cfg = json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "q"}, "spec": {"size": 3}});
     let r = send_json(
@@ -1401,4 +1419,70 @@ async fn garbage_collection_by_owner_uid() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let child = cms.get("or-child").await.unwrap();
     assert!(child.metadata.owner_references.unwrap_or_default().is_empty());
+}
+
+// 30: CRD admission, conditions, multiple served versions.
+#[tokio::test]
+async fn crd_admission_and_versions() {
+    let emu = start().await;
+    let path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let mut crd = widget_crd();
+    crd["metadata"]["name"] = json!("wrong.example.com");
+    let r = send_json(emu.addr(), "POST", path, "application/json", &crd).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "metadata.name");
+    let mut crd = widget_crd();
+    let mut beta = crd["spec"]["versions"][0].clone();
+    beta["name"] = json!("v1beta1");
+    beta["storage"] = json!(true);
+    crd["spec"]["versions"].as_array_mut().unwrap().push(beta.clone());
+    let r = send_json(emu.addr(), "POST", path, "application/json", &crd).await;
+    assert_eq!(r.status, 422, "two storage versions");
+    crd["spec"]["versions"][1]["storage"] = json!(false);
+    let r = send_json(emu.addr(), "POST", path, "application/json", &crd).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let c = r.json();
+    assert_eq!(c["spec"]["names"]["singular"], "widget");
+    assert_eq!(c["spec"]["names"]["listKind"], "WidgetList");
+    assert_eq!(c["status"]["storedVersions"], json!(["v1"]));
+    let conds: Vec<(&str, &str)> = c["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["type"].as_str().unwrap(), x["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(conds, vec![("NamesAccepted", "True"), ("Established", "True")]);
+    assert_eq!(c["status"]["acceptedNames"]["kind"], "Widget");
+    let g = get_json(emu.addr(), "/apis/example.com").await.json();
+    assert_eq!(g["preferredVersion"]["version"], "v1");
+    let r = send_json(
+        emu.addr(),
+        "POST",
+        "/apis/example.com/v1/namespaces/default/widgets",
+        "application/json",
+        &json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "x"}, "spec": {"size": 1}}),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let via_beta = get_json(emu.addr(), "/apis/example.com/v1beta1/namespaces/default/widgets/x")
+        .await
+        .json();
+    assert_eq!(via_beta["apiVersion"], "example.com/v1beta1");
+    let idx = get_json(emu.addr(), "/openapi/v3").await.json();
+    let url = idx["paths"]["apis/example.com/v1"]["serverRelativeURL"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = get_json(emu.addr(), &url).await.json();
+    let patch = &doc["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]["patch"];
+    assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Widget");
+    assert!(
+        patch["requestBody"]["content"]
+            .get("application/strategic-merge-patch+json")
+            .is_none()
+    );
+    assert_eq!(
+        doc["components"]["schemas"]["com.example.v1.Widget"]["properties"]["spec"]["description"],
+        "What the widget should be."
+    );
 }
