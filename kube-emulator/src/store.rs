@@ -494,6 +494,9 @@ impl State {
         {
             m.remove("status");
         }
+        if def.group.is_empty() && def.plural == "services" {
+            self.default_service(&mut obj);
+        }
         if def.group.is_empty() && def.plural == "namespaces" {
             // Set by the NamespaceDefaultLabelName admission since 1.21; namespace selectors rely on it.
             let m = meta::metadata_mut(&mut obj);
@@ -547,6 +550,40 @@ impl State {
             body: to_view(def, &obj),
             warnings,
         })
+    }
+
+    /// What the apiserver's Service defaulting and IP allocation add, so that
+    /// `kubectl get svc` and re-applies look as they do on a cluster.
+    fn default_service(&self, obj: &mut Value) {
+        if !obj["spec"].is_object() {
+            obj["spec"] = json!({});
+        }
+        let spec = &mut obj["spec"];
+        if spec["type"].is_null() {
+            spec["type"] = json!("ClusterIP");
+        }
+        if spec["sessionAffinity"].is_null() {
+            spec["sessionAffinity"] = json!("None");
+        }
+        if spec["type"] != "ExternalName" && spec["clusterIP"].is_null() {
+            let n = self.objects.get(&ResKey::new("", "services")).map_or(0, |m| m.len()) as u64 + 1;
+            let ip = format!("10.96.{}.{}", (n / 250) % 250, n % 250 + 1);
+            spec["clusterIP"] = json!(ip);
+            spec["clusterIPs"] = json!([ip]);
+            spec["ipFamilies"] = json!(["IPv4"]);
+            spec["ipFamilyPolicy"] = json!("SingleStack");
+            spec["internalTrafficPolicy"] = json!("Cluster");
+        }
+        if let Some(ports) = spec["ports"].as_array_mut() {
+            for p in ports {
+                if p["protocol"].is_null() {
+                    p["protocol"] = json!("TCP");
+                }
+                if p["targetPort"].is_null() {
+                    p["targetPort"] = p["port"].clone();
+                }
+            }
+        }
     }
 
     /// Side effects of a persisted write (CRD registration).
@@ -716,6 +753,15 @@ impl State {
                     )],
                 ));
             }
+        }
+        if def.group.is_empty() && def.plural == "services" && new["spec"].is_object() {
+            // An update that omits the allocated IP keeps it, as upstream does.
+            for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if new["spec"][f].is_null() && !old["spec"][f].is_null() {
+                    new["spec"][f] = old["spec"][f].clone();
+                }
+            }
+            self.default_service(&mut new);
         }
         if def.group.is_empty() && def.plural == "namespaces" {
             let m = meta::metadata_mut(&mut new);

@@ -399,6 +399,18 @@ spec:
         ])
         .await;
     assert_eq!(img, "featureenv-operator:v2 2");
+    let ip = k
+        .ok(&[
+            "get",
+            "svc",
+            "operator-metrics",
+            "-n",
+            "featureenv-system",
+            "-o",
+            "jsonpath={.spec.clusterIP} {.spec.ports[0].targetPort}",
+        ])
+        .await;
+    assert!(ip.starts_with("10.96.") && ip.ends_with(" 8080"), "{ip}");
     let out = k.ok(&["get", "deploy", "-n", "featureenv-system"]).await;
     assert!(out.contains("operator"), "{out}");
     // Strict validation also covers built-ins: a typo in a chart is an error.
