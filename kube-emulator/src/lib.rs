@@ -17,6 +17,7 @@ pub mod server;
 pub mod ssa;
 pub mod store;
 pub mod table;
+pub mod validation;
 pub mod views;
 
 use std::net::SocketAddr;

@@ -338,6 +338,15 @@ impl State {
                 cel_rules::validate(sch, new, old, "", &mut causes);
             }
         }
+        causes.extend(crate::validation::validate_metadata(new));
+        if !def.is_custom() {
+            let (group, kind) = if def.is_events_k8s_io() {
+                ("", "Event")
+            } else {
+                (def.group.as_str(), def.kind.as_str())
+            };
+            causes.extend(crate::validation::validate_builtin(group, kind, new, old));
+        }
         if !def.is_custom() && opts.field_validation != FieldValidation::Ignore {
             let (group, kind) = if def.is_events_k8s_io() {
                 ("", "Event")

@@ -1486,3 +1486,73 @@ async fn crd_admission_and_versions() {
         "What the widget should be."
     );
 }
+
+// Built-in validation: label syntax everywhere, Deployment selector/template, immutable roleRef.
+#[tokio::test]
+async fn builtin_validation_matches_upstream() {
+    let emu = start().await;
+    let a = emu.addr();
+    let long = "x".repeat(64);
+    let r = send_json(
+        a,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        &json!({"metadata": {"name": "l", "labels": {"k": long}}}),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.json()["details"]["causes"][0]["field"], "metadata.labels");
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {
+        "selector": {"matchLabels": {"app": "a"}},
+        "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+    let r = send_json(
+        a,
+        "POST",
+        "/apis/apps/v1/namespaces/default/deployments",
+        "application/json",
+        &d,
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("`selector` does not match template `labels`")
+    );
+    let rb = |role: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "rb"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role}, "subjects": []})
+    };
+    assert_eq!(
+        send_json(
+            a,
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            "application/json",
+            &rb("r1")
+        )
+        .await
+        .status,
+        201
+    );
+    let r = send_json(
+        a,
+        "PATCH",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/rb",
+        "application/merge-patch+json",
+        &json!({"roleRef": {"name": "r2"}}),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let r = send_json(
+        a,
+        "POST",
+        "/api/v1/namespaces/default/services",
+        "application/json",
+        &json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}]}}),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+}
