@@ -366,7 +366,10 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, ctx: C
     let fs_new = fieldset_of(&new_t, ctx);
     let changed: FieldSet = fs_new
         .iter()
-        .filter(|p| !fs_old.contains(*p) || get_at(&old_t, p) != get_at(&new_t, p))
+        .filter(|p| {
+            let identity = p.last().is_some_and(|l| l.starts_with("k:") || l.starts_with("v:"));
+            !fs_old.contains(*p) || (!identity && get_at(&old_t, p) != get_at(&new_t, p))
+        })
         .cloned()
         .collect();
     let removed: FieldSet = fs_old.difference(&fs_new).cloned().collect();
@@ -478,7 +481,10 @@ pub fn apply(
             continue;
         }
         for p in cfg_set.intersection(&e.set) {
-            if get_at(&base_t, p) != get_at(&merged_t, p) {
+            // Keyed list items and set members are identities, not values:
+            // changing a field inside an item conflicts on that field only.
+            let identity = p.last().is_some_and(|l| l.starts_with("k:") || l.starts_with("v:"));
+            if !identity && get_at(&base_t, p) != get_at(&merged_t, p) {
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     api_version: e.api_version.clone(),
@@ -572,5 +578,11 @@ mod tests {
         assert_eq!(o2["spec"], json!({"a": 1}), "b removed, a kept because bob shares it");
         let forced = apply(Some(&o2), &cfg_b, "bob", true, ctx()).unwrap();
         assert_eq!(forced["spec"]["a"], json!(5));
+        let list =
+            |port: i64| json!({"apiVersion": "v1", "kind": "X", "spec": {"ports": [{"name": "http", "port": port}]}});
+        let o3 = apply(Some(&forced), &list(80), "carol", false, ctx()).unwrap();
+        let err = apply(Some(&o3), &list(81), "dave", false, ctx()).unwrap_err();
+        let paths: Vec<&str> = err.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, vec![".spec.ports[name=\"http\"].port"]);
     }
 }
