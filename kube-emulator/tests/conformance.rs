@@ -1556,3 +1556,49 @@ async fn builtin_validation_matches_upstream() {
     .await;
     assert_eq!(r.status, 422);
 }
+
+// Metadata-only clients, dry run and deletecollection.
+#[tokio::test]
+async fn metadata_watcher_dry_run_and_deletecollection() {
+    let (_emu, client) = start_with_widgets().await;
+    let w = widgets(&client);
+    let mut stream = kube::runtime::metadata_watcher(w.clone(), watcher::Config::default()).boxed();
+    w.create(&PostParams::default(), &widget("m1", 1)).await.unwrap();
+    let got = tokio::time::timeout(T, async {
+        while let Some(ev) = stream.try_next().await.unwrap() {
+            if let watcher::Event::Apply(m) | watcher::Event::InitApply(m) = ev {
+                return m;
+            }
+        }
+        panic!("stream ended")
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.metadata.name.as_deref(), Some("m1"));
+    assert_eq!(
+        got.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let o = w.create(&dry, &widget("dry", 1)).await.unwrap();
+    assert_eq!(o.data["spec"]["mode"], "fast", "dry run still defaults");
+    assert!(w.get_opt("dry").await.unwrap().is_none());
+    let mut labelled = widget("m2", 1);
+    labelled.metadata.labels = Some([("batch".to_string(), "x".to_string())].into());
+    w.create(&PostParams::default(), &labelled).await.unwrap();
+    w.delete_collection(&DeleteParams::default(), &ListParams::default().labels("batch=x"))
+        .await
+        .unwrap();
+    let left: Vec<String> = w
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    assert_eq!(left, vec!["m1"]);
+}
