@@ -1,0 +1,266 @@
+//! `make bench` (issue 4): for N = 1, 10, 50 environments applied at once with a 3 s
+//! simulated boot, each on a fresh local stack (tests/support/stack.rs) with the fault
+//! proxy at rate 0 recording every AWS call, prints apply→all-Ready time, operator
+//! overhead per environment (status.readyAt minus the boot simulator's tag timestamp)
+//! p50/p95, AWS Describe calls per minute and the operator's peak RSS (VmHWM), each
+//! beside its target, and says plainly when a target is missed. Ignored by default
+//! (it takes minutes); FEATUREENV_BENCH_OPERATOR_BIN picks the binary (make bench
+//! passes a release build), FEATUREENV_BENCH_SIZES overrides "1,10,50".
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::stack::{Stack, StackOptions};
+
+const NS: &str = "default";
+const FAST_POLL: Duration = Duration::from_secs(1);
+/// Polling alone (no reconcile traffic) is measured over this window after all Ready.
+const STEADY_WINDOW: Duration = Duration::from_secs(30);
+
+struct Figures {
+    n: usize,
+    all_ready: Duration,
+    overhead_p50: f64,
+    overhead_p95: f64,
+    describe_per_min_run: f64,
+    describe_per_min_steady: f64,
+    describe_by_action: BTreeMap<String, usize>,
+    peak_rss_mib: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn describe_calls(stack: &Stack, from: f64, to: f64) -> (usize, BTreeMap<String, usize>) {
+    let mut by_action = BTreeMap::new();
+    let mut total = 0;
+    for call in stack.aws_calls() {
+        let ts = call["ts"].as_f64().unwrap_or_default();
+        let action = call["action"].as_str().unwrap_or_default();
+        if ts >= from && ts <= to && action.starts_with("Describe") {
+            total += 1;
+            let key = format!("{}:{action}", call["service"].as_str().unwrap_or_default());
+            *by_action.entry(key).or_insert(0) += 1;
+        }
+    }
+    (total, by_action)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn run(n: usize, operator_bin: &Path) -> Figures {
+    let stack = Stack::with_operator(StackOptions {
+        cluster_id: format!("bench-{n}"),
+        boot_seconds: 3.0,
+        fault_rate: Some(0.0),
+        fast_poll: "1s".into(),
+        slow_poll: "10s".into(),
+        // A spare for every environment, so the figures measure the operator and not
+        // the pool's refill (with warm=1 a burst of N waits for N-1 serial refills;
+        // run with FEATUREENV_BENCH_WARM=1 to see that).
+        pool: Some((warm_for(n), 2 * n as u32 + 1)),
+        operator_bin: operator_bin.to_path_buf(),
+        ..StackOptions::default()
+    })
+    .await;
+    // The example class caps environments per namespace at 5; the bench wants N in one.
+    stack
+        .kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/maxPerNamespace"}]"#,
+        ])
+        .await;
+    stack
+        .wait_for("the warm spares", Duration::from_secs(120), || async {
+            stack
+                .pools()
+                .get("integration")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.warm >= warm_for(n))
+        })
+        .await;
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    let manifests: String = names
+        .iter()
+        .map(|name| format!("---\n{}", stack.environment_yaml(NS, name, "")))
+        .collect();
+    let t0 = Instant::now();
+    let t0_unix = unix_now();
+    stack.apply_ok(&manifests).await;
+    stack
+        .wait_for(&format!("{n} environments Ready"), Duration::from_secs(600), || async {
+            let list = stack.environments(NS).list(&Default::default()).await.expect("list");
+            list.items.len() == n
+                && list.items.iter().all(|e| {
+                    e.status
+                        .as_ref()
+                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+        })
+        .await;
+    let all_ready = t0.elapsed();
+    let ready_unix = unix_now();
+
+    // Overhead: readyAt minus the moment the instance's bootstrap tag was written.
+    let tags: BTreeMap<String, jiff::Timestamp> = stack
+        .bootstrap_tags()
+        .into_iter()
+        .filter(|(_, _, value, _)| value == "complete")
+        .map(|(ts, _, _, env)| (env, ts))
+        .collect();
+    let list = stack.environments(NS).list(&Default::default()).await.expect("list");
+    let mut overheads: Vec<f64> = list
+        .items
+        .iter()
+        .filter_map(|e| {
+            let key = format!("{NS}/{}", e.metadata.name.as_deref()?);
+            let ready: jiff::Timestamp = e.status.as_ref()?.ready_at.as_deref()?.parse().ok()?;
+            let tagged = tags.get(&key)?;
+            Some(ready.duration_since(*tagged).as_secs_f64())
+        })
+        .collect();
+    assert_eq!(
+        overheads.len(),
+        n,
+        "missing readyAt or bootstrap tag for some environments"
+    );
+    overheads.sort_by(f64::total_cmp);
+
+    // Steady state: nothing left to do but poll.
+    tokio::time::sleep(STEADY_WINDOW).await;
+    let end_unix = unix_now();
+    let (run_calls, _) = describe_calls(&stack, t0_unix, ready_unix);
+    let (steady_calls, describe_by_action) = describe_calls(&stack, ready_unix, end_unix);
+    let peak_rss_kib = stack.peak_rss_kib(0).expect("operator VmHWM");
+    Figures {
+        n,
+        all_ready,
+        overhead_p50: percentile(&overheads, 50.0),
+        overhead_p95: percentile(&overheads, 95.0),
+        describe_per_min_run: run_calls as f64 / ((ready_unix - t0_unix) / 60.0),
+        describe_per_min_steady: steady_calls as f64 / ((end_unix - ready_unix) / 60.0),
+        describe_by_action,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+    }
+}
+
+fn warm_for(n: usize) -> u32 {
+    std::env::var("FEATUREENV_BENCH_WARM")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(n as u32)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: minutes long; run with `make bench`"]
+async fn bench() {
+    let operator_bin = std::env::var_os("FEATUREENV_BENCH_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(support::stack::OPERATOR_BIN));
+    let sizes: Vec<usize> = std::env::var("FEATUREENV_BENCH_SIZES")
+        .unwrap_or_else(|_| "1,10,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!(
+        "operator binary: {}\nboot 3 s simulated; fast poll {}s, slow poll 10s; pool warm = N unless FEATUREENV_BENCH_WARM; fault proxy at rate 0 counts AWS calls",
+        operator_bin.display(),
+        FAST_POLL.as_secs()
+    );
+    let mut results = Vec::new();
+    for &n in &sizes {
+        let f = run(n, &operator_bin).await;
+        println!(
+            "N={n}: all Ready {:.1}s; overhead p50 {:.2}s p95 {:.2}s; Describe/min {:.1} (apply→Ready) {:.1} (steady); peak RSS {:.1} MiB",
+            f.all_ready.as_secs_f64(),
+            f.overhead_p50,
+            f.overhead_p95,
+            f.describe_per_min_run,
+            f.describe_per_min_steady,
+            f.peak_rss_mib
+        );
+        println!(
+            "      steady-state Describe calls by action: {:?}",
+            f.describe_by_action
+        );
+        results.push(f);
+    }
+
+    let overhead_target = FAST_POLL.as_secs_f64() + 1.0;
+    println!();
+    println!(
+        "{:>4} {:>12} {:>10} {:>10} {:>24} {:>10} {:>14} {:>10}",
+        "N", "apply→Ready", "ovh p50", "ovh p95", "target p95 ≤ fast+1s", "Desc/min", "Desc/min stdy", "RSS MiB"
+    );
+    for f in &results {
+        println!(
+            "{:>4} {:>11.1}s {:>9.2}s {:>9.2}s {:>17.1}s {:>6} {:>10.1} {:>14.1} {:>10.1}",
+            f.n,
+            f.all_ready.as_secs_f64(),
+            f.overhead_p50,
+            f.overhead_p95,
+            overhead_target,
+            verdict(f.overhead_p95 <= overhead_target),
+            f.describe_per_min_run,
+            f.describe_per_min_steady,
+            f.peak_rss_mib
+        );
+    }
+    let by_n = |n: usize| results.iter().find(|f| f.n == n);
+    if let (Some(one), Some(fifty)) = (by_n(1), by_n(50)) {
+        for (label, a, b) in [
+            (
+                "apply→Ready window",
+                one.describe_per_min_run,
+                fifty.describe_per_min_run,
+            ),
+            (
+                "steady state",
+                one.describe_per_min_steady,
+                fifty.describe_per_min_steady,
+            ),
+        ] {
+            println!(
+                "target: Describe/min at N=50 ≤ 1.5 × N=1 ({label}): {b:.1} vs 1.5 × {a:.1} = {:.1} → {}",
+                1.5 * a,
+                verdict(b <= 1.5 * a)
+            );
+        }
+        println!(
+            "target: peak RSS at N=50 ≤ 64 MiB: {:.1} MiB → {}",
+            fifty.peak_rss_mib,
+            verdict(fifty.peak_rss_mib <= 64.0)
+        );
+    }
+    for f in &results {
+        println!(
+            "target: overhead p95 ≤ fast poll + 1 s ({overhead_target:.1}s) at N={}: {:.2}s → {}",
+            f.n,
+            f.overhead_p95,
+            verdict(f.overhead_p95 <= overhead_target)
+        );
+    }
+}
