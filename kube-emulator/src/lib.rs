@@ -64,6 +64,7 @@ pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     state_file: Option<PathBuf>,
+    server: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -109,8 +110,14 @@ impl Emulator {
             addr,
         });
         let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
+        // Graceful shutdown closes idle keep-alive connections too, so a pooled
+        // client cannot keep talking to a stopped emulator.
+        let mut stopping = shared.shutdown.subscribe();
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let stopped = async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
                 tracing::error!(error = %e, "kube-emulator server stopped");
             }
         });
@@ -131,7 +138,7 @@ impl Emulator {
                 }
             }
         });
-        let mut tasks = vec![server, gc];
+        let mut tasks = vec![gc];
         if let Some(path) = opts.state_file.clone() {
             let s = shared.clone();
             tasks.push(tokio::spawn(async move {
@@ -149,6 +156,7 @@ impl Emulator {
             addr,
             shared,
             state_file: opts.state_file,
+            server: Some(server),
             tasks,
         })
     }
@@ -191,9 +199,15 @@ impl Emulator {
         r
     }
 
-    /// Stops serving (ending every watch) and writes the state file.
+    /// Stops serving (ending every watch), waits for connections to close
+    /// (at most 5 s) and writes the state file.
     pub async fn shutdown(mut self) {
         self.stop();
+        if let Some(server) = self.server.take()
+            && tokio::time::timeout(Duration::from_secs(5), server).await.is_err()
+        {
+            tracing::warn!("connections still open 5 s after shutdown");
+        }
     }
 
     fn stop(&mut self) {
@@ -214,6 +228,8 @@ impl Drop for Emulator {
         if !self.tasks.is_empty() {
             self.stop();
         }
+        // The server task winds down on its own once the shutdown signal is seen.
+        self.server.take();
     }
 }
 

@@ -1602,3 +1602,21 @@ async fn metadata_watcher_dry_run_and_deletecollection() {
         .collect();
     assert_eq!(left, vec!["m1"]);
 }
+
+// The library stops serving on shutdown, even for pooled connections.
+#[tokio::test]
+async fn shutdown_closes_everything() {
+    let emu = start().await;
+    let client = emu.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    cms.list(&ListParams::default()).await.unwrap();
+    let mut w = WatchStream::open(emu.addr(), "/api/v1/namespaces/default/configmaps?watch=true").await;
+    let addr = emu.addr();
+    emu.shutdown().await;
+    assert!(w.next(T).await.is_none(), "watch ended");
+    assert!(
+        cms.list(&ListParams::default()).await.is_err(),
+        "pooled client is refused"
+    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+}

@@ -152,7 +152,10 @@ async fn kubectl_scenario() {
     assert!(out.contains("widget.example.com/w1"), "categories: {out}");
 
     let out = k.ok(&["explain", "widgets.spec"]).await;
-    assert!(out.contains("What the widget should be.") && out.contains("How big the widget is."), "{out}");
+    assert!(
+        out.contains("What the widget should be.") && out.contains("How big the widget is."),
+        "{out}"
+    );
     let out = k.ok(&["describe", "widget", "w1"]).await;
     assert!(
         out.contains("Name:") && out.contains("w1") && out.contains("Size:"),
