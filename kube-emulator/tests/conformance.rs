@@ -1562,7 +1562,9 @@ async fn builtin_validation_matches_upstream() {
 async fn metadata_watcher_dry_run_and_deletecollection() {
     let (_emu, client) = start_with_widgets().await;
     let w = widgets(&client);
-    let mut stream = kube::runtime::metadata_watcher(w.clone(), watcher::Config::default()).boxed();
+    let meta_api: Api<kube::core::PartialObjectMeta<DynamicObject>> =
+        Api::namespaced_with(client.clone(), "default", &widget_ar());
+    let mut stream = watcher(meta_api, watcher::Config::default()).boxed();
     w.create(&PostParams::default(), &widget("m1", 1)).await.unwrap();
     let got = tokio::time::timeout(T, async {
         while let Some(ev) = stream.try_next().await.unwrap() {
