@@ -54,6 +54,11 @@ demo: deps build
 bench: deps
 	cargo build --release -p kube-emulator --example bench
 	$(CARGO_TARGET_DIR)/release/examples/bench
+	# End-to-end bench of the operator (tests/bench_e2e.rs): a release operator binary,
+	# the harness itself in the test profile.
+	cargo build --release --bin featureenv-operator
+	FEATUREENV_BENCH_OPERATOR_BIN=$(CARGO_TARGET_DIR)/release/featureenv-operator \
+		cargo nextest run --test bench_e2e --run-ignored only --no-capture
 
 clean:
 	rm -rf .dev
