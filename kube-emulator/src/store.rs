@@ -248,7 +248,20 @@ impl State {
         removed
     }
 
-    fn check_namespace(&self, def: &ResourceDef, ns: &str) -> ApiResult<()> {
+    /// Where a new object may be created: its namespace exists and is not
+    /// terminating, and its CRD is not being deleted.
+    fn check_creatable(&self, def: &ResourceDef, ns: &str, name: &str) -> ApiResult<()> {
+        if let Some(crd) = &def.crd {
+            let key = ResKey::new("apiextensions.k8s.io", "customresourcedefinitions");
+            if self
+                .get_stored(&key, &(String::new(), crd.crd_name.clone()))
+                .is_some_and(|c| is_deleting(&c))
+            {
+                return Err(ApiError::method_not_allowed(
+                    "create not allowed while custom resource definition is terminating",
+                ));
+            }
+        }
         if !def.namespaced {
             return Ok(());
         }
@@ -261,11 +274,11 @@ impl State {
             None => Err(ApiError::not_found("", "namespaces", ns)),
             Some(n) if is_deleting(&n) => {
                 let mut e = ApiError::forbidden(format!(
-                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                     crate::error::qualified(&def.plural, &def.group),
-                    "",
                 ));
-                e.reason = "Forbidden";
+                e.name = Some(name.to_string());
+                e.kind = Some(def.plural.clone());
                 Err(e)
             }
             Some(_) => Ok(()),
@@ -467,7 +480,7 @@ impl State {
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        self.check_namespace(def, ns)?;
+        self.check_creatable(def, ns, &name)?;
         let ok = obj_key(def, ns, &name);
         let key = def.key();
         if self.get_stored(&key, &ok).is_some() {

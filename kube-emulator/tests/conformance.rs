@@ -1622,3 +1622,69 @@ async fn shutdown_closes_everything() {
     );
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+// Namespace termination waits for finalizers and refuses new content.
+#[tokio::test]
+async fn namespace_termination() {
+    let emu = start().await;
+    let a = emu.addr();
+    assert_eq!(
+        send_json(
+            a,
+            "POST",
+            "/api/v1/namespaces",
+            "application/json",
+            &json!({"metadata": {"name": "t"}})
+        )
+        .await
+        .status,
+        201
+    );
+    let ns = get_json(a, "/api/v1/namespaces/t").await.json();
+    assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "t");
+    assert_eq!(ns["status"]["phase"], "Active");
+    let held = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}});
+    assert_eq!(
+        send_json(a, "POST", "/api/v1/namespaces/t/configmaps", "application/json", &held)
+            .await
+            .status,
+        201
+    );
+    let r = http(a, "DELETE", "/api/v1/namespaces/t", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"]["phase"], "Terminating");
+    let r = send_json(
+        a,
+        "POST",
+        "/api/v1/namespaces/t/configmaps",
+        "application/json",
+        &json!({"metadata": {"name": "new"}}),
+    )
+    .await;
+    assert_eq!((r.status, r.json()["reason"].as_str()), (403, Some("Forbidden")));
+    eventually("content marked for deletion", T, || async {
+        get_json(a, "/api/v1/namespaces/t/configmaps/held").await.json()["metadata"]["deletionTimestamp"].is_string()
+    })
+    .await;
+    assert_eq!(
+        get_json(a, "/api/v1/namespaces/t").await.status,
+        200,
+        "namespace waits for its content"
+    );
+    send_json(
+        a,
+        "PATCH",
+        "/api/v1/namespaces/t/configmaps/held",
+        "application/merge-patch+json",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .await;
+    eventually("namespace gone", T, || async {
+        get_json(a, "/api/v1/namespaces/t").await.status == 404
+    })
+    .await;
+    assert_eq!(
+        http(a, "DELETE", "/api/v1/namespaces/default", &[], b"").await.status,
+        403
+    );
+}
