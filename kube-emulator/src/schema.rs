@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::Cause;
 
@@ -442,7 +442,8 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
                 .iter()
                 .map(|s| {
                     let mut e = Vec::new();
-                    validate_values_only(s, value, path, &mut e);
+                    // Structural schemas keep only value validations here (often `required`).
+                    validate(s, value, path, &mut e);
                     e
                 })
                 .collect();
@@ -461,17 +462,11 @@ pub fn validate(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>
     }
     if let Some(not) = schema.get("not") {
         let mut e = Vec::new();
-        validate_values_only(not, value, path, &mut e);
+        validate(not, value, path, &mut e);
         if e.is_empty() {
             invalid(errs, format!("{disp} in body must not validate the schema (not)"));
         }
     }
-}
-
-/// Value validations inside allOf/anyOf/oneOf/not, where structural schemas
-/// forbid types; `required` there is common (`oneOf: [{required: [a]}, ...]`).
-fn validate_values_only(schema: &Value, value: &Value, path: &str, errs: &mut Vec<Cause>) {
-    validate(schema, value, path, errs);
 }
 
 fn check_list_uniqueness(schema: &Value, items: &[Value], path: &str, errs: &mut Vec<Cause>) {
@@ -561,11 +556,6 @@ pub fn list_type_from_schema(s: &Value) -> ListType {
         ),
         _ => ListType::Atomic,
     }
-}
-
-/// Helper for tests and the openapi module: an object schema with properties.
-pub fn object_schema(props: Map<String, Value>) -> Value {
-    serde_json::json!({"type": "object", "properties": props})
 }
 
 #[cfg(test)]

@@ -432,14 +432,7 @@ async fn route(
         ("POST", None) => {
             let opts = write_opts(q, headers)?;
             let obj = parse_body(headers, &body)?;
-            let r = {
-                let mut st = shared.lock();
-                let r = st.create(&def, &rr.ns, obj, &opts);
-                let rv = st.rv;
-                drop(st);
-                shared.wake_watchers(rv);
-                r
-            }?;
+            let r = write(shared, |st| st.create(&def, &rr.ns, obj, &opts))?;
             Ok(with_warnings(
                 render_object(&def, r.body, accept, r.code, q),
                 &r.warnings,
