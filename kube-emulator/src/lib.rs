@@ -16,6 +16,7 @@ pub mod selector;
 pub mod server;
 pub mod ssa;
 pub mod store;
+pub mod structural;
 pub mod table;
 pub mod validation;
 pub mod views;

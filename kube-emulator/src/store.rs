@@ -1590,6 +1590,7 @@ fn admit_crd(new: &mut Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
         .filter(|v| v["storage"].as_bool() == Some(true))
         .filter_map(|v| v["name"].as_str().map(String::from))
         .collect();
+    causes.extend(crate::structural::crd_errors(new));
     if versions.is_empty() {
         causes.push(Cause::new(
             "FieldValueRequired",

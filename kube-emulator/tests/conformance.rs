@@ -1432,6 +1432,15 @@ async fn crd_admission_and_versions() {
     assert_eq!(r.status, 422);
     assert_eq!(r.json()["details"]["causes"][0]["field"], "metadata.name");
     let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["untyped"] =
+        json!({"description": "no type"});
+    let r = send_json(emu.addr(), "POST", path, "application/json", &crd).await;
+    assert_eq!(r.status, 422, "non-structural schema");
+    assert_eq!(
+        r.json()["details"]["causes"][0]["field"],
+        "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[untyped].type"
+    );
+    let mut crd = widget_crd();
     let mut beta = crd["spec"]["versions"][0].clone();
     beta["name"] = json!("v1beta1");
     beta["storage"] = json!(true);
