@@ -37,6 +37,28 @@ fn walk(s: &Value, path: &str, in_junctor: bool, int_or_string_branch: bool, cau
         )),
         None => {}
     }
+    if !in_junctor && let Some(d) = m.get("default") {
+        // Upstream validates (and prunes) defaults when the CRD is written, so a
+        // default that could never pass validation is rejected there, not later.
+        let mut pruned = d.clone();
+        let mut unknown = Vec::new();
+        crate::schema::prune(s, &mut pruned, "", false, &mut unknown);
+        if !unknown.is_empty() {
+            causes.push(Cause::new(
+                "FieldValueInvalid",
+                format!(
+                    "Invalid value: {}: must not have unknown fields",
+                    crate::schema::render_value(d)
+                ),
+                format!("{path}.default"),
+            ));
+        }
+        // Defaults are themselves defaulted before validation, as upstream does.
+        crate::schema::apply_defaults(s, &mut pruned);
+        let mut errs = Vec::new();
+        crate::schema::validate(s, &pruned, &format!("{path}.default"), &mut errs);
+        causes.extend(errs);
+    }
     if in_junctor {
         for f in [
             "default",
