@@ -714,6 +714,11 @@ async fn finalizer_lifecycle_with_controller() {
     .await;
     let o = w.get("f").await.unwrap();
     assert_eq!(o.data["status"]["observedGeneration"], json!(o.metadata.generation));
+    // Identical status applies persist nothing, so the controller settles.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let settled = applied.load(Ordering::SeqCst);
+    assert!(settled <= 3, "reconcile storm: {settled} applies");
+    assert_eq!(w.get("f").await.unwrap().resource_version(), o.resource_version());
     let rv = o.resource_version().unwrap();
     let mut events = WatchStream::open(
         emu.addr(),
