@@ -359,6 +359,9 @@ impl State {
                 (def.group.as_str(), def.kind.as_str())
             };
             causes.extend(crate::validation::validate_builtin(group, kind, new, old));
+            if def.is_events_k8s_io() {
+                causes.extend(crate::validation::validate_events_v1(new));
+            }
         }
         if !def.is_custom() && opts.field_validation != FieldValidation::Ignore {
             let (group, kind) = if def.is_events_k8s_io() {

@@ -154,6 +154,42 @@ fn validate_pod_spec(spec: &Value, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
+/// events.k8s.io/v1 requires what the modern Event API is about; `obj` is the
+/// stored (core/v1) form, causes name the events.k8s.io fields.
+pub fn validate_events_v1(obj: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    for (core, field) in [
+        ("eventTime", "eventTime"),
+        ("reportingComponent", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+        ("action", "action"),
+        ("reason", "reason"),
+    ] {
+        if obj[core].as_str().unwrap_or("").is_empty() {
+            causes.push(required(field, ""));
+        }
+    }
+    match obj["type"].as_str() {
+        Some("Normal" | "Warning") => {}
+        _ => causes.push(Cause::new(
+            "FieldValueInvalid",
+            format!(
+                "Invalid value: {}: has invalid value: must be Normal or Warning",
+                crate::schema::render_value(&obj["type"])
+            ),
+            "type",
+        )),
+    }
+    if obj["message"].as_str().is_some_and(|n| n.len() > 1024) {
+        causes.push(Cause::new(
+            "FieldValueTooLong",
+            "Too long: may not be more than 1024 bytes",
+            "note",
+        ));
+    }
+    causes
+}
+
 /// Kind-specific rules for the built-ins a chart or the operator writes.
 pub fn validate_builtin(group: &str, kind: &str, new: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();

@@ -1365,6 +1365,12 @@ async fn two_lease_electors_and_recorder() {
         (Some("Broken"), Some("it broke"))
     );
     assert_eq!(e.series.as_ref().and_then(|s| s.count), Some(2));
+    let r = send_json(emu.addr(), "POST", "/apis/events.k8s.io/v1/namespaces/default/events", "application/json",
+        &json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "incomplete"}, "note": "x", "type": "Normal"})).await;
+    assert_eq!(
+        r.status, 422,
+        "events.k8s.io requires eventTime, reportingController, ..."
+    );
     let modern = get_json(emu.addr(), "/apis/events.k8s.io/v1/namespaces/default/events")
         .await
         .json();
