@@ -1279,15 +1279,15 @@ async fn two_lease_electors_and_recorder() {
         LeaseManagerBuilder::new(client.clone(), "leader")
             .with_namespace("default")
             .with_identity(id)
-            .with_duration(2)
-            .with_grace(1)
+            .with_duration(5)
+            .with_grace(2)
             .build()
     };
     let a = mk("alpha").await.unwrap();
     let b = mk("beta").await.unwrap();
     let (mut rx_a, task_a) = a.watch().await;
     let (mut rx_b, task_b) = b.watch().await;
-    tokio::time::timeout(Duration::from_secs(10), async {
+    tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             if *rx_a.borrow() || *rx_b.borrow() {
                 break;
@@ -1312,7 +1312,7 @@ async fn two_lease_electors_and_recorder() {
     if leader_is_a {
         drop(rx_a);
         task_a.await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(Duration::from_secs(20), async {
             while !*rx_b.borrow() {
                 rx_b.changed().await.unwrap();
             }
@@ -1324,7 +1324,7 @@ async fn two_lease_electors_and_recorder() {
     } else {
         drop(rx_b);
         task_b.await.unwrap().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::time::timeout(Duration::from_secs(20), async {
             while !*rx_a.borrow() {
                 rx_a.changed().await.unwrap();
             }
