@@ -155,11 +155,15 @@ fn strip_for_compare(v: &Value) -> Value {
     v
 }
 
-fn spec_part(v: &Value) -> Value {
+/// What generation tracks: everything but metadata, and but status when
+/// status is a subresource (without one, status is ordinary content).
+fn spec_part(v: &Value, has_status: bool) -> Value {
     let mut v = v.clone();
     if let Some(m) = v.as_object_mut() {
         m.remove("metadata");
-        m.remove("status");
+        if has_status {
+            m.remove("status");
+        }
         m.remove("apiVersion");
         m.remove("kind");
     }
@@ -797,7 +801,7 @@ impl State {
         }
         normalize_metadata(&mut new);
         let warnings = self.admit(def, &mut new, Some(old), opts, is_patch)?;
-        if def.has_generation && spec_part(&new) != spec_part(old) {
+        if def.has_generation && spec_part(&new, def.has_status) != spec_part(old, def.has_status) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
             meta::metadata_mut(&mut new).insert("generation".into(), json!(g + 1));
         }
