@@ -1,6 +1,7 @@
 //! Decoding of the Kubernetes protobuf envelope for the few built-in kinds
 //! kubectl's imperative commands send as protobuf (`create namespace`,
-//! `create configmap`, `create secret`, service accounts, DeleteOptions).
+//! `create configmap`, `create secret`, service accounts, RBAC roles and
+//! bindings, DeleteOptions).
 //! Anything else is answered 415 by the caller (no I/O).
 
 use serde_json::{Map, Value, json};
@@ -79,6 +80,34 @@ const SERVICE_ACCOUNT: &[F] = &[
     F(2, "secrets", Kind::Msg(OBJECT_REF), true),
     F(3, "imagePullSecrets", Kind::Msg(LOCAL_REF), true),
     F(4, "automountServiceAccountToken", Kind::Bool, false),
+];
+
+const POLICY_RULE: &[F] = &[
+    F(1, "verbs", Kind::Str, true),
+    F(2, "apiGroups", Kind::Str, true),
+    F(3, "resources", Kind::Str, true),
+    F(4, "resourceNames", Kind::Str, true),
+    F(5, "nonResourceURLs", Kind::Str, true),
+];
+const ROLE: &[F] = &[
+    F(1, "metadata", Kind::Msg(OBJECT_META), false),
+    F(2, "rules", Kind::Msg(POLICY_RULE), true),
+];
+const SUBJECT: &[F] = &[
+    F(1, "kind", Kind::Str, false),
+    F(2, "apiGroup", Kind::Str, false),
+    F(3, "name", Kind::Str, false),
+    F(4, "namespace", Kind::Str, false),
+];
+const ROLE_REF: &[F] = &[
+    F(1, "apiGroup", Kind::Str, false),
+    F(2, "kind", Kind::Str, false),
+    F(3, "name", Kind::Str, false),
+];
+const ROLE_BINDING: &[F] = &[
+    F(1, "metadata", Kind::Msg(OBJECT_META), false),
+    F(2, "subjects", Kind::Msg(SUBJECT), true),
+    F(3, "roleRef", Kind::Msg(ROLE_REF), false),
 ];
 
 const PRECONDITIONS: &[F] = &[F(1, "uid", Kind::Str, false), F(2, "resourceVersion", Kind::Str, false)];
@@ -262,6 +291,8 @@ pub fn decode(body: &[u8]) -> Option<Value> {
         ("v1", "Secret") => SECRET,
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         (_, "DeleteOptions") => DELETE_OPTIONS,
         _ => return None,
     };

@@ -450,6 +450,65 @@ spec:
         .ok(&["get", "secret", "s1", "-n", "scratch", "-o", "jsonpath={.data.p}"])
         .await;
     assert_eq!(v, "cQ==");
+    k.ok(&["create", "serviceaccount", "bot", "-n", "scratch"]).await;
+    k.ok(&[
+        "create",
+        "role",
+        "reader",
+        "-n",
+        "scratch",
+        "--verb=get,list",
+        "--resource=configmaps",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "-n",
+        "scratch",
+        "--role=reader",
+        "--serviceaccount=scratch:bot",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "clusterrole",
+        "widget-reader",
+        "--verb=get",
+        "--resource=widgets.example.com",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        "widget-reader",
+        "--clusterrole=widget-reader",
+        "--serviceaccount=scratch:bot",
+    ])
+    .await;
+    let rules = k
+        .ok(&[
+            "get",
+            "role",
+            "reader",
+            "-n",
+            "scratch",
+            "-o",
+            "jsonpath={.rules[0].verbs} {.rules[0].resources}",
+        ])
+        .await;
+    assert_eq!(rules, r#"["get","list"] ["configmaps"]"#);
+    let subject = k
+        .ok(&[
+            "get",
+            "clusterrolebinding",
+            "widget-reader",
+            "-o",
+            "jsonpath={.subjects[0].name} {.roleRef.name}",
+        ])
+        .await;
+    assert_eq!(subject, "bot widget-reader");
     k.ok(&["delete", "namespace", "scratch", "--timeout=20s"]).await;
     let o = k.run(&["get", "configmap", "c1", "-n", "scratch"], None).await;
     assert_ne!(o.code, 0, "namespace deletion removed its contents");
