@@ -94,6 +94,9 @@ def seed_network(ec2: Any, region: str) -> dict[str, Any]:
     subnets = []
     for i, az in enumerate((f"{region}a", f"{region}b")):
         sn = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i + 1}.0/24", AvailabilityZone=az)
+        # Environments get a public address (reachable from the office network only,
+        # by the security group below), which the example class's URLs use.
+        ec2.modify_subnet_attribute(SubnetId=sn["Subnet"]["SubnetId"], MapPublicIpOnLaunch={"Value": True})
         subnets.append(sn["Subnet"]["SubnetId"])
     sg = ec2.create_security_group(
         GroupName="featureenv-environments",

@@ -35,6 +35,12 @@ struct AwsCallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    service: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
     phase: &'static str,
 }
@@ -55,6 +61,7 @@ pub struct Metrics {
     reconcile_errors: Family<ErrorLabels, Counter>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     aws_calls: Family<AwsCallLabels, Counter>,
+    aws_failed_attempts: Family<AttemptLabels, Counter>,
     environments: Family<PhaseLabels, Gauge>,
     time_to_ready: Histogram,
     pool_members: Family<StateLabels, Gauge>,
@@ -78,6 +85,7 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 2.5, 12))
         });
         let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        let aws_failed_attempts = Family::<AttemptLabels, Counter>::default();
         let environments = Family::<PhaseLabels, Gauge>::default();
         let time_to_ready = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0]);
         let pool_members = Family::<StateLabels, Gauge>::default();
@@ -98,6 +106,11 @@ impl Metrics {
             "AWS API calls, by service, operation and outcome",
             aws_calls.clone(),
         );
+        registry.register(
+            "aws_failed_attempts",
+            "Failed HTTP attempts to AWS, including those the SDK retried, by service and reason",
+            aws_failed_attempts.clone(),
+        );
         registry.register("environments", "FeatureEnvironments, by phase", environments.clone());
         registry.register("time_to_ready_seconds", "From creation to Ready", time_to_ready.clone());
         registry.register("pool_members", "RdsPool databases, by state", pool_members.clone());
@@ -117,6 +130,7 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             aws_calls,
+            aws_failed_attempts,
             environments,
             time_to_ready,
             pool_members,
@@ -189,6 +203,12 @@ impl CallObserver for Metrics {
                 operation,
                 outcome,
             })
+            .inc();
+    }
+
+    fn failed_attempt(&self, service: &'static str, reason: &'static str) {
+        self.aws_failed_attempts
+            .get_or_create(&AttemptLabels { service, reason })
             .inc();
     }
 }

@@ -166,6 +166,10 @@ pub struct RestoreRequest {
 /// (`ok` or an error category).
 pub trait CallObserver: Send + Sync {
     fn observe(&self, service: &'static str, operation: &'static str, outcome: &'static str);
+
+    /// One failed HTTP attempt, retried by the SDK or not (`reason`: `throttled`,
+    /// `client_error`, `server_error`, `transport`).
+    fn failed_attempt(&self, _service: &'static str, _reason: &'static str) {}
 }
 
 /// An observer that ignores everything (tests, tools).

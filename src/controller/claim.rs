@@ -38,6 +38,7 @@ pub fn claimable(members: &[Database]) -> Vec<&Database> {
 pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &str) -> Result<ClaimOutcome> {
     let _serialised = ctx.claims.lock().await;
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
+        ctx.set_waiting(pool, uid, false);
         return Ok(ClaimOutcome::Claimed(existing));
     }
     let members = ctx.inventory.read(|s| s.pool_members(pool));
@@ -55,11 +56,14 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
                 info!(database = %fresh.id, pool, environment, "claimed database");
                 ctx.inventory.record_database(fresh.clone());
                 ctx.inventory.notify_pool(pool);
+                ctx.set_waiting(pool, uid, false);
                 return Ok(ClaimOutcome::Claimed(fresh));
             }
             _ => continue,
         }
     }
+    // Record the demand before waking the pool, so it restores a spare for us.
+    ctx.set_waiting(pool, uid, true);
     ctx.inventory.notify_pool(pool);
     Ok(ClaimOutcome::Exhausted)
 }

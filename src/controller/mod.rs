@@ -39,6 +39,8 @@ pub struct Context {
     pub claims: tokio::sync::Mutex<()>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Environments waiting for a spare, per pool: the pool restores one for each.
+    pool_demand: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
     /// Newest snapshot per pool source, with when it was looked up.
     pub(crate) snapshots: Mutex<HashMap<String, (crate::cloud::Snapshot, Instant)>>,
 }
@@ -65,7 +67,32 @@ impl Context {
             claims: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
             snapshots: Mutex::default(),
+            pool_demand: Mutex::default(),
         }
+    }
+
+    /// Records whether environment `uid` is waiting for a spare of `pool`.
+    pub fn set_waiting(&self, pool: &str, uid: &str, waiting: bool) {
+        let mut demand = self.pool_demand.lock().expect("pool demand lock poisoned");
+        let entry = demand.entry(pool.to_owned()).or_default();
+        if waiting {
+            entry.insert(uid.to_owned());
+        } else {
+            entry.remove(uid);
+        }
+    }
+
+    /// Forgets a deleted environment's demand on every pool.
+    pub fn clear_waiting(&self, uid: &str) {
+        for waiting in self.pool_demand.lock().expect("pool demand lock poisoned").values_mut() {
+            waiting.remove(uid);
+        }
+    }
+
+    /// How many environments wait for a spare of `pool`.
+    pub fn pool_demand(&self, pool: &str) -> u32 {
+        let demand = self.pool_demand.lock().expect("pool demand lock poisoned");
+        demand.get(pool).map_or(0, |w| w.len() as u32)
     }
 
     /// Publishes a Kubernetes Event about `obj`; failures are logged, never fatal.

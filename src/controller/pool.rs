@@ -48,7 +48,18 @@ pub struct PoolCounts {
 }
 
 /// Plans restores and deletions for `members` (the pool's databases). Pure.
-pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Database], now: Timestamp) -> PoolPlan {
+///
+/// `waiting` environments found the pool exhausted: one spare is restored for each
+/// of them on top of `warm` (within `maxSize`), so a burst does not queue behind
+/// one restore at a time.
+pub fn plan(
+    pool: &str,
+    spec: &RdsPoolSpec,
+    snapshot: &Snapshot,
+    members: &[Database],
+    waiting: u32,
+    now: Timestamp,
+) -> PoolPlan {
     let live: Vec<&Database> = members
         .iter()
         .filter(|d| d.status != DatabaseStatus::Deleting)
@@ -82,13 +93,14 @@ pub fn plan(pool: &str, spec: &RdsPoolSpec, snapshot: &Snapshot, members: &[Data
 
     let mut delete: Vec<String> = failed.iter().map(|d| d.id.clone()).collect();
     // Surplus fresh spares (warm was lowered): drop the newest-numbered ones.
+    let target = spec.warm + waiting;
     let mut fresh_sorted: Vec<&&Database> = fresh.iter().collect();
     fresh_sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let surplus = (fresh.len() as u32).saturating_sub(spec.warm) as usize;
+    let surplus = (fresh.len() as u32).saturating_sub(target) as usize;
     delete.extend(fresh_sorted.iter().rev().take(surplus).map(|d| d.id.clone()));
 
     let total = claimed + spares.len() as u32 - failed.len() as u32 - surplus as u32;
-    let need = spec.warm.saturating_sub(fresh.len() as u32 - surplus as u32);
+    let need = target.saturating_sub(fresh.len() as u32 - surplus as u32);
     let mut room = spec.max_size.saturating_sub(total);
     // Stale spares go once fresh replacements are available, or earlier when they
     // are what stands between the pool and its cap.
@@ -229,7 +241,8 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
     let members = ctx.inventory.read(|s| s.pool_members(&name));
 
     // Plan (pure).
-    let plan = plan(&name, &pool.spec, &snapshot, &members, now);
+    let waiting = ctx.pool_demand(&name);
+    let plan = plan(&name, &pool.spec, &snapshot, &members, waiting, now);
 
     // Act.
     for id in &plan.restore {
@@ -257,11 +270,12 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
     if status != current {
         patch_status(&api, &name, &status).await?;
     }
-    // New snapshots do not trigger anything; look for them every few minutes.
+    // New snapshots do not trigger anything; look for them at the slow poll interval
+    // (the snapshot look-up is cached for as long).
     let wake = if plan.restore.is_empty() && plan.delete.is_empty() {
-        300
+        ctx.config.slow_poll_interval.as_secs().max(1)
     } else {
-        30
+        ctx.config.slow_poll_interval.as_secs().clamp(1, 30)
     };
     Ok(Action::requeue(Duration::from_secs(wake)))
 }
@@ -382,7 +396,7 @@ mod tests {
 
     #[test]
     fn empty_pool_restores_warm_spares_with_deterministic_ids() {
-        let p = plan("p", &spec(2, 5), &snap("s2"), &[], now());
+        let p = plan("p", &spec(2, 5), &snap("s2"), &[], 0, now());
         assert_eq!(
             p.restore,
             vec![
@@ -391,7 +405,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            plan("p", &spec(2, 5), &snap("s2"), &[], now()),
+            plan("p", &spec(2, 5), &snap("s2"), &[], 0, now()),
             p,
             "same input, same plan"
         );
@@ -413,10 +427,10 @@ mod tests {
                 Some("uid-b"),
             ),
         ];
-        let p = plan("p", &spec(1, 3), &snap("s2"), &members, now());
+        let p = plan("p", &spec(1, 3), &snap("s2"), &members, 0, now());
         assert_eq!(p.restore, vec![naming::pool_database_id("p", "s2", 2)]);
         assert_eq!(p.counts.claimed, 2);
-        let p = plan("p", &spec(1, 2), &snap("s2"), &members, now());
+        let p = plan("p", &spec(1, 2), &snap("s2"), &members, 0, now());
         assert!(p.restore.is_empty(), "maxSize reached");
         assert!(p.delete.is_empty(), "claimed databases are never touched");
     }
@@ -430,12 +444,13 @@ mod tests {
             &spec(1, 5),
             &snap("s2"),
             &[old.clone(), claimed_old.clone()],
+            0,
             now(),
         );
         assert_eq!(p.restore.len(), 1);
         assert!(p.delete.is_empty(), "keep the old spare until a fresh one is available");
         let fresh = db(&p.restore[0], "s2", DatabaseStatus::Available, None);
-        let p = plan("p", &spec(1, 5), &snap("s2"), &[old, claimed_old, fresh], now());
+        let p = plan("p", &spec(1, 5), &snap("s2"), &[old, claimed_old, fresh], 0, now());
         assert!(p.restore.is_empty());
         assert_eq!(p.delete, vec!["fe-p-old-0".to_string()]);
     }
@@ -449,7 +464,7 @@ mod tests {
             None,
         );
         let later: Timestamp = "2026-11-30T04:00:00Z".parse().unwrap();
-        let p = plan("p", &spec(1, 5), &snap("s2"), std::slice::from_ref(&fresh), later);
+        let p = plan("p", &spec(1, 5), &snap("s2"), std::slice::from_ref(&fresh), 0, later);
         assert!(p.counts.snapshot_too_old);
         assert!(
             p.restore.is_empty() && p.delete.is_empty(),
@@ -459,10 +474,24 @@ mod tests {
         let c = crate::api::conditions::find(&status.conditions, SNAPSHOT_FRESH).unwrap();
         assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "SnapshotTooOld"));
         assert!(
-            !plan("p", &spec(1, 5), &snap("s2"), &[fresh], now())
+            !plan("p", &spec(1, 5), &snap("s2"), &[fresh], 0, now())
                 .counts
                 .snapshot_too_old
         );
+    }
+
+    #[test]
+    fn waiting_environments_get_a_spare_each_within_max_size() {
+        let claimed = db(
+            &naming::pool_database_id("p", "s2", 0),
+            "s2",
+            DatabaseStatus::Available,
+            Some("uid-a"),
+        );
+        let p = plan("p", &spec(1, 10), &snap("s2"), std::slice::from_ref(&claimed), 4, now());
+        assert_eq!(p.restore.len(), 5, "warm 1 + 4 waiting");
+        let p = plan("p", &spec(1, 3), &snap("s2"), &[claimed], 4, now());
+        assert_eq!(p.restore.len(), 2, "capped by maxSize");
     }
 
     #[test]
@@ -473,7 +502,7 @@ mod tests {
             DatabaseStatus::Creating,
             None,
         );
-        let p = plan("p", &spec(1, 5), &snap("s2"), &[creating], now());
+        let p = plan("p", &spec(1, 5), &snap("s2"), &[creating], 0, now());
         assert!(p.restore.is_empty());
         assert_eq!(p.counts.creating, 1);
         assert_eq!(p.counts.warm, 0);

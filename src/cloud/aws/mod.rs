@@ -1,6 +1,7 @@
 //! The cloud traits on the AWS SDK (EC2, RDS, SSM, ECR). Does network I/O; the only
 //! module that imports `aws-sdk-*`. Error codes are mapped in `errors`.
 
+mod attempts;
 mod ec2;
 mod ecr;
 mod errors;
@@ -56,11 +57,31 @@ pub struct AwsCloud {
 
 impl AwsCloud {
     pub fn new(config: &aws_config::SdkConfig, observer: Arc<dyn CallObserver>) -> Self {
+        let attempts = |service| attempts::FailedAttempts {
+            service,
+            observer: observer.clone(),
+        };
         Self {
-            ec2: aws_sdk_ec2::Client::new(config),
-            rds: aws_sdk_rds::Client::new(config),
-            ssm: aws_sdk_ssm::Client::new(config),
-            ecr: aws_sdk_ecr::Client::new(config),
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(config)
+                    .interceptor(attempts("ec2"))
+                    .build(),
+            ),
+            rds: aws_sdk_rds::Client::from_conf(
+                aws_sdk_rds::config::Builder::from(config)
+                    .interceptor(attempts("rds"))
+                    .build(),
+            ),
+            ssm: aws_sdk_ssm::Client::from_conf(
+                aws_sdk_ssm::config::Builder::from(config)
+                    .interceptor(attempts("ssm"))
+                    .build(),
+            ),
+            ecr: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(config)
+                    .interceptor(attempts("ecr"))
+                    .build(),
+            ),
             region: config.region().map(|r| r.to_string()),
             page_sizes: PageSizes::default(),
             observer,

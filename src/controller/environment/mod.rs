@@ -720,5 +720,6 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     )
     .await;
     ctx.metrics.environment_phase(&id.uid, None);
+    ctx.clear_waiting(&id.uid);
     Ok(Action::await_change())
 }
