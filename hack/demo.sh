@@ -24,6 +24,7 @@ echo "\$ kubectl get featureenvs -o wide"
 kubectl get featureenvs -o wide
 echo
 echo "endpoints:"
+# shellcheck disable=SC2016  # a Go template, not a shell expansion
 kubectl get fe payments-pr-123 -o go-template='{{range $k, $v := .status.endpoints}}  {{$k}}: {{$v}}{{"\n"}}{{end}}'
 echo "database secret: $(kubectl get fe payments-pr-123 -o jsonpath='{.status.database.secretName}')"
 echo
