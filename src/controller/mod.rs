@@ -3,6 +3,7 @@
 //! the error type with its stable categories, the error policy and the reconcile
 //! wrapper that records metrics.
 
+mod cache;
 pub mod claim;
 pub mod environment;
 pub mod pool;
@@ -41,8 +42,14 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Environments waiting for a spare, per pool: the pool restores one for each.
     pool_demand: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
-    /// Newest snapshot per pool source, with when it was looked up.
-    pub(crate) snapshots: Mutex<HashMap<String, (crate::cloud::Snapshot, Instant)>>,
+    /// Newest snapshot per pool source, for the slow poll interval.
+    pub(crate) snapshots: cache::TtlCache<crate::cloud::Snapshot>,
+    /// Newest image per class selector, for the slow poll interval (AMIs are baked
+    /// daily; an environment's AMI is pinned in its status once chosen).
+    pub(crate) images: cache::TtlCache<Option<crate::cloud::Image>>,
+    /// Digest per `repository:tag`, for the fast poll interval only: a tag pushed again
+    /// must not be deployed at its previous digest for long.
+    pub(crate) digests: cache::TtlCache<Option<String>>,
 }
 
 impl Context {
@@ -58,6 +65,9 @@ impl Context {
             instance: config.holder_id.clone(),
         };
         Self {
+            snapshots: cache::TtlCache::new(config.slow_poll_interval),
+            images: cache::TtlCache::new(config.slow_poll_interval),
+            digests: cache::TtlCache::new(config.fast_poll_interval),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,
@@ -66,7 +76,6 @@ impl Context {
             metrics,
             claims: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
-            snapshots: Mutex::default(),
             pool_demand: Mutex::default(),
         }
     }

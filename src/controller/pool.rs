@@ -285,10 +285,8 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
 /// DescribeDBSnapshots calls follows time, not the number of claims.
 async fn newest_snapshot(ctx: &Context, spec: &RdsPoolSpec) -> Result<Option<Snapshot>> {
     let key = format!("{:?}", spec.source);
-    if let Some((snapshot, at)) = ctx.snapshots.lock().expect("snapshot cache poisoned").get(&key)
-        && at.elapsed() < ctx.config.slow_poll_interval
-    {
-        return Ok(Some(snapshot.clone()));
+    if let Some(snapshot) = ctx.snapshots.get(&key) {
+        return Ok(Some(snapshot));
     }
     let snapshot = match (&spec.source.snapshot_identifier, &spec.source.db_instance_identifier) {
         (Some(id), _) => ctx.cloud.databases.snapshot(id).await?,
@@ -296,10 +294,7 @@ async fn newest_snapshot(ctx: &Context, spec: &RdsPoolSpec) -> Result<Option<Sna
         (None, None) => None,
     };
     if let Some(s) = &snapshot {
-        ctx.snapshots
-            .lock()
-            .expect("snapshot cache poisoned")
-            .insert(key, (s.clone(), std::time::Instant::now()));
+        ctx.snapshots.insert(key, s.clone());
     }
     Ok(snapshot)
 }

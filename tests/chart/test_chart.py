@@ -34,11 +34,13 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
     [
         {"clusterId": "test-cluster"},
         {"clusterId": "test-cluster", "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/featureenv"}},
+        # Exactly the values of the README's `helm install` example.
+        {"clusterId": "prod-eks-1", "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/featureenv-operator"}},
         {"clusterId": "test-cluster", "metrics": {"serviceMonitor": {"enabled": True}}},
         {"clusterId": "test-cluster", "defaultClass": {"create": True, "spec": {"ami": {"selectorTerms": [{"id": "ami-1"}]}}},
          "defaultPool": {"create": True, "spec": {"source": {"dbInstanceIdentifier": "integration-db"}, "warm": 1, "maxSize": 5}}},
     ],
-    ids=["defaults", "irsa", "servicemonitor", "default-class-and-pool"],
+    ids=["defaults", "irsa", "readme-install-example", "servicemonitor", "default-class-and-pool"],
 )
 def test_lint_strict_passes(values: dict[str, Any]) -> None:
     report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)

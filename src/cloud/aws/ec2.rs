@@ -147,15 +147,30 @@ impl AwsCloud {
         Ok(instances)
     }
 
+    /// An image's root device never changes, so it is looked up once per image: a
+    /// burst of launches from the same AMI costs one DescribeImages, not one each.
     async fn root_device_name(&self, image_id: &str) -> CloudResult<String> {
         const OP: &str = "DescribeImages";
+        if let Some(known) = self
+            .root_devices
+            .lock()
+            .expect("root device cache poisoned")
+            .get(image_id)
+        {
+            return Ok(known.clone());
+        }
         let request = self.ec2.describe_images().image_ids(image_id).send();
         let output = self.call(EC2, OP, request).await?;
         let image = output.images().first().ok_or_else(|| CloudError::NotFound {
             operation: OP,
             message: format!("image {image_id} does not exist"),
         })?;
-        Ok(image.root_device_name().unwrap_or("/dev/xvda").to_owned())
+        let device = image.root_device_name().unwrap_or("/dev/xvda").to_owned();
+        self.root_devices
+            .lock()
+            .expect("root device cache poisoned")
+            .insert(image_id.to_owned(), device.clone());
+        Ok(device)
     }
 
     /// Available images matching every field of one selector term.

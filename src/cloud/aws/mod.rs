@@ -53,6 +53,8 @@ pub struct AwsCloud {
     region: Option<String>,
     page_sizes: PageSizes,
     observer: Arc<dyn CallObserver>,
+    /// Root device name per image id (immutable per image; a handful of AMIs).
+    root_devices: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl AwsCloud {
@@ -85,6 +87,7 @@ impl AwsCloud {
             region: config.region().map(|r| r.to_string()),
             page_sizes: PageSizes::default(),
             observer,
+            root_devices: Arc::default(),
         }
     }
 

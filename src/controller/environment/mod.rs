@@ -146,7 +146,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
 
     // The AMI is resolved once and recorded; it never drifts for this environment.
     if status.instance.as_ref().and_then(|i| i.ami_id.as_ref()).is_none() {
-        match ctx.cloud.compute.resolve_image(&selector_terms(&class)).await? {
+        match newest_image(ctx, &selector_terms(&class)).await? {
             Some(image) => {
                 status.instance.get_or_insert_with(InstanceStatus::default).ami_id = Some(image.id);
             }
@@ -407,6 +407,29 @@ fn selector_terms(class: &FeatureEnvironmentClass) -> Vec<ImageSelectorTerm> {
         .collect()
 }
 
+/// The newest image for a selector, shared by every environment reconciled within
+/// the cache's TTL.
+async fn newest_image(ctx: &Context, terms: &[ImageSelectorTerm]) -> Result<Option<crate::cloud::Image>, CloudError> {
+    let key = format!("{terms:?}");
+    if let Some(found) = ctx.images.get(&key) {
+        return Ok(found);
+    }
+    let found = ctx.cloud.compute.resolve_image(terms).await?;
+    ctx.images.insert(key, found.clone());
+    Ok(found)
+}
+
+/// A tag's digest, shared by the environments of a burst (see `Context::digests`).
+async fn resolve_digest(ctx: &Context, repository: &str, tag: &str) -> Result<Option<String>, CloudError> {
+    let key = format!("{repository}:{tag}");
+    if let Some(digest) = ctx.digests.get(&key) {
+        return Ok(digest);
+    }
+    let digest = ctx.cloud.registry.resolve_digest(repository, tag).await?;
+    ctx.digests.insert(key, digest.clone());
+    Ok(digest)
+}
+
 enum ImageProblem {
     Invalid(String),
     Cloud(CloudError),
@@ -428,7 +451,7 @@ async fn resolve_images(
     {
         let digest = match (&image.digest, &image.tag) {
             (Some(d), _) => Some(d.clone()),
-            (None, Some(tag)) => match ctx.cloud.registry.resolve_digest(&image.repository, tag).await {
+            (None, Some(tag)) => match resolve_digest(ctx, &image.repository, tag).await {
                 Ok(d) => d,
                 Err(e) if e.is_not_found() => {
                     let field = if *overridden {
