@@ -28,6 +28,7 @@ struct Figures {
     describe_per_min_run: f64,
     describe_per_min_steady: f64,
     describe_by_action: BTreeMap<String, usize>,
+    run_describe_by_action: BTreeMap<String, usize>,
     peak_rss_mib: f64,
 }
 
@@ -148,7 +149,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
     // Steady state: nothing left to do but poll.
     tokio::time::sleep(STEADY_WINDOW).await;
     let end_unix = unix_now();
-    let (run_calls, _) = describe_calls(&stack, t0_unix, ready_unix);
+    let (run_calls, run_describe_by_action) = describe_calls(&stack, t0_unix, ready_unix);
     let (steady_calls, describe_by_action) = describe_calls(&stack, ready_unix, end_unix);
     let peak_rss_kib = stack.peak_rss_kib(0).expect("operator VmHWM");
     Figures {
@@ -159,6 +160,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
         describe_per_min_run: run_calls as f64 / ((ready_unix - t0_unix) / 60.0),
         describe_per_min_steady: steady_calls as f64 / ((end_unix - ready_unix) / 60.0),
         describe_by_action,
+        run_describe_by_action,
         peak_rss_mib: peak_rss_kib as f64 / 1024.0,
     }
 }
@@ -201,6 +203,10 @@ async fn bench() {
             f.describe_per_min_run,
             f.describe_per_min_steady,
             f.peak_rss_mib
+        );
+        println!(
+            "      apply→Ready Describe calls by action: {:?}",
+            f.run_describe_by_action
         );
         println!(
             "      steady-state Describe calls by action: {:?}",

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 pub struct TtlCache<V> {
     ttl: Duration,
     entries: Mutex<HashMap<String, (V, Instant)>>,
+    /// Held while a miss is being fetched, so a burst of reconciles asking the same
+    /// question waits for one answer instead of all asking AWS at once.
+    filling: tokio::sync::Mutex<()>,
 }
 
 impl<V: Clone> TtlCache<V> {
@@ -16,7 +19,26 @@ impl<V: Clone> TtlCache<V> {
         Self {
             ttl,
             entries: Mutex::default(),
+            filling: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The cached value, or the one `fetch` returns (stored unless it failed).
+    /// Concurrent misses are fetched one at a time; the waiters then find the value.
+    pub async fn get_or_fetch<E, F>(&self, key: &str, fetch: impl FnOnce() -> F) -> Result<V, E>
+    where
+        F: std::future::Future<Output = Result<V, E>>,
+    {
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        let _filling = self.filling.lock().await;
+        if let Some(v) = self.get(key) {
+            return Ok(v);
+        }
+        let v = fetch().await?;
+        self.insert(key, v.clone());
+        Ok(v)
     }
 
     /// The value stored for `key` less than the TTL ago.
@@ -40,6 +62,30 @@ impl<V: Clone> TtlCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_misses_fetches_once() {
+        let cache = std::sync::Arc::new(TtlCache::new(Duration::from_secs(10)));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_fetch("k", || async {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, ()>(7)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), Ok(7));
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn entries_expire() {

@@ -47,8 +47,9 @@ pub struct Context {
     /// Newest image per class selector, for the slow poll interval (AMIs are baked
     /// daily; an environment's AMI is pinned in its status once chosen).
     pub(crate) images: cache::TtlCache<Option<crate::cloud::Image>>,
-    /// Digest per `repository:tag`, for the fast poll interval only: a tag pushed again
-    /// must not be deployed at its previous digest for long.
+    /// Digest per `repository:tag`, for ten seconds only: long enough to serve a
+    /// burst, short enough that a tag pushed again is not deployed at its previous
+    /// digest.
     pub(crate) digests: cache::TtlCache<Option<String>>,
 }
 
@@ -67,7 +68,7 @@ impl Context {
         Self {
             snapshots: cache::TtlCache::new(config.slow_poll_interval),
             images: cache::TtlCache::new(config.slow_poll_interval),
-            digests: cache::TtlCache::new(config.fast_poll_interval),
+            digests: cache::TtlCache::new(Duration::from_secs(10)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             config,

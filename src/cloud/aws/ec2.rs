@@ -151,12 +151,9 @@ impl AwsCloud {
     /// burst of launches from the same AMI costs one DescribeImages, not one each.
     async fn root_device_name(&self, image_id: &str) -> CloudResult<String> {
         const OP: &str = "DescribeImages";
-        if let Some(known) = self
-            .root_devices
-            .lock()
-            .expect("root device cache poisoned")
-            .get(image_id)
-        {
+        // Held across the look-up: a burst of launches waits for one answer.
+        let mut root_devices = self.root_devices.lock().await;
+        if let Some(known) = root_devices.get(image_id) {
             return Ok(known.clone());
         }
         let request = self.ec2.describe_images().image_ids(image_id).send();
@@ -166,10 +163,7 @@ impl AwsCloud {
             message: format!("image {image_id} does not exist"),
         })?;
         let device = image.root_device_name().unwrap_or("/dev/xvda").to_owned();
-        self.root_devices
-            .lock()
-            .expect("root device cache poisoned")
-            .insert(image_id.to_owned(), device.clone());
+        root_devices.insert(image_id.to_owned(), device.clone());
         Ok(device)
     }
 

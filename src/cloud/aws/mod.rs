@@ -54,7 +54,7 @@ pub struct AwsCloud {
     page_sizes: PageSizes,
     observer: Arc<dyn CallObserver>,
     /// Root device name per image id (immutable per image; a handful of AMIs).
-    root_devices: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    root_devices: Arc<tokio::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl AwsCloud {

@@ -410,24 +410,17 @@ fn selector_terms(class: &FeatureEnvironmentClass) -> Vec<ImageSelectorTerm> {
 /// The newest image for a selector, shared by every environment reconciled within
 /// the cache's TTL.
 async fn newest_image(ctx: &Context, terms: &[ImageSelectorTerm]) -> Result<Option<crate::cloud::Image>, CloudError> {
-    let key = format!("{terms:?}");
-    if let Some(found) = ctx.images.get(&key) {
-        return Ok(found);
-    }
-    let found = ctx.cloud.compute.resolve_image(terms).await?;
-    ctx.images.insert(key, found.clone());
-    Ok(found)
+    ctx.images
+        .get_or_fetch(&format!("{terms:?}"), || ctx.cloud.compute.resolve_image(terms))
+        .await
 }
 
 /// A tag's digest, shared by the environments of a burst (see `Context::digests`).
 async fn resolve_digest(ctx: &Context, repository: &str, tag: &str) -> Result<Option<String>, CloudError> {
     let key = format!("{repository}:{tag}");
-    if let Some(digest) = ctx.digests.get(&key) {
-        return Ok(digest);
-    }
-    let digest = ctx.cloud.registry.resolve_digest(repository, tag).await?;
-    ctx.digests.insert(key, digest.clone());
-    Ok(digest)
+    ctx.digests
+        .get_or_fetch(&key, || ctx.cloud.registry.resolve_digest(repository, tag))
+        .await
 }
 
 enum ImageProblem {
