@@ -145,10 +145,21 @@ fn receiver_stream<T>(receiver: mpsc::UnboundedReceiver<T>) -> impl Stream<Item 
     futures::stream::unfold(receiver, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
+/// A resource a reconcile recorded itself.
+enum Record {
+    Instance(Instance),
+    Database(Database),
+}
+
 pub struct Inventory {
     cloud: Cloud,
     cluster_id: String,
     state: RwLock<CloudState>,
+    /// What reconciles recorded themselves (a launch, a claim), with when. A refresh
+    /// whose Describe began before a record was made may not show it yet; such
+    /// records are laid over that refresh's result instead of being lost, so a claim
+    /// never looks unclaimed to the next reconcile.
+    recent: std::sync::Mutex<Vec<(std::time::Instant, Record)>>,
     wake: Notify,
     environments: mpsc::UnboundedSender<ObjectRef<FeatureEnvironment>>,
     pools: mpsc::UnboundedSender<ObjectRef<RdsPool>>,
@@ -162,6 +173,7 @@ impl Inventory {
             cloud,
             cluster_id: cluster_id.into(),
             state: RwLock::default(),
+            recent: std::sync::Mutex::default(),
             wake: Notify::new(),
             environments: env_tx,
             pools: pool_tx,
@@ -191,17 +203,31 @@ impl Inventory {
     /// Describes everything once (two batched calls) and triggers the owners of
     /// whatever changed.
     pub async fn refresh(&self) -> CloudResult<()> {
+        let started = std::time::Instant::now();
         let (instances, databases) = tokio::try_join!(
             self.cloud.compute.list_instances(&self.cluster_id),
             self.cloud.databases.list_databases(&self.cluster_id)
         )?;
-        let new = CloudState {
+        let mut new = CloudState {
             instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
             databases: databases.into_iter().map(|d| (d.id.clone(), d)).collect(),
             refreshed_at: Some(Timestamp::now()),
         };
         let changes = {
             let mut state = self.state.write().expect("inventory lock poisoned");
+            // Under the state lock, so no record slips between the two steps.
+            let mut recent = self.recent.lock().expect("inventory lock poisoned");
+            recent.retain(|(at, _)| *at >= started);
+            for (_, record) in recent.iter() {
+                match record {
+                    Record::Instance(i) => {
+                        new.instances.insert(i.id.clone(), i.clone());
+                    }
+                    Record::Database(d) => {
+                        new.databases.insert(d.id.clone(), d.clone());
+                    }
+                }
+            }
             let changes = diff(&state, &new);
             *state = new;
             changes
@@ -228,20 +254,28 @@ impl Inventory {
     /// Records an instance we just launched or looked up, so the next reconcile
     /// sees it before the next poll does.
     pub fn record_instance(&self, instance: Instance) {
-        self.state
-            .write()
-            .expect("inventory lock poisoned")
-            .instances
-            .insert(instance.id.clone(), instance);
-        self.wake.notify_one();
+        self.record(Record::Instance(instance));
     }
 
     pub fn record_database(&self, database: Database) {
-        self.state
-            .write()
+        self.record(Record::Database(database));
+    }
+
+    fn record(&self, record: Record) {
+        let mut state = self.state.write().expect("inventory lock poisoned");
+        match &record {
+            Record::Instance(i) => {
+                state.instances.insert(i.id.clone(), i.clone());
+            }
+            Record::Database(d) => {
+                state.databases.insert(d.id.clone(), d.clone());
+            }
+        }
+        self.recent
+            .lock()
             .expect("inventory lock poisoned")
-            .databases
-            .insert(database.id.clone(), database);
+            .push((std::time::Instant::now(), record));
+        drop(state);
         self.wake.notify_one();
     }
 
@@ -320,6 +354,52 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).environments.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_record_made_during_a_refresh_survives_it() {
+        use crate::cloud::fake::FakeCloud;
+        use crate::cloud::{Databases, RestoreRequest};
+        let fake = FakeCloud::new(1);
+        fake.add_snapshot("snap", "db", Timestamp::now());
+        let tags: crate::cloud::Tags = [(tag::CLUSTER.to_string(), "c".to_string())].into();
+        let restored = fake
+            .restore_database(&RestoreRequest {
+                id: "fe-1".into(),
+                snapshot_id: "snap".into(),
+                instance_class: "db.t3.micro".into(),
+                subnet_group: None,
+                security_group_ids: vec![],
+                tags,
+            })
+            .await
+            .unwrap();
+        // The describe takes 200 ms; the claim is recorded while it is in flight and
+        // before AWS reports the tag.
+        fake.set_latency(std::time::Duration::from_millis(200));
+        let (inventory, _triggers) = Inventory::new(crate::cloud::Cloud::from(fake.clone()), "c");
+        let refresh = tokio::spawn({
+            let inventory = inventory.clone();
+            async move { inventory.refresh().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut claimed = restored.clone();
+        claimed.tags.insert(tag::CLAIMED_BY.into(), "uid-a".into());
+        inventory.record_database(claimed);
+        refresh.await.unwrap().unwrap();
+        assert_eq!(
+            inventory.read(|s| s.databases_claimed_by("uid-a").len()),
+            1,
+            "the claim was lost"
+        );
+        // A refresh that starts after the record no longer needs it.
+        fake.set_latency(std::time::Duration::ZERO);
+        inventory.refresh().await.unwrap();
+        assert_eq!(
+            inventory.read(|s| s.databases_claimed_by("uid-a").len()),
+            0,
+            "AWS is the truth again"
+        );
     }
 
     #[test]

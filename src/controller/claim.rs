@@ -36,36 +36,58 @@ pub fn claimable(members: &[Database]) -> Vec<&Database> {
 /// Claims a spare of `pool` for the environment `uid`, or finds the one it already
 /// claimed (a crash after tagging leaves the tag; the claim is adopted).
 pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &str) -> Result<ClaimOutcome> {
-    let _serialised = ctx.claims.lock().await;
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
         ctx.set_waiting(pool, uid, false);
         return Ok(ClaimOutcome::Claimed(existing));
     }
-    let members = ctx.inventory.read(|s| s.pool_members(pool));
-    for candidate in claimable(&members) {
-        let tags: Tags = BTreeMap::from([
-            (tag::CLAIMED_BY.to_owned(), uid.to_owned()),
-            (tag::ENVIRONMENT.to_owned(), environment.to_owned()),
-        ]);
-        ctx.cloud.databases.tag_database(&candidate.arn, &tags).await?;
-        // Verify: the tag we read back must be ours. Another writer (a stale leader
-        // during a Lease hand-over) may have tagged it too; the last tag wins and
-        // only its owner proceeds.
-        match ctx.cloud.databases.get_database(&candidate.id).await? {
-            Some(fresh) if fresh.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid) => {
-                info!(database = %fresh.id, pool, environment, "claimed database");
-                ctx.inventory.record_database(fresh.clone());
-                ctx.inventory.notify_pool(pool);
-                ctx.set_waiting(pool, uid, false);
-                return Ok(ClaimOutcome::Claimed(fresh));
-            }
-            _ => continue,
+    let mut tried = std::collections::BTreeSet::new();
+    while let Some(candidate) = reserve_spare(ctx, pool, &tried) {
+        tried.insert(candidate.id.clone());
+        let outcome = tag_and_verify(ctx, &candidate, uid, environment).await;
+        // Recorded in the inventory (on success) before the reservation goes, so no
+        // other claim ever sees the spare as free in between.
+        ctx.claims.lock().expect("claims lock poisoned").remove(&candidate.id);
+        if let Some(fresh) = outcome? {
+            info!(database = %fresh.id, pool, environment, "claimed database");
+            ctx.inventory.notify_pool(pool);
+            ctx.set_waiting(pool, uid, false);
+            return Ok(ClaimOutcome::Claimed(fresh));
         }
     }
     // Record the demand before waking the pool, so it restores a spare for us.
     ctx.set_waiting(pool, uid, true);
     ctx.inventory.notify_pool(pool);
     Ok(ClaimOutcome::Exhausted)
+}
+
+/// Picks the best spare no other claim in this process is working on, and reserves it.
+fn reserve_spare(ctx: &Context, pool: &str, tried: &std::collections::BTreeSet<String>) -> Option<Database> {
+    let members = ctx.inventory.read(|s| s.pool_members(pool));
+    let mut reserved = ctx.claims.lock().expect("claims lock poisoned");
+    let candidate = claimable(&members)
+        .into_iter()
+        .find(|d| !reserved.contains(&d.id) && !tried.contains(&d.id))?
+        .clone();
+    reserved.insert(candidate.id.clone());
+    Some(candidate)
+}
+
+/// Tags the spare as ours, then reads the tag back: another writer (a stale leader
+/// during a Lease hand-over) may have tagged it too; the last tag wins and only its
+/// owner proceeds. `None` when we lost.
+async fn tag_and_verify(ctx: &Context, candidate: &Database, uid: &str, environment: &str) -> Result<Option<Database>> {
+    let tags: Tags = BTreeMap::from([
+        (tag::CLAIMED_BY.to_owned(), uid.to_owned()),
+        (tag::ENVIRONMENT.to_owned(), environment.to_owned()),
+    ]);
+    ctx.cloud.databases.tag_database(&candidate.arn, &tags).await?;
+    match ctx.cloud.databases.get_database(&candidate.id).await? {
+        Some(fresh) if fresh.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid) => {
+            ctx.inventory.record_database(fresh.clone());
+            Ok(Some(fresh))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn generate_password() -> String {

@@ -34,10 +34,14 @@ pub struct Context {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Serialises claims within this process: picking a spare, tagging it and
-    /// verifying the tag happen as one step, so two environments never pick the same
-    /// spare. (Across processes the Lease guarantees a single actor.)
-    pub claims: tokio::sync::Mutex<()>,
+    /// Spares a claim in this process is tagging and verifying right now: picking
+    /// a spare skips these, so two environments never pick the same one while claims
+    /// still run in parallel. (Across processes the Lease guarantees one actor, and
+    /// tag-then-verify settles a hand-over.)
+    pub claims: Mutex<std::collections::BTreeSet<String>>,
+    /// Held while an environment is checked against its class's `maxPerNamespace`
+    /// and, if admitted, its launch token is written.
+    pub(crate) admissions: tokio::sync::Mutex<()>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// Environments waiting for a spare, per pool: the pool restores one for each.
@@ -75,7 +79,8 @@ impl Context {
             cloud,
             inventory,
             metrics,
-            claims: tokio::sync::Mutex::new(()),
+            claims: Mutex::default(),
+            admissions: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
             pool_demand: Mutex::default(),
         }

@@ -122,9 +122,13 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     status.expires_at = Some(resolved.expires_at.to_string());
 
     // Admission against the class's per-namespace cap, before anything is made.
+    // Counting and writing the launch token happen under one lock, so concurrent
+    // reconciles cannot all see room for one more and over-admit.
+    let mut admission = None;
     if status.launch_token.is_none()
         && let Some(max) = class.spec.max_per_namespace
     {
+        admission = Some(ctx.admissions.lock().await);
         let admitted = api
             .list(&ListParams::default())
             .await?
@@ -181,6 +185,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         status.launch_token = Some(naming::launch_token(&id.uid, 0));
         status.phase = Phase::Provisioning;
         patch_status(&api, &id.name, &status).await?;
+        drop(admission);
         ctx.event(
             env,
             EventType::Normal,
