@@ -187,11 +187,6 @@ impl Inventory {
         )
     }
 
-    /// A copy of the current description.
-    pub fn snapshot(&self) -> CloudState {
-        self.state.read().expect("inventory lock poisoned").clone()
-    }
-
     pub fn read<T>(&self, f: impl FnOnce(&CloudState) -> T) -> T {
         f(&self.state.read().expect("inventory lock poisoned"))
     }

@@ -78,16 +78,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
     })
     .await;
     // The example class caps environments per namespace at 5; the bench wants N in one.
-    stack
-        .kubectl_ok(&[
-            "patch",
-            "featureenvironmentclass",
-            "standard",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/maxPerNamespace"}]"#,
-        ])
-        .await;
+    stack.lift_namespace_cap().await;
     stack
         .wait_for("the warm spares", Duration::from_secs(120), || async {
             stack

@@ -503,16 +503,7 @@ async fn high_availability() {
     })
     .await;
     // Six environments in one namespace: lift the example class's cap of five.
-    stack
-        .kubectl_ok(&[
-            "patch",
-            "featureenvironmentclass",
-            "standard",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/maxPerNamespace"}]"#,
-        ])
-        .await;
+    stack.lift_namespace_cap().await;
     stack.start_operator("op-a").await;
     stack.wait_leading(0, Duration::from_secs(30)).await;
     stack.start_operator("op-b").await;

@@ -172,13 +172,6 @@ pub trait CallObserver: Send + Sync {
     fn failed_attempt(&self, _service: &'static str, _reason: &'static str) {}
 }
 
-/// An observer that ignores everything (tests, tools).
-pub struct NoopObserver;
-
-impl CallObserver for NoopObserver {
-    fn observe(&self, _: &'static str, _: &'static str, _: &'static str) {}
-}
-
 /// EC2: images and instances.
 #[async_trait]
 pub trait Compute: Send + Sync {

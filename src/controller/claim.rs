@@ -175,9 +175,3 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .get(key)
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
-
-/// Whether `env` owns `secret` (so cleanup never deletes someone else's Secret).
-pub fn owned_by(secret: &Secret, env: &FeatureEnvironment) -> bool {
-    let uid = env.meta().uid.as_deref();
-    secret.owner_references().iter().any(|o| Some(o.uid.as_str()) == uid)
-}

@@ -457,6 +457,20 @@ impl Stack {
     }
 
     /// kubectl that must succeed; returns stdout.
+    /// Removes the example class's `maxPerNamespace`, for tests that put more
+    /// environments in one namespace than it allows.
+    pub async fn lift_namespace_cap(&self) {
+        self.kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/maxPerNamespace"}]"#,
+        ])
+        .await;
+    }
+
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args, None).await;
         assert!(
