@@ -24,9 +24,17 @@ pub struct CloudState {
     pub instances: BTreeMap<String, Instance>,
     pub databases: BTreeMap<String, Database>,
     pub refreshed_at: Option<Timestamp>,
+    /// When the Describe calls behind this state began. A write AWS completed before
+    /// this moment shows in the state (a claim is confirmed this way).
+    pub described_at: Option<std::time::Instant>,
 }
 
 impl CloudState {
+    /// Whether this state comes from Describe calls that began after `moment`.
+    pub fn described_since(&self, moment: std::time::Instant) -> bool {
+        self.described_at.is_some_and(|at| at > moment)
+    }
+
     /// Whether anything is on its way somewhere: booting, bootstrapping, shutting
     /// down, restoring, being modified or deleted. Decides the poll interval.
     pub fn in_transition(&self) -> bool {
@@ -207,6 +215,7 @@ impl Inventory {
             instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
             databases: databases.into_iter().map(|d| (d.id.clone(), d)).collect(),
             refreshed_at: Some(Timestamp::now()),
+            described_at: Some(started),
         };
         let changes = {
             let mut state = self.state.write().expect("inventory lock poisoned");
@@ -395,6 +404,27 @@ mod tests {
             0,
             "AWS is the truth again"
         );
+    }
+
+    #[tokio::test]
+    async fn only_a_describe_begun_after_a_write_confirms_it() {
+        use crate::cloud::fake::FakeCloud;
+        let fake = FakeCloud::new(1);
+        fake.set_latency(std::time::Duration::from_millis(100));
+        let (inventory, _triggers) = Inventory::new(crate::cloud::Cloud::from(fake.clone()), "c");
+        let refresh = tokio::spawn({
+            let inventory = inventory.clone();
+            async move { inventory.refresh().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let written = std::time::Instant::now();
+        refresh.await.unwrap().unwrap();
+        assert!(
+            !inventory.read(|s| s.described_since(written)),
+            "that describe was in flight before the write"
+        );
+        inventory.refresh().await.unwrap();
+        assert!(inventory.read(|s| s.described_since(written)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use featureenv_operator::api::conditions::{self, READY};
+use featureenv_operator::api::conditions::{self, DATABASE_READY, READY};
 use featureenv_operator::api::{FeatureEnvironment, FeatureEnvironmentClass, Phase, RdsPool};
 use featureenv_operator::cloud::fake::{FakeCloud, FaultKind, Trigger};
 use featureenv_operator::cloud::{Cloud, DatabaseStatus, tag};
@@ -427,6 +427,53 @@ async fn invalid_specs_create_nothing_and_recover_when_fixed() {
         .unwrap();
     h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
         .await;
+}
+
+#[tokio::test]
+async fn a_claim_overwritten_before_it_is_confirmed_is_given_up() {
+    use featureenv_operator::cloud::Databases;
+    let mut h = Harness::new(seeded_fake(7), (2, 5)).await;
+    let uid = create(&h, cluster::environment("pr-1", "standard")).await;
+    // Step until our tag is on a spare but no poll has confirmed it yet.
+    let mut tagged = None;
+    for _ in 0..20 {
+        h.step("pr-1").await.unwrap();
+        tagged = h
+            .fake
+            .databases()
+            .into_iter()
+            .find(|d| d.database.tags.get(tag::CLAIMED_BY) == Some(&uid));
+        if tagged.is_some() {
+            break;
+        }
+    }
+    let tagged = tagged.expect("a spare was tagged for pr-1").database;
+    let status = h.get("pr-1").await.unwrap().status.unwrap();
+    assert_eq!(
+        conditions::find(&status.conditions, DATABASE_READY).unwrap().reason,
+        "Claiming",
+        "not used before it is confirmed"
+    );
+    assert!(status.database.and_then(|d| d.id).is_none());
+
+    // A stale leader tags the same spare before the next poll: the last tag wins.
+    let stale = [(tag::CLAIMED_BY.to_owned(), "uid-of-a-stale-leader".to_owned())].into();
+    h.fake.tag_database(&tagged.arn, &stale).await.unwrap();
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+
+    let status = h.get("pr-1").await.unwrap().status.unwrap();
+    let ours = status.database.and_then(|d| d.id).unwrap();
+    assert_ne!(ours, tagged.id, "the overwritten claim was given up");
+    assert_eq!(h.databases_claimed_by(&uid), 1);
+    let lost = h
+        .fake
+        .databases()
+        .into_iter()
+        .find(|d| d.database.id == tagged.id)
+        .unwrap();
+    assert_eq!(lost.database.tags[tag::CLAIMED_BY], "uid-of-a-stale-leader");
+    assert!(lost.master_password.is_none(), "its password was never rotated by us");
 }
 
 #[tokio::test]

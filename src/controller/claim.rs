@@ -1,9 +1,16 @@
 //! Claiming a warm database for an environment and handing out its credentials:
-//! tag `claimed-by` then verify, rotate the master password, write the Secret and
-//! the SSM SecureString. Every step is idempotent so a crash anywhere is recovered
-//! by running it again. Does I/O.
+//! tag `claimed-by`, let the next batched inventory poll confirm the tag, rotate the
+//! master password, write the Secret and the SSM SecureString. Every step is
+//! idempotent so a crash anywhere is recovered by running it again. Does I/O.
+//!
+//! Why confirm at all: during a Lease hand-over a stale leader may tag the same
+//! spare; the last tag wins and only its owner may use the database. Confirming
+//! through the inventory, rather than reading each database back, keeps the
+//! Describe calls of a burst of claims flat: one poll confirms all of them.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -11,7 +18,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::api::FeatureEnvironment;
@@ -20,6 +27,8 @@ use crate::naming;
 
 pub enum ClaimOutcome {
     Claimed(Database),
+    /// Tagged; waiting for an inventory poll that began after the tag to confirm it.
+    Pending,
     Exhausted,
 }
 
@@ -33,61 +42,133 @@ pub fn claimable(members: &[Database]) -> Vec<&Database> {
     spares
 }
 
+/// A claim this process made that AWS has not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unconfirmed {
+    uid: String,
+    /// When the tag call returned (or failed: it may have landed all the same).
+    /// `None` while it is in flight.
+    tagged: Option<Instant>,
+}
+
+/// Spares this process is claiming and the inventory does not yet show as claimed,
+/// by database id. Picking a spare skips them, so two environments never pick the
+/// same one, and the pool counts them as claimed. (Across processes the Lease
+/// guarantees one actor, and confirmation settles a hand-over.) Plain state.
+#[derive(Debug, Default)]
+pub struct PendingClaims(Mutex<BTreeMap<String, Unconfirmed>>);
+
+impl PendingClaims {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Unconfirmed>> {
+        self.0.lock().expect("pending claims lock poisoned")
+    }
+
+    /// Reserves the best spare among `members` for `uid`.
+    fn reserve(&self, members: &[Database], uid: &str) -> Option<Database> {
+        let mut pending = self.lock();
+        let candidate = claimable(members)
+            .into_iter()
+            .find(|d| !pending.contains_key(&d.id))?
+            .clone();
+        pending.insert(
+            candidate.id.clone(),
+            Unconfirmed {
+                uid: uid.to_owned(),
+                tagged: None,
+            },
+        );
+        Some(candidate)
+    }
+
+    fn tagged(&self, database: &str, at: Instant) {
+        if let Some(claim) = self.lock().get_mut(database) {
+            claim.tagged = Some(at);
+        }
+    }
+
+    /// The database `uid` is claiming and when its tag was written.
+    fn of(&self, uid: &str) -> Option<(String, Option<Instant>)> {
+        self.lock()
+            .iter()
+            .find(|(_, c)| c.uid == uid)
+            .map(|(id, c)| (id.clone(), c.tagged))
+    }
+
+    /// Forgets every claim of `uid` (confirmed, lost or its environment deleted).
+    pub fn forget(&self, uid: &str) {
+        self.lock().retain(|_, c| c.uid != uid);
+    }
+
+    /// The databases `uid` is claiming.
+    pub fn databases_of(&self, uid: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| c.uid == uid)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// `members` as they will be once the pending claims are confirmed: the pool
+    /// must neither count a spare being claimed as warm nor delete it.
+    pub fn apply_to(&self, mut members: Vec<Database>) -> Vec<Database> {
+        let pending = self.lock();
+        for member in &mut members {
+            if let Some(claim) = pending.get(&member.id) {
+                member
+                    .tags
+                    .entry(tag::CLAIMED_BY.to_owned())
+                    .or_insert_with(|| claim.uid.clone());
+            }
+        }
+        members
+    }
+}
+
 /// Claims a spare of `pool` for the environment `uid`, or finds the one it already
-/// claimed (a crash after tagging leaves the tag; the claim is adopted).
+/// claimed (a crash after tagging leaves the tag; the claim is adopted). Tags a
+/// spare and returns `Pending` until an inventory poll that began after the tag
+/// shows it; the poll triggers this environment's reconcile.
 pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &str) -> Result<ClaimOutcome> {
+    // The inventory holds only what Describe returned (and what reconciles recorded
+    // after that), so a database in it claimed by us is a confirmed claim.
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
+        ctx.claims.forget(uid);
         ctx.set_waiting(pool, uid, false);
         return Ok(ClaimOutcome::Claimed(existing));
     }
-    let mut tried = std::collections::BTreeSet::new();
-    while let Some(candidate) = reserve_spare(ctx, pool, &tried) {
-        tried.insert(candidate.id.clone());
-        let outcome = tag_and_verify(ctx, &candidate, uid, environment).await;
-        // Recorded in the inventory (on success) before the reservation goes, so no
-        // other claim ever sees the spare as free in between.
-        ctx.claims.lock().expect("claims lock poisoned").remove(&candidate.id);
-        if let Some(fresh) = outcome? {
-            info!(database = %fresh.id, pool, environment, "claimed database");
-            ctx.inventory.notify_pool(pool);
-            ctx.set_waiting(pool, uid, false);
-            return Ok(ClaimOutcome::Claimed(fresh));
+    if let Some((database, tagged)) = ctx.claims.of(uid) {
+        let described = tagged.is_some_and(|at| ctx.inventory.read(|s| s.described_since(at)));
+        if !described {
+            ctx.inventory.wake();
+            return Ok(ClaimOutcome::Pending);
         }
+        // Described after our tag, yet not ours: another writer's tag won, or the
+        // spare went away. Pick another.
+        warn!(database = %database, pool, environment, "claim not confirmed; picking another spare");
+        ctx.claims.forget(uid);
     }
-    // Record the demand before waking the pool, so it restores a spare for us.
-    ctx.set_waiting(pool, uid, true);
-    ctx.inventory.notify_pool(pool);
-    Ok(ClaimOutcome::Exhausted)
-}
 
-/// Picks the best spare no other claim in this process is working on, and reserves it.
-fn reserve_spare(ctx: &Context, pool: &str, tried: &std::collections::BTreeSet<String>) -> Option<Database> {
     let members = ctx.inventory.read(|s| s.pool_members(pool));
-    let mut reserved = ctx.claims.lock().expect("claims lock poisoned");
-    let candidate = claimable(&members)
-        .into_iter()
-        .find(|d| !reserved.contains(&d.id) && !tried.contains(&d.id))?
-        .clone();
-    reserved.insert(candidate.id.clone());
-    Some(candidate)
-}
-
-/// Tags the spare as ours, then reads the tag back: another writer (a stale leader
-/// during a Lease hand-over) may have tagged it too; the last tag wins and only its
-/// owner proceeds. `None` when we lost.
-async fn tag_and_verify(ctx: &Context, candidate: &Database, uid: &str, environment: &str) -> Result<Option<Database>> {
+    let Some(candidate) = ctx.claims.reserve(&members, uid) else {
+        // Record the demand before waking the pool, so it restores a spare for us.
+        ctx.set_waiting(pool, uid, true);
+        ctx.inventory.notify_pool(pool);
+        return Ok(ClaimOutcome::Exhausted);
+    };
+    ctx.set_waiting(pool, uid, false);
     let tags: Tags = BTreeMap::from([
         (tag::CLAIMED_BY.to_owned(), uid.to_owned()),
         (tag::ENVIRONMENT.to_owned(), environment.to_owned()),
     ]);
-    ctx.cloud.databases.tag_database(&candidate.arn, &tags).await?;
-    match ctx.cloud.databases.get_database(&candidate.id).await? {
-        Some(fresh) if fresh.tags.get(tag::CLAIMED_BY).map(String::as_str) == Some(uid) => {
-            ctx.inventory.record_database(fresh.clone());
-            Ok(Some(fresh))
-        }
-        _ => Ok(None),
-    }
+    let result = ctx.cloud.databases.tag_database(&candidate.arn, &tags).await;
+    // Even a failed call may have landed: the next description decides either way.
+    ctx.claims.tagged(&candidate.id, Instant::now());
+    ctx.inventory.wake();
+    // The pool counts the spare as claimed from now on; let it restore a replacement.
+    ctx.inventory.notify_pool(pool);
+    result?;
+    info!(database = %candidate.id, pool, environment, "tagged database as claimed; awaiting confirmation");
+    Ok(ClaimOutcome::Pending)
 }
 
 fn generate_password() -> String {
@@ -174,4 +255,57 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
         .as_ref()?
         .get(key)
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spare(id: &str, restored_at: i64) -> Database {
+        Database {
+            id: id.into(),
+            arn: format!("arn:aws:rds:us-east-1:123456789012:db:{id}"),
+            status: DatabaseStatus::Available,
+            endpoint: None,
+            port: None,
+            master_username: None,
+            created_at: Some(jiff::Timestamp::from_second(restored_at).unwrap()),
+            tags: Tags::new(),
+        }
+    }
+
+    #[test]
+    fn two_claims_never_reserve_the_same_spare() {
+        let members = vec![spare("db-old", 1), spare("db-new", 2)];
+        let claims = PendingClaims::default();
+        assert_eq!(claims.reserve(&members, "a").unwrap().id, "db-new", "newest first");
+        assert_eq!(claims.reserve(&members, "b").unwrap().id, "db-old");
+        assert!(claims.reserve(&members, "c").is_none(), "both are being claimed");
+        claims.forget("a");
+        assert_eq!(claims.reserve(&members, "c").unwrap().id, "db-new");
+    }
+
+    #[test]
+    fn the_pool_sees_a_pending_claim_as_claimed() {
+        let members = vec![spare("db-1", 1), spare("db-2", 2)];
+        let claims = PendingClaims::default();
+        claims.reserve(&members, "a").unwrap();
+        let seen = claims.apply_to(members);
+        assert_eq!(seen[1].tags.get(tag::CLAIMED_BY).map(String::as_str), Some("a"));
+        assert!(!seen[0].tags.contains_key(tag::CLAIMED_BY));
+        assert_eq!(claimable(&seen).len(), 1);
+    }
+
+    #[test]
+    fn a_claim_is_unconfirmed_until_its_tag_call_returns() {
+        let members = vec![spare("db-1", 1)];
+        let claims = PendingClaims::default();
+        claims.reserve(&members, "a").unwrap();
+        assert_eq!(claims.of("a"), Some(("db-1".into(), None)));
+        let at = Instant::now();
+        claims.tagged("db-1", at);
+        assert_eq!(claims.of("a"), Some(("db-1".into(), Some(at))));
+        assert_eq!(claims.databases_of("a"), vec!["db-1".to_owned()]);
+        assert!(claims.of("b").is_none());
+    }
 }

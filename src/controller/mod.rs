@@ -34,11 +34,8 @@ pub struct Context {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Spares a claim in this process is tagging and verifying right now: picking
-    /// a spare skips these, so two environments never pick the same one while claims
-    /// still run in parallel. (Across processes the Lease guarantees one actor, and
-    /// tag-then-verify settles a hand-over.)
-    pub claims: Mutex<std::collections::BTreeSet<String>>,
+    /// Spares this process tagged as claimed and the inventory does not yet show.
+    pub claims: claim::PendingClaims,
     /// Held while an environment is checked against its class's `maxPerNamespace`
     /// and, if admitted, its launch token is written.
     pub(crate) admissions: tokio::sync::Mutex<()>,
@@ -79,7 +76,7 @@ impl Context {
             cloud,
             inventory,
             metrics,
-            claims: Mutex::default(),
+            claims: claim::PendingClaims::default(),
             admissions: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
             pool_demand: Mutex::default(),

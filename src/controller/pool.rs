@@ -238,7 +238,7 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    let members = ctx.inventory.read(|s| s.pool_members(&name));
+    let members = ctx.claims.apply_to(ctx.inventory.read(|s| s.pool_members(&name)));
 
     // Plan (pure).
     let waiting = ctx.pool_demand(&name);

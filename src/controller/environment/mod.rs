@@ -260,6 +260,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
             credentials_ready: *credentials_ready,
         },
         DbOutcome::Exhausted(pool) => DatabaseObservation::PoolExhausted { pool: pool.clone() },
+        DbOutcome::Claiming => DatabaseObservation::Claiming,
     });
 
     // Quote the console when bootstrap failed or is about to time out.
@@ -288,16 +289,24 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     }
     record_transition(ctx, env, &id, &current, &next, created).await;
 
-    Ok(Action::requeue(next_wake(&next, &resolved, now, &database)))
+    Ok(Action::requeue(next_wake(
+        &next,
+        &resolved,
+        now,
+        &database,
+        ctx.config.fast_poll_interval,
+    )))
 }
 
 /// When to look again without a trigger: at expiry, at the readiness deadline,
-/// soon while waiting for a pool spare, and at worst every five minutes.
+/// soon while waiting for a pool spare or for a claim to be confirmed, and at worst
+/// every five minutes.
 fn next_wake(
     status: &FeatureEnvironmentStatus,
     resolved: &Resolved,
     now: Timestamp,
     database: &Option<DbOutcome>,
+    fast_poll: Duration,
 ) -> Duration {
     let until = |t: Timestamp| Duration::try_from(t.duration_since(now)).unwrap_or_default();
     let mut wake = until(resolved.expires_at).min(Duration::from_secs(300));
@@ -315,6 +324,11 @@ fn next_wake(
     }
     if matches!(database, Some(DbOutcome::Exhausted(_))) {
         wake = wake.min(Duration::from_secs(5));
+    }
+    if matches!(database, Some(DbOutcome::Claiming)) {
+        // The confirming poll triggers this environment; this is the fallback for a
+        // lost claim, whose poll triggers the winner instead.
+        wake = wake.min(fast_poll);
     }
     wake.max(Duration::from_millis(100))
 }
@@ -590,6 +604,8 @@ enum DbOutcome {
         credentials_ready: bool,
     },
     Exhausted(String),
+    /// Tagged a spare; the next inventory poll confirms it.
+    Claiming,
 }
 
 async fn database_part(
@@ -604,6 +620,7 @@ async fn database_part(
     };
     let mut database = match claim_database(ctx, pool, &id.uid, &id.key).await? {
         ClaimOutcome::Exhausted => return Ok(Some(DbOutcome::Exhausted(pool.clone()))),
+        ClaimOutcome::Pending => return Ok(Some(DbOutcome::Claiming)),
         ClaimOutcome::Claimed(db) => db,
     };
     let secret_name = naming::database_secret(&id.name);
@@ -687,13 +704,19 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         }
     }
 
-    // Databases: claimed by this uid, plus the one recorded in status.
+    // Databases: claimed by this uid, being claimed (tagged, not yet confirmed),
+    // plus the one recorded in status.
     let mut databases: Vec<String> = ctx
         .inventory
         .read(|s| s.databases_claimed_by(&id.uid))
         .into_iter()
         .map(|d| d.id)
         .collect();
+    for db in ctx.claims.databases_of(&id.uid) {
+        if !databases.contains(&db) {
+            databases.push(db);
+        }
+    }
     if let Some(db) = current.database.as_ref().and_then(|d| d.id.clone())
         && !databases.contains(&db)
     {
@@ -742,5 +765,6 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     .await;
     ctx.metrics.environment_phase(&id.uid, None);
     ctx.clear_waiting(&id.uid);
+    ctx.claims.forget(&id.uid);
     Ok(Action::await_change())
 }
