@@ -203,7 +203,7 @@ pub trait Databases: Send + Sync {
     /// Every DB instance tagged `featureenv.io/cluster=<cluster_id>` (one paginated
     /// DescribeDBInstances).
     async fn list_databases(&self, cluster_id: &str) -> CloudResult<Vec<Database>>;
-    /// One database by id (used to verify a claim); `None` when it does not exist.
+    /// One database by id (cleanup checks the claim before deleting); `None` when it does not exist.
     async fn get_database(&self, id: &str) -> CloudResult<Option<Database>>;
     async fn tag_database(&self, arn: &str, tags: &Tags) -> CloudResult<()>;
     async fn set_master_password(&self, id: &str, password: &str) -> CloudResult<()>;
