@@ -5,7 +5,7 @@
 //! of polling does not grow with the number of environments. Does I/O (the poll loop);
 //! the cache and the diff are plain synchronous state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,10 +37,11 @@ impl CloudState {
 
     /// Whether anything is on its way somewhere: booting, bootstrapping, shutting
     /// down, restoring, being modified or deleted. Decides the poll interval.
-    pub fn in_transition(&self) -> bool {
+    /// `given_up` instances (their environment failed) are not waited for.
+    pub fn in_transition(&self, given_up: &BTreeSet<String>) -> bool {
         self.instances.values().any(|i| match i.state {
             InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping => true,
-            InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP),
+            InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP) && !given_up.contains(&i.id),
             _ => false,
         }) || self.databases.values().any(|d| d.status != DatabaseStatus::Available)
     }
@@ -168,6 +169,10 @@ pub struct Inventory {
     /// records are laid over that refresh's result instead of being lost, so a claim
     /// never looks unclaimed to the next reconcile.
     recent: std::sync::Mutex<Vec<(std::time::Instant, Record)>>,
+    /// Instances whose bootstrap nobody waits for any more (their environment
+    /// failed): without them, a failed environment would keep the poll fast until it
+    /// is deleted.
+    given_up: std::sync::Mutex<BTreeSet<String>>,
     wake: Notify,
     environments: mpsc::UnboundedSender<ObjectRef<FeatureEnvironment>>,
     pools: mpsc::UnboundedSender<ObjectRef<RdsPool>>,
@@ -182,6 +187,7 @@ impl Inventory {
             cluster_id: cluster_id.into(),
             state: RwLock::default(),
             recent: std::sync::Mutex::default(),
+            given_up: std::sync::Mutex::default(),
             wake: Notify::new(),
             environments: env_tx,
             pools: pool_tx,
@@ -283,6 +289,24 @@ impl Inventory {
         self.wake.notify_one();
     }
 
+    /// Stops waiting for the bootstrap of `instance_id`: its environment failed.
+    pub fn give_up_on(&self, instance_id: &str) {
+        self.given_up
+            .lock()
+            .expect("inventory lock poisoned")
+            .insert(instance_id.to_owned());
+    }
+
+    /// Whether anything is in transition that someone still waits for.
+    pub fn in_transition(&self) -> bool {
+        let mut given_up = self.given_up.lock().expect("inventory lock poisoned");
+        self.read(|s| {
+            // Forget instances that are no longer described.
+            given_up.retain(|id| s.instances.contains_key(id));
+            s.in_transition(&given_up)
+        })
+    }
+
     /// Polls sooner than the interval would (something was just launched or deleted).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -293,7 +317,7 @@ impl Inventory {
     pub async fn run(self: Arc<Self>, fast: Duration, slow: Duration, on_error: impl Fn(&crate::cloud::CloudError)) {
         loop {
             let interval = match self.refresh().await {
-                Ok(()) if self.read(CloudState::in_transition) => fast,
+                Ok(()) if self.in_transition() => fast,
                 Ok(()) => slow,
                 Err(e) => {
                     warn!(error = %e, "inventory refresh failed");
@@ -434,9 +458,12 @@ mod tests {
             "i-1".into(),
             instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]),
         );
-        assert!(!s.in_transition());
+        let none = BTreeSet::new();
+        assert!(!s.in_transition(&none));
         s.instances
             .insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
-        assert!(s.in_transition(), "running without bootstrap tag is still booting");
+        assert!(s.in_transition(&none), "running without bootstrap tag is still booting");
+        let failed = BTreeSet::from(["i-2".to_owned()]);
+        assert!(!s.in_transition(&failed), "unless its environment failed");
     }
 }

@@ -477,6 +477,40 @@ async fn a_claim_overwritten_before_it_is_confirmed_is_given_up() {
 }
 
 #[tokio::test]
+async fn a_timed_out_environment_no_longer_keeps_the_poll_fast() {
+    let mut h = Harness::new(seeded_fake(8), (1, 5)).await;
+    let mut quick = cluster::class("quick", Some("integration"));
+    quick.spec.readiness.timeout = "1s".into();
+    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
+    classes.create(&PostParams::default(), &quick).await.unwrap();
+    let uid = create(&h, cluster::environment("stuck", "quick")).await;
+    // The instance runs but never reports its bootstrap.
+    for _ in 0..30 {
+        if h.phase("stuck").await == Some(Phase::Failed) {
+            break;
+        }
+        h.step("stuck").await.unwrap();
+        h.fake.finish_transitions();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = h.get("stuck").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(
+        conditions::find(&status.conditions, READY).unwrap().reason,
+        "BootstrapTimeout"
+    );
+    h.ctx.inventory.refresh().await.unwrap();
+    assert!(
+        h.ctx.inventory.read(|s| s.instances_of(&uid).len()) == 1,
+        "the instance is still there for debugging"
+    );
+    assert!(
+        !h.ctx.inventory.in_transition(),
+        "nobody waits for its bootstrap any more: the poll goes slow"
+    );
+}
+
+#[tokio::test]
 async fn exhausted_pool_waits_then_proceeds_when_a_spare_appears() {
     let mut h = Harness::new(seeded_fake(5), (1, 1)).await;
     create(&h, cluster::environment("first", "standard")).await;

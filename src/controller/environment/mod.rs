@@ -279,8 +279,12 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         console_tail: None,
     };
     let draft = next_status(&status, &observed, &inputs);
-    if draft.phase == Phase::Failed && current.phase != Phase::Failed {
-        observed.console_tail = console_tail(ctx, &instance.id).await;
+    if draft.phase == Phase::Failed {
+        if current.phase != Phase::Failed {
+            observed.console_tail = console_tail(ctx, &instance.id).await;
+        }
+        // Also after a restart: the inventory's fast poll no longer waits for it.
+        ctx.inventory.give_up_on(&instance.id);
     }
     let next = next_status(&status, &observed, &inputs);
 
