@@ -301,6 +301,27 @@ async fn lifecycle_ready_then_deleted_leaves_nothing() {
 
 #[tokio::test]
 async fn a_crash_after_any_cloud_call_never_duplicates_or_leaks() {
+    // A new instance stays invisible to the next describes, so after a crash only
+    // the persisted, deterministic ClientToken prevents a second launch.
+    crash_after_every_cloud_call(|fake| fake.set_visibility_lag(3)).await;
+}
+
+#[tokio::test]
+async fn without_client_token_idempotency_the_look_up_by_tag_prevents_a_second_launch() {
+    // RunInstances ignores ClientToken (as moto does), and the new instance is missed
+    // by both inventory polls of the next step: only the look-up by uid tag before
+    // launching finds it.
+    crash_after_every_cloud_call(|fake| {
+        fake.ignore_client_tokens();
+        fake.set_visibility_lag(2);
+    })
+    .await;
+}
+
+/// Runs create, claim and delete once per cloud call of a clean run, losing the
+/// response of that call (the operator "crashes" and restarts from what was
+/// persisted), and checks that nothing is duplicated or leaked.
+async fn crash_after_every_cloud_call(setup: impl Fn(&FakeCloud)) {
     // A clean run tells how many cloud calls the create, claim and delete paths make.
     let total = {
         let mut h = Harness::new(seeded_fake(2), (1, 5)).await;
@@ -314,9 +335,7 @@ async fn a_crash_after_any_cloud_call_never_duplicates_or_leaks() {
     assert!(total > 10, "the paths make {total} calls");
     for k in 1..=total {
         let fake = seeded_fake(2);
-        // A new instance stays invisible to the next describes, so after a crash
-        // only the persisted, deterministic ClientToken prevents a second launch.
-        fake.set_visibility_lag(3);
+        setup(&fake);
         fake.fail("*", Trigger::NthCall(k), FaultKind::LostResponse);
         let mut h = Harness::new(fake, (1, 5)).await;
         let uid = create(&h, cluster::environment("pr-1", "standard")).await;

@@ -92,6 +92,9 @@ struct State {
     visibility_lag: u32,
     /// Remaining invisible describes per instance id.
     invisible: HashMap<String, u32>,
+    /// RunInstances ignores ClientToken, as moto does: only the operator's own
+    /// look-up by tag can then prevent a second launch.
+    client_tokens_ignored: bool,
 }
 
 impl State {
@@ -179,6 +182,12 @@ impl FakeCloud {
     /// as EC2's eventual consistency allows right after RunInstances.
     pub fn set_visibility_lag(&self, describes: u32) {
         self.state().visibility_lag = describes;
+    }
+
+    /// Makes RunInstances ignore ClientToken (moto's behaviour), so a test can show
+    /// what the operator's look-up by tag prevents on its own.
+    pub fn ignore_client_tokens(&self) {
+        self.state().client_tokens_ignored = true;
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -399,12 +408,18 @@ impl Compute for FakeCloud {
         let lost = self.enter(OP).await?;
         // Like EC2 (and unlike moto), a repeated ClientToken returns the instance the
         // first call launched instead of launching another.
-        if let Some(existing) = self
-            .state()
-            .instances
-            .values()
-            .find(|i| i.client_token == request.client_token)
-        {
+        let existing = {
+            let s = self.state();
+            (!s.client_tokens_ignored)
+                .then(|| {
+                    s.instances
+                        .values()
+                        .find(|i| i.client_token == request.client_token)
+                        .cloned()
+                })
+                .flatten()
+        };
+        if let Some(existing) = existing {
             return finish(OP, lost, Ok(existing.instance.clone()));
         }
         let id = self.next_id("i");
