@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use futures::StreamExt;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::api::{DEFAULT_CLASS_ANNOTATION, FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
 use crate::cloud::Cloud;
@@ -61,8 +61,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         registry: aws,
     };
     let (inventory, triggers) = Inventory::new(cloud.clone(), config.cluster_id.clone());
+    let (classes, class_writer) = reflector::store();
     let ctx = Arc::new(Context::new(
         client.clone(),
+        classes,
         config.clone(),
         cloud,
         inventory.clone(),
@@ -105,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(holder = %holder, "acquired leadership");
         health.standby.store(false, Ordering::SeqCst);
         health.leading.store(true, Ordering::SeqCst);
-        let mut controllers = tokio::spawn(run_controllers(ctx, triggers));
+        let mut controllers = tokio::spawn(run_controllers(ctx, triggers, class_writer));
         tokio::select! {
             _ = async { while leader.changed().await.is_ok() { if !*leader.borrow() { break; } } } => {
                 controllers.abort();
@@ -121,7 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     } else {
         health.leading.store(true, Ordering::SeqCst);
-        let mut controllers = tokio::spawn(run_controllers(ctx, triggers));
+        let mut controllers = tokio::spawn(run_controllers(ctx, triggers, class_writer));
         tokio::select! {
             () = &mut shutdown => controllers.abort(),
             result = &mut controllers => { result.context("controllers panicked")?; }
@@ -148,8 +150,42 @@ async fn shutdown_signal() {
     info!("shutdown requested");
 }
 
+/// Watches FeatureEnvironmentClasses in a task of its own: fills the store behind
+/// `classes` and passes on every class that changed or went away, for the
+/// environment controller to trigger the environments that use it.
+///
+/// Its own task, so that one caller can wait for the store to be ready before any
+/// reconcile reads it. (kube-runtime's `Store::wait_until_ready` wakes only the last
+/// of several concurrent waiters, so reconciles must not each wait.)
+pub fn watch_classes(
+    client: Client,
+    classes: Writer<FeatureEnvironmentClass>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    impl futures::Stream<Item = Result<FeatureEnvironmentClass, watcher::Error>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(
+        watcher(Api::<FeatureEnvironmentClass>::all(client), watcher::Config::default())
+            .default_backoff()
+            .reflect(classes)
+            .touched_objects()
+            .for_each(move |class| {
+                match class {
+                    // Nobody listening (tests that only need the store) is fine.
+                    Ok(class) => drop(tx.send(Ok(class))),
+                    Err(e) => warn!(error = %e, "watching FeatureEnvironmentClasses"),
+                }
+                std::future::ready(())
+            }),
+    );
+    let events = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    (task, events)
+}
+
 /// Everything the leader runs: the inventory poll, both controllers and the janitor.
-pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
+/// `classes` fills `ctx.classes`.
+pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers, classes: Writer<FeatureEnvironmentClass>) {
     let config = ctx.config.clone();
     let metrics = ctx.metrics.clone();
     let inventory = ctx.inventory.clone();
@@ -171,6 +207,12 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
     let janitor = tokio::spawn(janitor::run(ctx.clone()));
 
     let client = ctx.client.clone();
+    let (class_watch, class_events) = watch_classes(client.clone(), classes);
+    // Reconciles read classes from the store without waiting; this is the one wait.
+    if ctx.classes.wait_until_ready().await.is_err() {
+        error!("the FeatureEnvironmentClass watch stopped before its first list");
+        return;
+    }
     let envs = Controller::new(
         Api::<FeatureEnvironment>::all(client.clone()),
         watcher::Config::default(),
@@ -178,23 +220,19 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
     .with_config(controller::Config::default().concurrency(16));
     let store = envs.store();
     let envs = envs
-        .watches(
-            Api::<FeatureEnvironmentClass>::all(client.clone()),
-            watcher::Config::default(),
-            move |class| {
-                let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
-                let name = class.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|e| match &e.spec.class_name {
-                        Some(c) => *c == name,
-                        None => is_default,
-                    })
-                    .map(|e| ObjectRef::from_obj(&*e))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(class_events, move |class| {
+            let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
+            let name = class.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|e| match &e.spec.class_name {
+                    Some(c) => *c == name,
+                    None => is_default,
+                })
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(Triggers::environment_stream(triggers.environments))
         .run(environment::reconcile, environment::error_policy, ctx.clone())
         .for_each(|_| async {});
@@ -206,4 +244,5 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers) {
     tokio::join!(envs, pools);
     poll.abort();
     janitor.abort();
+    class_watch.abort();
 }

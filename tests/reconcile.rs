@@ -16,10 +16,12 @@ use featureenv_operator::config::Config;
 use featureenv_operator::controller::{Context, environment, pool};
 use featureenv_operator::inventory::Inventory;
 use featureenv_operator::metrics::Metrics;
+use featureenv_operator::runtime;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector;
 use kube_emulator::Emulator;
 use support::cluster::{self, ECR};
 
@@ -79,7 +81,15 @@ struct Harness {
     client: kube::Client,
     fake: FakeCloud,
     ctx: Arc<Context>,
+    /// Fills `ctx.classes` from a watch, as the runtime does.
+    class_watch: tokio::task::JoinHandle<()>,
     restarts: u32,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.class_watch.abort();
+    }
 }
 
 impl Harness {
@@ -99,31 +109,38 @@ impl Harness {
             )
             .await
             .unwrap();
-        let ctx = Self::context(&client, &fake);
+        let (ctx, class_watch) = Self::context(&client, &fake).await;
         Self {
             _emulator: emulator,
             client,
             fake,
             ctx,
+            class_watch,
             restarts: 0,
         }
     }
 
-    fn context(client: &kube::Client, fake: &FakeCloud) -> Arc<Context> {
+    async fn context(client: &kube::Client, fake: &FakeCloud) -> (Arc<Context>, tokio::task::JoinHandle<()>) {
         let cloud = Cloud::from(fake.clone());
         let (inventory, _triggers) = Inventory::new(cloud.clone(), CLUSTER);
-        Arc::new(Context::new(
+        let (classes, writer) = reflector::store();
+        let (class_watch, _class_events) = runtime::watch_classes(client.clone(), writer);
+        classes.wait_until_ready().await.unwrap();
+        let ctx = Arc::new(Context::new(
             client.clone(),
+            classes,
             Config::for_tests(CLUSTER),
             cloud,
             inventory,
             Arc::new(Metrics::new()),
-        ))
+        ));
+        (ctx, class_watch)
     }
 
     /// A crash: everything in memory is gone; only Kubernetes and AWS remain.
-    fn restart(&mut self) {
-        self.ctx = Self::context(&self.client, &self.fake);
+    async fn restart(&mut self) {
+        self.class_watch.abort();
+        (self.ctx, self.class_watch) = Self::context(&self.client, &self.fake).await;
         self.restarts += 1;
     }
 
@@ -171,7 +188,7 @@ impl Harness {
             }
             if let Err(e) = self.step(name).await {
                 eprintln!("step {name}: {e}");
-                self.restart();
+                self.restart().await;
             }
             self.fake.finish_transitions();
             self.boot_instances();

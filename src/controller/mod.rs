@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use tracing::warn;
 
+use crate::api::FeatureEnvironmentClass;
 use crate::cloud::{Cloud, CloudError};
 use crate::config::Config;
 use crate::inventory::Inventory;
@@ -29,6 +31,9 @@ pub const FIELD_MANAGER: &str = "featureenv-operator";
 /// Everything a reconcile needs, shared by all reconciles.
 pub struct Context {
     pub client: kube::Client,
+    /// Every FeatureEnvironmentClass, as last watched: a reconcile reads its class
+    /// here instead of asking the API server each time.
+    pub classes: Store<FeatureEnvironmentClass>,
     pub config: Config,
     pub cloud: Cloud,
     pub inventory: Arc<Inventory>,
@@ -57,6 +62,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: kube::Client,
+        classes: Store<FeatureEnvironmentClass>,
         config: Config,
         cloud: Cloud,
         inventory: Arc<Inventory>,
@@ -72,6 +78,7 @@ impl Context {
             digests: cache::TtlCache::new(Duration::from_secs(10)),
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            classes,
             config,
             cloud,
             inventory,

@@ -227,7 +227,7 @@ def test_rbac_exact_and_no_wildcards(render: Render) -> None:
     assert grants(rules["ClusterRole"]) == {
         *((fe, "featureenvs", v) for v in ("list", "watch", "patch", "delete")),
         (fe, "featureenvs/status", "patch"),
-        *((fe, "featureenvironmentclasses", v) for v in ("get", "list", "watch")),
+        *((fe, "featureenvironmentclasses", v) for v in ("list", "watch")),
         *((fe, "rdspools", v) for v in ("list", "watch")),
         (fe, "rdspools/status", "patch"),
         *(("", "secrets", v) for v in ("get", "create", "patch")),

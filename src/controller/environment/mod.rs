@@ -16,6 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
@@ -88,10 +89,10 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     let generation = env.metadata.generation;
 
     // Observe.
-    let class = find_class(ctx, env.spec.class_name.as_deref()).await?;
+    let class = find_class(ctx, env.spec.class_name.as_deref());
 
     // Validate.
-    let resolved = match resolve(&env.spec, class.as_ref(), created) {
+    let resolved = match resolve(&env.spec, class.as_deref(), created) {
         Ok(r) => r,
         Err(invalid) => {
             write_invalid(ctx, &api, env, &current, invalid.reason, &invalid.message).await?;
@@ -401,17 +402,18 @@ pub async fn patch_status(api: &Api<FeatureEnvironment>, name: &str, status: &Fe
     Ok(())
 }
 
-async fn find_class(ctx: &Context, name: Option<&str>) -> Result<Option<FeatureEnvironmentClass>> {
-    let api: Api<FeatureEnvironmentClass> = Api::all(ctx.client.clone());
-    Ok(match name {
-        Some(name) => api.get_opt(name).await?,
-        None => api
-            .list(&ListParams::default())
-            .await?
-            .items
+/// The named class, or the default one, from the watched classes (listed in full
+/// before any reconcile runs). A class created after the environment triggers its
+/// reconcile through the watch.
+fn find_class(ctx: &Context, name: Option<&str>) -> Option<Arc<FeatureEnvironmentClass>> {
+    match name {
+        Some(name) => ctx.classes.get(&ObjectRef::new(name)),
+        None => ctx
+            .classes
+            .state()
             .into_iter()
             .find(|c| c.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true")),
-    })
+    }
 }
 
 fn selector_terms(class: &FeatureEnvironmentClass) -> Vec<ImageSelectorTerm> {
