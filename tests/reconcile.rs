@@ -547,6 +547,33 @@ async fn a_timed_out_environment_no_longer_keeps_the_poll_fast() {
 }
 
 #[tokio::test]
+async fn a_reconcile_of_a_stale_object_does_not_rotate_the_password_again() {
+    let mut h = Harness::new(seeded_fake(9), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let rotations = h.fake.call_count("ModifyDBInstance");
+    assert_eq!(rotations, 1);
+    // The controller's cache can lag the status patch that recorded the credentials.
+    let mut stale = h.get("pr-1").await.unwrap();
+    stale
+        .status
+        .as_mut()
+        .unwrap()
+        .database
+        .as_mut()
+        .unwrap()
+        .credentials_ready = false;
+    environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
+    assert_eq!(
+        h.fake.call_count("ModifyDBInstance"),
+        rotations,
+        "the master password was reset again"
+    );
+    assert_eq!(h.phase("pr-1").await, Some(Phase::Ready));
+}
+
+#[tokio::test]
 async fn exhausted_pool_waits_then_proceeds_when_a_spare_appears() {
     let mut h = Harness::new(seeded_fake(5), (1, 1)).await;
     create(&h, cluster::environment("first", "standard")).await;

@@ -48,6 +48,11 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Environments waiting for a spare, per pool: the pool restores one for each.
     pool_demand: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// `uid/database` pairs whose credentials this process has handed out. A
+    /// reconcile may run on a cached object whose status does not show that yet;
+    /// this keeps it from rotating the password again (on RDS each rotation is a
+    /// ModifyDBInstance that resets the master credentials for a while).
+    credentials_handed_out: Mutex<std::collections::HashSet<String>>,
     /// Newest snapshot per pool source, for the slow poll interval.
     pub(crate) snapshots: cache::TtlCache<crate::cloud::Snapshot>,
     /// Newest image per class selector, for the slow poll interval (AMIs are baked
@@ -87,6 +92,7 @@ impl Context {
             admissions: tokio::sync::Mutex::new(()),
             failures: Mutex::default(),
             pool_demand: Mutex::default(),
+            credentials_handed_out: Mutex::default(),
         }
     }
 
@@ -99,6 +105,31 @@ impl Context {
         } else {
             entry.remove(uid);
         }
+    }
+
+    /// Records that the credentials of `database` were handed out to `uid`.
+    pub fn credentials_handed_out(&self, uid: &str, database: &str) {
+        self.credentials_handed_out
+            .lock()
+            .expect("credentials lock poisoned")
+            .insert(format!("{uid}/{database}"));
+    }
+
+    /// Whether this process handed out the credentials of `database` to `uid`.
+    pub fn has_handed_out_credentials(&self, uid: &str, database: &str) -> bool {
+        self.credentials_handed_out
+            .lock()
+            .expect("credentials lock poisoned")
+            .contains(&format!("{uid}/{database}"))
+    }
+
+    /// Forgets what was handed out to a deleted environment.
+    pub fn forget_credentials(&self, uid: &str) {
+        let prefix = format!("{uid}/");
+        self.credentials_handed_out
+            .lock()
+            .expect("credentials lock poisoned")
+            .retain(|k| !k.starts_with(&prefix));
     }
 
     /// Forgets a deleted environment's demand on every pool.

@@ -633,9 +633,11 @@ async fn database_part(
     let already = status
         .database
         .as_ref()
-        .is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()));
+        .is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()))
+        || ctx.has_handed_out_credentials(&id.uid, &database.id);
     if !already && database.status == DatabaseStatus::Available {
         hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
+        ctx.credentials_handed_out(&id.uid, &database.id);
         ctx.event(
             env,
             EventType::Normal,
@@ -772,5 +774,6 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     ctx.metrics.environment_phase(&id.uid, None);
     ctx.clear_waiting(&id.uid);
     ctx.claims.forget(&id.uid);
+    ctx.forget_credentials(&id.uid);
     Ok(Action::await_change())
 }
