@@ -132,7 +132,10 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
     // The inventory holds only what Describe returned (and what reconciles recorded
     // after that), so a database in it claimed by us is a confirmed claim.
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
-        ctx.claims.forget(uid);
+        if ctx.claims.of(uid).is_some() {
+            info!(database = %existing.id, pool, environment, "claim confirmed");
+            ctx.claims.forget(uid);
+        }
         ctx.set_waiting(pool, uid, false);
         return Ok(ClaimOutcome::Claimed(existing));
     }
