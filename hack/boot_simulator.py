@@ -83,6 +83,8 @@ class Simulator:
         self.cluster_id = cluster_id
         self.boot_seconds = boot_seconds
         self.first_seen: dict[str, float] = {}
+        # Repository existence, per step (see `_repository_exists`).
+        self._repositories: dict[tuple[str, str], bool] = {}
 
     def _running_instances(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -98,13 +100,19 @@ class Simulator:
         return out
 
     def _repository_exists(self, repo: str, account: str) -> bool:
-        try:
-            self.ecr.describe_repositories(registryId=account, repositoryNames=[repo])
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") == "RepositoryNotFoundException":
-                return False
-            raise
+        # Answers are kept for one step only: many instances share repositories, and
+        # a burst of 50 should not cost 50 look-ups of each; a repository created
+        # later is still seen on the next step.
+        key = (account, repo)
+        if key not in self._repositories:
+            try:
+                self.ecr.describe_repositories(registryId=account, repositoryNames=[repo])
+                self._repositories[key] = True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
+                    raise
+                self._repositories[key] = False
+        return self._repositories[key]
 
     def verdict(self, instance_id: str) -> tuple[str, list[str]]:
         """('complete'|'failed', missing repositories) for one instance's user data."""
@@ -117,6 +125,7 @@ class Simulator:
 
     def step(self) -> None:
         now = time.monotonic()
+        self._repositories = {}
         running = self._running_instances()
         live: set[str] = set()
         for inst in running:
