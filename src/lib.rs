@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod naming;
 pub mod runtime;
 
-#[cfg(test)]
-mod test_fixtures;
+#[cfg(any(test, feature = "test-fixtures"))]
+#[doc(hidden)]
+pub mod test_fixtures;

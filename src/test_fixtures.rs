@@ -1,9 +1,11 @@
-//! Fixture builders shared by the unit tests of pure logic.
+//! Fixture builders shared by the unit tests and, through the `test-fixtures`
+//! feature, the integration tests (`tests/support`). Not part of the product.
 
 use std::collections::BTreeMap;
 
 use crate::api::class::*;
 use crate::api::environment::{FeatureEnvironmentSpec, ServiceOverride};
+use crate::api::pool::{PoolSource, RdsPoolSpec};
 
 pub const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
@@ -68,5 +70,21 @@ pub fn environment_spec() -> FeatureEnvironmentSpec {
             image: format!("{ECR}/payments:pr-123"),
         }],
         instance_type: None,
+    }
+}
+
+/// A pool restored from the integration database's snapshots.
+pub fn pool_spec(warm: u32, max_size: u32) -> RdsPoolSpec {
+    RdsPoolSpec {
+        source: PoolSource {
+            db_instance_identifier: Some("integration-db".into()),
+            snapshot_identifier: None,
+        },
+        instance_class: "db.t3.micro".into(),
+        db_subnet_group_name: None,
+        vpc_security_group_ids: vec![],
+        warm,
+        max_size,
+        max_snapshot_age: Some("26h".into()),
     }
 }

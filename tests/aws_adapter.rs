@@ -11,7 +11,7 @@ use base64::Engine as _;
 use featureenv_operator::bootstrap::{BootstrapSpec, ServiceImage, render_user_data};
 use featureenv_operator::cloud::aws::{AwsCloud, PageSizes};
 use featureenv_operator::cloud::{
-    CloudError, Compute, DatabaseStatus, Databases, ImageSelectorTerm, InstanceState, LaunchRequest, Parameters,
+    CloudError, Compute, DatabaseStatus, Databases, Image, ImageSelectorTerm, InstanceState, LaunchRequest, Parameters,
     Registry, RestoreRequest, Tags, tag,
 };
 use support::moto::{ACCOUNT, MotoServer, REGION, RecordingObserver};
@@ -19,6 +19,11 @@ use support::moto::{ACCOUNT, MotoServer, REGION, RecordingObserver};
 fn adapter(moto: &MotoServer) -> (AwsCloud, Arc<RecordingObserver>) {
     let observer = Arc::new(RecordingObserver::default());
     (AwsCloud::new(moto.sdk_config(), observer.clone()), observer)
+}
+
+/// The newest image the terms select (the adapter's answer, unwrapped).
+async fn newest(cloud: &AwsCloud, terms: &[ImageSelectorTerm]) -> Option<Image> {
+    cloud.resolve_image(terms).await.unwrap()
 }
 
 fn tags(pairs: &[(&str, &str)]) -> Tags {
@@ -67,7 +72,7 @@ async fn resolves_the_newest_image_of_tagged_candidates() {
         tags: tags(pipeline),
         ..Default::default()
     };
-    let image = cloud.resolve_image(&[term]).await.unwrap().expect("an image matches");
+    let image = newest(&cloud, &[term]).await.expect("an image matches");
     assert_eq!(image.id, ids[2]);
     assert_eq!(image.name, "minikube-c");
 
@@ -76,13 +81,13 @@ async fn resolves_the_newest_image_of_tagged_candidates() {
         tags: tags(&[("featureenv.io/pipeline", "*")]),
         ..Default::default()
     };
-    assert_eq!(cloud.resolve_image(&[any]).await.unwrap().unwrap().id, ids[3]);
+    assert_eq!(newest(&cloud, &[any]).await.unwrap().id, ids[3]);
 
     let none = ImageSelectorTerm {
         tags: tags(&[("featureenv.io/pipeline", "nope")]),
         ..Default::default()
     };
-    assert_eq!(cloud.resolve_image(&[none]).await.unwrap(), None);
+    assert_eq!(newest(&cloud, &[none]).await, None);
     assert!(observer.count("DescribeImages", "ok") >= 3);
 }
 
@@ -104,50 +109,28 @@ async fn resolves_images_by_name_id_and_ssm_parameter_as_a_union() {
         owner: Some("self".into()),
         ..Default::default()
     };
-    assert_eq!(
-        cloud
-            .resolve_image(std::slice::from_ref(&by_name))
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        ids[1]
-    );
+    assert_eq!(newest(&cloud, std::slice::from_ref(&by_name)).await.unwrap().id, ids[1]);
 
     let by_id = ImageSelectorTerm {
         id: Some(ids[2].clone()),
         ..Default::default()
     };
-    assert_eq!(
-        cloud
-            .resolve_image(std::slice::from_ref(&by_id))
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        ids[2]
-    );
+    assert_eq!(newest(&cloud, std::slice::from_ref(&by_id)).await.unwrap().id, ids[2]);
 
     let by_parameter = ImageSelectorTerm {
         ssm_parameter: Some("/featureenv/ami/latest".into()),
         ..Default::default()
     };
-    let image = cloud
-        .resolve_image(std::slice::from_ref(&by_parameter))
-        .await
-        .unwrap()
-        .unwrap();
+    let image = newest(&cloud, std::slice::from_ref(&by_parameter)).await.unwrap();
     assert_eq!(image.id, ids[0]);
     assert_eq!(image.name, "minikube-service-1");
 
     // A union: the newest image over all terms.
-    let image = cloud
-        .resolve_image(&[by_parameter.clone(), by_name.clone(), by_id])
+    let image = newest(&cloud, &[by_parameter.clone(), by_name.clone(), by_id])
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(image.id, ids[2]);
-    let image = cloud.resolve_image(&[by_parameter, by_name]).await.unwrap().unwrap();
+    let image = newest(&cloud, &[by_parameter, by_name]).await.unwrap();
     assert_eq!(image.id, ids[1]);
 
     // Terms naming things that do not exist match nothing; they are not errors.
@@ -159,10 +142,7 @@ async fn resolves_images_by_name_id_and_ssm_parameter_as_a_union() {
         ssm_parameter: Some("/featureenv/ami/none".into()),
         ..Default::default()
     };
-    assert_eq!(
-        cloud.resolve_image(&[missing_id, missing_parameter]).await.unwrap(),
-        None
-    );
+    assert_eq!(newest(&cloud, &[missing_id, missing_parameter]).await, None);
 
     // An empty term would select every public image in the region.
     let err = cloud.resolve_image(&[ImageSelectorTerm::default()]).await.unwrap_err();

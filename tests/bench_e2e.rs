@@ -79,17 +79,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
     .await;
     // The example class caps environments per namespace at 5; the bench wants N in one.
     stack.lift_namespace_cap().await;
-    stack
-        .wait_for("the warm spares", Duration::from_secs(120), || async {
-            stack
-                .pools()
-                .get("integration")
-                .await
-                .ok()
-                .and_then(|p| p.status)
-                .is_some_and(|s| s.warm >= warm_for(n))
-        })
-        .await;
+    stack.wait_for_warm(warm_for(n), Duration::from_secs(120)).await;
     let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
     let manifests: String = names
         .iter()

@@ -39,17 +39,7 @@ async fn lifecycle() {
     })
     .await;
     // The pool fills its warm spare before anything claims it.
-    stack
-        .wait_for("pool integration warm=1", READY_TIMEOUT, || async {
-            stack
-                .pools()
-                .get("integration")
-                .await
-                .ok()
-                .and_then(|p| p.status)
-                .is_some_and(|s| s.warm == 1)
-        })
-        .await;
+    stack.wait_for_warm(1, READY_TIMEOUT).await;
     // hack/seed_aws.py makes a private subnet; moto then assigns no public IP. Make it
     // public here, as an account with internet-facing environments would have it.
     stack

@@ -17,13 +17,14 @@ use featureenv_operator::controller::{Context, environment, pool};
 use featureenv_operator::inventory::Inventory;
 use featureenv_operator::metrics::Metrics;
 use featureenv_operator::runtime;
+use featureenv_operator::test_fixtures::ECR;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::reflector;
 use kube_emulator::Emulator;
-use support::cluster::{self, ECR};
+use support::cluster;
 
 const CLUSTER: &str = "test-cluster";
 const NS: &str = "team";

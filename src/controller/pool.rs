@@ -343,22 +343,7 @@ async fn patch_status(api: &Api<RdsPool>, name: &str, status: &RdsPoolStatus) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::pool::PoolSource;
-
-    fn spec(warm: u32, max_size: u32) -> RdsPoolSpec {
-        RdsPoolSpec {
-            source: PoolSource {
-                db_instance_identifier: Some("integration-db".into()),
-                snapshot_identifier: None,
-            },
-            instance_class: "db.t3.micro".into(),
-            db_subnet_group_name: None,
-            vpc_security_group_ids: vec![],
-            warm,
-            max_size,
-            max_snapshot_age: Some("26h".into()),
-        }
-    }
+    use crate::test_fixtures::pool_spec as spec;
 
     fn snap(id: &str) -> Snapshot {
         Snapshot {

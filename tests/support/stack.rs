@@ -456,7 +456,6 @@ impl Stack {
             .expect("kubectl output")
     }
 
-    /// kubectl that must succeed; returns stdout.
     /// Removes the example class's `maxPerNamespace`, for tests that put more
     /// environments in one namespace than it allows.
     pub async fn lift_namespace_cap(&self) {
@@ -471,6 +470,20 @@ impl Stack {
         .await;
     }
 
+    /// Waits until the example pool `integration` reports at least `warm` spares.
+    pub async fn wait_for_warm(&self, warm: u32, timeout: Duration) {
+        self.wait_for(&format!("pool integration warm={warm}"), timeout, || async {
+            self.pools()
+                .get("integration")
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.warm >= warm)
+        })
+        .await;
+    }
+
+    /// kubectl that must succeed; returns stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args, None).await;
         assert!(
