@@ -21,6 +21,12 @@ fn adapter(moto: &MotoServer) -> (AwsCloud, Arc<RecordingObserver>) {
     (AwsCloud::new(moto.sdk_config(), observer.clone()), observer)
 }
 
+/// The adapter with small page sizes, so a few resources span several pages.
+fn adapter_paging(moto: &MotoServer, pages: PageSizes) -> (AwsCloud, Arc<RecordingObserver>) {
+    let (cloud, observer) = adapter(moto);
+    (cloud.with_page_sizes(pages), observer)
+}
+
 /// The newest image the terms select (the adapter's answer, unwrapped).
 async fn newest(cloud: &AwsCloud, terms: &[ImageSelectorTerm]) -> Option<Image> {
     cloud.resolve_image(terms).await.unwrap()
@@ -300,13 +306,15 @@ async fn launch_with_a_missing_subnet_is_an_invalid_request() {
 #[tokio::test]
 async fn list_instances_pages_through_ours_only() {
     let moto = MotoServer::start().await;
-    let observer = Arc::new(RecordingObserver::default());
     // DescribeInstances' smallest page is 5: seven instances take two pages.
-    let cloud = AwsCloud::new(moto.sdk_config(), observer.clone()).with_page_sizes(PageSizes {
-        ec2: 5,
-        rds: 20,
-        ssm: 10,
-    });
+    let (cloud, observer) = adapter_paging(
+        &moto,
+        PageSizes {
+            ec2: 5,
+            rds: 20,
+            ssm: 10,
+        },
+    );
     let network = moto.create_network().await;
     let image_id = moto.register_image("minikube-service-1", &[]).await;
 
@@ -513,12 +521,14 @@ async fn pool_database_lifecycle_restore_claim_rotate_delete() {
 #[tokio::test]
 async fn ssm_secure_parameters_put_overwrite_list_delete() {
     let moto = MotoServer::start().await;
-    let observer = Arc::new(RecordingObserver::default());
-    let cloud = AwsCloud::new(moto.sdk_config(), observer.clone()).with_page_sizes(PageSizes {
-        ec2: 5,
-        rds: 20,
-        ssm: 2,
-    });
+    let (cloud, observer) = adapter_paging(
+        &moto,
+        PageSizes {
+            ec2: 5,
+            rds: 20,
+            ssm: 2,
+        },
+    );
     let ssm = moto.ssm();
     let owner = tags(&[(tag::CLUSTER, "c-ssm"), (tag::ENVIRONMENT, "team/env")]);
     let name = "/featureenv/c-ssm/team/env/database";
@@ -645,14 +655,16 @@ async fn ecr_tags_resolve_to_digests() {
 #[tokio::test]
 async fn rds_listings_follow_markers_across_pages() {
     let moto = MotoServer::start().await;
-    let observer = Arc::new(RecordingObserver::default());
     // Two per page is below RDS's real minimum of 20; moto accepts it, which lets a
     // handful of databases span several pages.
-    let cloud = AwsCloud::new(moto.sdk_config(), observer.clone()).with_page_sizes(PageSizes {
-        ec2: 5,
-        rds: 2,
-        ssm: 10,
-    });
+    let (cloud, observer) = adapter_paging(
+        &moto,
+        PageSizes {
+            ec2: 5,
+            rds: 2,
+            ssm: 10,
+        },
+    );
     moto.create_source_database("integration-db").await;
     for snapshot in ["integration-db-1", "integration-db-2", "integration-db-3"] {
         moto.create_snapshot("integration-db", snapshot).await;

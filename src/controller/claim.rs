@@ -86,8 +86,9 @@ impl PendingClaims {
         }
     }
 
-    /// The database `uid` is claiming and when its tag was written.
-    fn of(&self, uid: &str) -> Option<(String, Option<Instant>)> {
+    /// The database `uid` is claiming (one at a time: a claim is forgotten before
+    /// another spare is reserved) and when its tag was written.
+    pub fn of(&self, uid: &str) -> Option<(String, Option<Instant>)> {
         self.lock()
             .iter()
             .find(|(_, c)| c.uid == uid)
@@ -97,15 +98,6 @@ impl PendingClaims {
     /// Forgets every claim of `uid` (confirmed, lost or its environment deleted).
     pub fn forget(&self, uid: &str) {
         self.lock().retain(|_, c| c.uid != uid);
-    }
-
-    /// The databases `uid` is claiming.
-    pub fn databases_of(&self, uid: &str) -> Vec<String> {
-        self.lock()
-            .iter()
-            .filter(|(_, c)| c.uid == uid)
-            .map(|(id, _)| id.clone())
-            .collect()
     }
 
     /// `members` as they will be once the pending claims are confirmed: the pool
@@ -308,7 +300,6 @@ mod tests {
         let at = Instant::now();
         claims.tagged("db-1", at);
         assert_eq!(claims.of("a"), Some(("db-1".into(), Some(at))));
-        assert_eq!(claims.databases_of("a"), vec!["db-1".to_owned()]);
         assert!(claims.of("b").is_none());
     }
 }

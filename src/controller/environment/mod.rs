@@ -720,10 +720,10 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         .into_iter()
         .map(|d| d.id)
         .collect();
-    for db in ctx.claims.databases_of(&id.uid) {
-        if !databases.contains(&db) {
-            databases.push(db);
-        }
+    if let Some((db, _)) = ctx.claims.of(&id.uid)
+        && !databases.contains(&db)
+    {
+        databases.push(db);
     }
     if let Some(db) = current.database.as_ref().and_then(|d| d.id.clone())
         && !databases.contains(&db)
