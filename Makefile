@@ -4,20 +4,25 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/featureenv-operator/target
 BIN := $(CARGO_TARGET_DIR)/debug/featureenv-operator
 PYTHON ?= python3
 
-.PHONY: all build test test-rust test-python lint fmt crds check-crds deps demo dev-up dev-down bench clean
+.PHONY: all build test test-rust test-python lint fmt crds check-crds deps k8s-binaries demo dev-up dev-down bench clean
 
 all: build
 
 ## deps: tools the tests and the local stack need (idempotent; installs only what is missing)
 deps:
-	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask" 2>/dev/null || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2'
+	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask, parliament" 2>/dev/null || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2' 'parliament==1.6.4'
 	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck lua5.4 >/dev/null; }
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 build:
 	cargo build --workspace --all-targets
+
+## k8s-binaries: kube-apiserver, etcd and kubectl from $$KUBEBUILDER_ASSETS, PATH, or a
+## one-time build of the pinned upstream Go modules (hack/k8s/*/go.mod) into ~/.cache
+k8s-binaries:
+	@hack/k8s-binaries.sh >/dev/null
 
 ## crds: regenerate crds/ and the chart's copy from the Rust types
 crds: build
@@ -27,10 +32,10 @@ crds: build
 ## test: everything CI runs
 test: deps lint test-rust test-python
 
-test-rust: build
+test-rust: build k8s-binaries
 	cargo nextest run --workspace --no-fail-fast
 
-test-python:
+test-python: build k8s-binaries
 	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack
 
 lint:
@@ -41,19 +46,17 @@ lint:
 fmt:
 	cargo fmt --all
 
-## dev-up / dev-down / demo: the local stack (kube-emulator + moto + operator)
-dev-up: deps build
+## dev-up / dev-down / demo: the local stack (kube-apiserver + etcd + moto + operator)
+dev-up: deps build k8s-binaries
 	hack/dev-up.sh
 
 dev-down:
 	hack/dev-down.sh
 
-demo: deps build
+demo: deps build k8s-binaries
 	hack/demo.sh
 
-bench: deps
-	cargo build --release -p kube-emulator --example bench
-	$(CARGO_TARGET_DIR)/release/examples/bench
+bench: deps k8s-binaries
 	# End-to-end bench of the operator (tests/bench_e2e.rs): a release operator binary,
 	# the harness itself in the test profile.
 	cargo build --release --bin featureenv-operator

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Starts the local stack: kube-emulator and moto_server on free 127.0.0.1 ports, AWS
-# seeded like a real account, the CRDs and the example class and pool applied, the
-# boot simulator and the operator running. Writes .dev/kubeconfig and .dev/env,
-# logs and PID files under .dev/. Stop it with hack/dev-down.sh.
+# Starts the local stack: the real kube-apiserver and etcd (hack/control-plane.rs) and
+# moto_server on free 127.0.0.1 ports, AWS seeded like a real account, the CRDs, the
+# example class and pool, the chart's ServiceAccount and RBAC applied, the boot
+# simulator and the operator running as that ServiceAccount. Writes .dev/kubeconfig
+# (admin) and .dev/env, logs and PID files under .dev/. Stop it with hack/dev-down.sh.
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -11,18 +12,22 @@ if [[ -f "$DEV/operator.pid" ]] && kill -0 "$(cat "$DEV/operator.pid")" 2>/dev/n
     echo "the local stack is already up (source $DEV/env); hack/dev-down.sh stops it" >&2
     exit 0
 fi
-for bin in "$OPERATOR_BIN" "$EMULATOR_BIN"; do
+for bin in "$OPERATOR_BIN" "$CONTROL_PLANE_BIN"; do
     [[ -x "$bin" ]] || { echo "$bin is missing: run 'make build' first" >&2; exit 1; }
 done
 mkdir -p "$DEV"
 # If anything below fails, do not leave half a stack running.
 trap '"$ROOT/hack/dev-down.sh" >/dev/null 2>&1 || true' ERR
 
-echo "starting kube-emulator"
-"$EMULATOR_BIN" --listen 127.0.0.1:0 --kubeconfig-out "$DEV/kubeconfig" --audit-log "$DEV/audit.jsonl" \
-    >"$DEV/emulator.addr" 2>"$DEV/emulator.log" &
-echo $! >"$DEV/emulator.pid"
-wait_for "kube-emulator" 30 test -s "$DEV/kubeconfig"
+K8S_BIN="$("$ROOT/hack/k8s-binaries.sh")"
+# kubectl of the server's version first on PATH.
+export PATH="$K8S_BIN:$PATH"
+echo "starting kube-apiserver and etcd ($K8S_BIN)"
+rm -rf "$DEV/k8s"
+"$CONTROL_PLANE_BIN" --dir "$DEV/k8s" >"$DEV/control-plane.json" 2>"$DEV/control-plane.log" &
+echo $! >"$DEV/control-plane.pid"
+wait_for "kube-apiserver /readyz" 90 test -s "$DEV/control-plane.json"
+cp "$DEV/k8s/admin.kubeconfig" "$DEV/kubeconfig"
 export KUBECONFIG="$DEV/kubeconfig"
 export KUBECACHEDIR="$DEV/kubecache"
 
@@ -34,6 +39,7 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
 wait_for "moto_server" 30 "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$AWS_ENDPOINT_URL/moto-api/')"
 
 cat >"$DEV/env" <<ENV
+export PATH="$K8S_BIN:\$PATH"
 export KUBECONFIG="$DEV/kubeconfig"
 export KUBECACHEDIR="$DEV/kubecache"
 export AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
@@ -54,6 +60,21 @@ kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
 "$PYTHON" "$ROOT/hack/render_example.py" --seed "$DEV/seed.json" \
     "$ROOT/examples/featureenvironmentclass.yaml" "$ROOT/examples/rdspool.yaml" | kubectl apply -f - >/dev/null
 
+echo "installing the chart's ServiceAccount and RBAC; the operator runs as that ServiceAccount"
+kubectl create namespace "$RELEASE_NAMESPACE" >/dev/null
+"$PYTHON" "$ROOT/hack/render_chart.py" --namespace "$RELEASE_NAMESPACE" --cluster-id "$CLUSTER_ID" | kubectl apply -f - >/dev/null
+# A token from the TokenRequest API, valid for a day (restart the stack after that).
+token="$(kubectl create token "$OPERATOR_SA" -n "$RELEASE_NAMESPACE" --duration=24h)"
+server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+kubectl config view --minify --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$DEV/k8s/ca-for-operator.crt"
+OPERATOR_KUBECONFIG="$DEV/operator.kubeconfig"
+rm -f "$OPERATOR_KUBECONFIG"
+kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" set-cluster local --server="$server" \
+    --certificate-authority="$DEV/k8s/ca-for-operator.crt" --embed-certs=true >/dev/null
+kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" set-credentials operator --token="$token" >/dev/null
+kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" set-context operator --cluster=local --user=operator >/dev/null
+kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" use-context operator >/dev/null
+
 echo "starting the boot simulator"
 FEATUREENV_SIM_BOOT_SECONDS="${FEATUREENV_SIM_BOOT_SECONDS:-3}" "$PYTHON" "$ROOT/hack/boot_simulator.py" \
     --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" --cluster-id "$CLUSTER_ID" --interval 0.5 \
@@ -67,7 +88,7 @@ FEATUREENV_CLUSTER_ID="$CLUSTER_ID" \
     FEATUREENV_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
     FEATUREENV_FAST_POLL_INTERVAL="${FEATUREENV_FAST_POLL_INTERVAL:-1s}" \
     FEATUREENV_SLOW_POLL_INTERVAL="${FEATUREENV_SLOW_POLL_INTERVAL:-30s}" \
-    POD_NAMESPACE=default POD_NAME=dev-operator \
+    POD_NAMESPACE="$RELEASE_NAMESPACE" POD_NAME=dev-operator KUBECONFIG="$OPERATOR_KUBECONFIG" \
     "$OPERATOR_BIN" run >"$DEV/operator.log" 2>&1 &
 echo $! >"$DEV/operator.pid"
 wait_for "the operator's /readyz" 60 "$PYTHON" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$HTTP_PORT/readyz')"

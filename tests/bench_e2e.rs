@@ -2,8 +2,10 @@
 //! simulated boot, each on a fresh local stack (tests/support/stack.rs) with the fault
 //! proxy at rate 0 recording every AWS call, prints apply→all-Ready time, operator
 //! overhead per environment (status.readyAt minus the boot simulator's tag timestamp)
-//! p50/p95, AWS Describe calls per minute and the operator's peak RSS (VmHWM), each
-//! beside its target, and says plainly when a target is missed. Ignored by default
+//! p50/p95, AWS Describe calls per minute, the operator's peak RSS (VmHWM), and its
+//! Kubernetes API cost from the real API server's audit log (requests by verb from
+//! apply to Ready and from delete to gone), each beside its target, and says plainly
+//! when a target is missed. Ignored by default
 //! (it takes minutes); FEATUREENV_BENCH_OPERATOR_BIN picks the binary (make bench
 //! passes a release build), FEATUREENV_BENCH_SIZES overrides "1,10,50".
 
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::stack::{Stack, StackOptions};
+use support::stack::{OPERATOR_USER, Stack, StackOptions};
 
 const NS: &str = "default";
 const FAST_POLL: Duration = Duration::from_secs(1);
@@ -30,6 +32,45 @@ struct Figures {
     describe_by_action: BTreeMap<String, usize>,
     run_describe_by_action: BTreeMap<String, usize>,
     peak_rss_mib: f64,
+    /// The operator's Kubernetes API requests by verb, apply → all Ready.
+    api_apply: BTreeMap<String, usize>,
+    /// The same, delete of all → all gone.
+    api_delete: BTreeMap<String, usize>,
+}
+
+/// Verbs that change state on the API server.
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+fn writes(by_verb: &BTreeMap<String, usize>) -> usize {
+    WRITE_VERBS.iter().filter_map(|v| by_verb.get(*v)).sum()
+}
+
+fn reads(by_verb: &BTreeMap<String, usize>) -> usize {
+    ["get", "list"].iter().filter_map(|v| by_verb.get(*v)).sum()
+}
+
+/// The operator's requests by verb (watch = a watch started) received in [from, to],
+/// from the API server's audit log.
+fn api_requests(stack: &Stack, from: f64, to: f64) -> BTreeMap<String, usize> {
+    let mut by_verb = BTreeMap::new();
+    for event in stack.audit_events() {
+        if event["user"]["username"] != OPERATOR_USER {
+            continue;
+        }
+        let Some(at) = event["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        let at = at.as_millisecond() as f64 / 1000.0;
+        if at >= from && at <= to {
+            *by_verb
+                .entry(event["verb"].as_str().unwrap_or_default().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    by_verb
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -132,6 +173,25 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
     let end_unix = unix_now();
     let (run_calls, run_describe_by_action) = describe_calls(&stack, t0_unix, ready_unix);
     let (steady_calls, describe_by_action) = describe_calls(&stack, ready_unix, end_unix);
+    let api_apply = api_requests(&stack, t0_unix, ready_unix);
+
+    // Delete them all; the finalizer cleans up AWS, then the objects go.
+    let delete_unix = unix_now();
+    for name in &names {
+        stack.delete_env(NS, name).await;
+    }
+    stack
+        .wait_for(&format!("{n} environments gone"), Duration::from_secs(600), || async {
+            stack
+                .environments(NS)
+                .list(&Default::default())
+                .await
+                .expect("list")
+                .items
+                .is_empty()
+        })
+        .await;
+    let api_delete = api_requests(&stack, delete_unix, unix_now());
     let peak_rss_kib = stack.peak_rss_kib(0).expect("operator VmHWM");
     Figures {
         n,
@@ -143,6 +203,8 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
         describe_by_action,
         run_describe_by_action,
         peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        api_apply,
+        api_delete,
     }
 }
 
@@ -193,6 +255,8 @@ async fn bench() {
             "      steady-state Describe calls by action: {:?}",
             f.describe_by_action
         );
+        println!("      Kubernetes API requests apply→Ready: {:?}", f.api_apply);
+        println!("      Kubernetes API requests delete→gone: {:?}", f.api_delete);
         results.push(f);
     }
 
@@ -241,6 +305,28 @@ async fn bench() {
             fifty.peak_rss_mib,
             verdict(fifty.peak_rss_mib <= 64.0)
         );
+    }
+    for f in &results {
+        let per_env = writes(&f.api_apply) as f64 / f.n as f64;
+        println!(
+            "target: Kubernetes writes per environment apply→Ready ≤ 8 at N={}: {per_env:.1} ({} writes) → {}; delete→gone: {:.1} per environment",
+            f.n,
+            writes(&f.api_apply),
+            verdict(per_env <= 8.0),
+            writes(&f.api_delete) as f64 / f.n as f64,
+        );
+    }
+    if let (Some(one), Some(fifty)) = (by_n(1), by_n(50)) {
+        for (label, a, b) in [
+            ("apply→Ready", reads(&one.api_apply), reads(&fifty.api_apply)),
+            ("delete→gone", reads(&one.api_delete), reads(&fifty.api_delete)),
+        ] {
+            // "Do not grow with N": at most the N=1 count plus a constant for relists.
+            println!(
+                "target: Kubernetes reads (get+list) {label} at N=50 ≤ N=1 + 5: {b} vs {a} + 5 → {}",
+                verdict(b <= a + 5)
+            );
+        }
     }
     for f in &results {
         println!(

@@ -1,7 +1,7 @@
 //! End-to-end scenarios of the real `featureenv-operator` binary (issue 4): each test
-//! builds its own local stack (tests/support/stack.rs: kube-emulator, moto seeded like
-//! an account, boot simulator, optional fault proxy, operator subprocesses), drives it
-//! with the real `kubectl` or kube-rs, and checks the outcome through the Kubernetes
+//! builds its own local stack (tests/support/stack.rs: the real kube-apiserver and
+//! etcd, moto seeded like an account, boot simulator, optional fault proxy, operator
+//! subprocesses running as the chart's ServiceAccount), drives it with `kubectl` or kube-rs, and checks the outcome through the Kubernetes
 //! API and the AWS SDK against moto. Tests are independent so nextest runs them in
 //! parallel processes. Also the RBAC proof and the IAM call check of issue 5.
 
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use support::stack::{Stack, StackOptions, TAG_CLUSTER, metric_sum};
+use support::stack::{OPERATOR_USER, RELEASE_NAMESPACE, Stack, StackOptions, TAG_CLUSTER, metric_sum};
 
 const NS: &str = "default";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -465,7 +465,8 @@ async fn crash_safety() {
 
 /// The Lease's current holder.
 async fn lease_holder(stack: &Stack) -> Option<String> {
-    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(stack.client.clone(), NS);
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(stack.client.clone(), RELEASE_NAMESPACE);
     leases
         .get_opt("featureenv-operator")
         .await
@@ -1093,34 +1094,93 @@ async fn ttl() {
     println!("ttl: ok in {}", elapsed(start));
 }
 
-/// The chart's rendered ClusterRole and Role rules, rendered with real Helm through
-/// helm-python-sdk as tests/chart does: [(kind, rules)].
+/// The chart's rendered ClusterRole and Role rules, rendered with real Helm
+/// (hack/render_chart.py): [(kind, rules)].
 fn chart_rules() -> Vec<(String, Vec<serde_json::Value>)> {
-    let script = r#"
-import json, sys
-sys.path.insert(0, "tests/chart")
-from chartlib import BASE_VALUES, CHART, NAMESPACE, RELEASE, helm, parse_manifests
-with helm.Chart.load(str(CHART)) as chart:
-    docs = parse_manifests(chart.render(BASE_VALUES, name=RELEASE, namespace=NAMESPACE, is_install=True))
-print(json.dumps([[d["kind"], d.get("rules", [])] for d in docs if d["kind"] in ("ClusterRole", "Role")]))
-"#;
     let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .current_dir(support::stack::ROOT)
+        .arg(format!("{}/hack/render_chart.py", support::stack::ROOT))
+        .args([
+            "--namespace",
+            RELEASE_NAMESPACE,
+            "--kinds",
+            "ClusterRole,Role",
+            "--json",
+        ])
         .output()
-        .expect("run python3");
+        .expect("run hack/render_chart.py");
     assert!(
         out.status.success(),
         "rendering the chart failed (pip install 'helm-python-sdk==0.2.2', or make deps):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("rules JSON")
+    let docs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("rules JSON");
+    docs.iter()
+        .map(|d| {
+            let kind = d["kind"].as_str().unwrap_or_default().to_owned();
+            (kind, d["rules"].as_array().cloned().unwrap_or_default())
+        })
+        .collect()
 }
 
-/// Issue 5's RBAC proof: a scenario (create → Ready, TTL expiry, delete, an operator
-/// restart) with the emulator's audit log on; every (verb, group, resource,
-/// subresource) the operator used is granted by the chart's rules (the Role only in the
-/// Lease's namespace), no granted rule went unused, and no rule has a wildcard.
+/// (verb, group, resource[/subresource]) → namespaces, of one user's resource requests
+/// in the API server's audit log; the user's non-resource paths; and every request of
+/// the user that was not allowed (403 or an authorization decision other than allow).
+struct AuditUse {
+    used: BTreeMap<(String, String, String), BTreeSet<String>>,
+    non_resource: BTreeSet<String>,
+    refused: Vec<String>,
+    requests: usize,
+}
+
+fn audit_use(events: &[serde_json::Value], user: &str) -> AuditUse {
+    let mut out = AuditUse {
+        used: BTreeMap::new(),
+        non_resource: BTreeSet::new(),
+        refused: Vec::new(),
+        requests: 0,
+    };
+    for e in events.iter().filter(|e| e["user"]["username"] == user) {
+        out.requests += 1;
+        let decision = e["annotations"]["authorization.k8s.io/decision"].as_str().unwrap_or("");
+        let code = e["responseStatus"]["code"].as_i64().unwrap_or(0);
+        if decision != "allow" || code == 403 {
+            out.refused.push(format!(
+                "{} {} -> {code} ({})",
+                e["verb"].as_str().unwrap_or(""),
+                e["requestURI"].as_str().unwrap_or(""),
+                e["annotations"]["authorization.k8s.io/reason"]
+                    .as_str()
+                    .unwrap_or(decision)
+            ));
+        }
+        let Some(object) = e.get("objectRef") else {
+            out.non_resource
+                .insert(e["requestURI"].as_str().unwrap_or("").to_owned());
+            continue;
+        };
+        let s = |k: &str| object[k].as_str().unwrap_or_default().to_owned();
+        let resource = match s("subresource").as_str() {
+            "" => s("resource"),
+            sub => format!("{}/{sub}", s("resource")),
+        };
+        out.used
+            .entry((
+                e["verb"].as_str().unwrap_or_default().to_owned(),
+                s("apiGroup"),
+                resource,
+            ))
+            .or_default()
+            .insert(s("namespace"));
+    }
+    out
+}
+
+/// The RBAC proof on the real API server: a scenario (create → Ready, TTL expiry,
+/// delete, an operator restart) run by operators that authenticate as the chart's
+/// ServiceAccount, bound to nothing but the chart's rules. From the audit log:
+/// every request of that ServiceAccount was allowed (a missing grant is a 403 and
+/// fails here), every granted rule was used (the Role only in the release
+/// namespace), and no rule has a wildcard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rbac_proof() {
     let start = Instant::now();
@@ -1175,46 +1235,27 @@ async fn rbac_proof() {
             }
         }
     }
-    let mut used: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new(); // -> namespaces
-    let mut non_resource = BTreeSet::new();
-    let records = stack.audit_records();
-    let ours: Vec<_> = records
-        .iter()
-        .filter(|r| {
-            r["userAgent"]
-                .as_str()
-                .is_some_and(|ua| ua.starts_with("featureenv-operator/"))
-        })
-        .collect();
+    let events = stack.audit_events();
+    let audit = audit_use(&events, OPERATOR_USER);
     assert!(
-        ours.len() > 20,
-        "too few operator requests in the audit log ({})",
-        ours.len()
+        audit.requests > 20,
+        "too few requests of {OPERATOR_USER} in the audit log ({} of {})",
+        audit.requests,
+        events.len()
     );
-    for r in &ours {
-        let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
-        if !s("nonResourceUrl").is_empty() {
-            non_resource.insert(s("nonResourceUrl"));
-            continue;
-        }
-        let resource = match s("subresource").as_str() {
-            "" => s("resource"),
-            sub => format!("{}/{sub}", s("resource")),
-        };
-        used.entry((s("verb"), s("apiGroup"), resource))
-            .or_default()
-            .insert(s("namespace"));
-    }
-    println!("operator requests: {} of {} audited", ours.len(), records.len());
-    for ((verb, group, resource), namespaces) in &used {
+    println!("operator requests: {} of {} audited", audit.requests, events.len());
+    for ((verb, group, resource), namespaces) in &audit.used {
         println!("  used {verb:6} {group:>22} {resource:28} namespaces {namespaces:?}");
     }
-    let mut problems = Vec::new();
-    for ((verb, group, resource), namespaces) in &used {
+    let mut problems: Vec<String> = audit
+        .refused
+        .iter()
+        .map(|r| format!("refused by the API server: {r}"))
+        .collect();
+    for ((verb, group, resource), namespaces) in &audit.used {
         let cluster_wide = granted.contains(&("ClusterRole".into(), verb.clone(), group.clone(), resource.clone()));
-        // The Role lives in the release namespace: in the test that is the Lease's (default).
         let in_role = granted.contains(&("Role".into(), verb.clone(), group.clone(), resource.clone()))
-            && namespaces.iter().all(|ns| ns == NS);
+            && namespaces.iter().all(|ns| ns == RELEASE_NAMESPACE);
         if !cluster_wide && !in_role {
             problems.push(format!(
                 "used but not granted: {verb} {group}/{resource} in {namespaces:?}"
@@ -1222,27 +1263,29 @@ async fn rbac_proof() {
         }
     }
     for (kind, verb, group, resource) in &granted {
-        // The operator makes the database Secret by server-side apply, which the audit
-        // log records as `patch`. Whether an API server authorizes an apply that
-        // creates the object as `create` too is not something this emulator can show,
-        // so `create` stays allowed where `patch` on the same resource was used.
+        // A server-side apply that creates the object is audited as `patch`, but the
+        // API server also authorizes it as `create` (tests/kubernetes.rs proves it), so
+        // `create` is used wherever an apply created an object of that resource.
         let create_by_apply = verb == "create"
-            && resource == "secrets"
-            && used.contains_key(&("patch".to_owned(), group.clone(), resource.clone()));
+            && audit
+                .used
+                .contains_key(&("patch".to_owned(), group.clone(), resource.clone()))
+            && resource == "secrets";
         if create_by_apply {
-            println!("granted, unused in the audit, kept for server-side apply: create {group}/{resource}");
+            println!("granted for server-side apply that creates: create {group}/{resource}");
             continue;
         }
-        if !used.contains_key(&(verb.clone(), group.clone(), resource.clone())) {
+        if !audit
+            .used
+            .contains_key(&(verb.clone(), group.clone(), resource.clone()))
+        {
             problems.push(format!(
                 "granted by the {kind} but never used: {verb} {group}/{resource}"
             ));
         }
     }
-    if !non_resource.is_empty() {
-        // Discovery paths are granted to every authenticated user by system:discovery.
-        println!("non-resource requests (system:discovery): {non_resource:?}");
-    }
+    // Discovery paths are granted to every authenticated user by system:discovery.
+    println!("non-resource requests (system:discovery): {:?}", audit.non_resource);
     for p in &problems {
         println!("RBAC: {p}");
     }

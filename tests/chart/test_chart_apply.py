@@ -1,11 +1,14 @@
-"""The rendered chart applies cleanly to kube-emulator with the real kubectl (default
-`--validate=strict`), CRDs first, for the default values and with the optional default
-class and pool. Needs the kube-emulator binary (`make build`); a missing binary fails."""
+"""The rendered chart applies cleanly to the real kube-apiserver (etcd behind it, no
+kubelet) with kubectl of the same version (default `--validate=strict`), CRDs first, for
+the default values and with the optional default class and pool. The control plane is
+the `control-plane` example binary (`make build`) with binaries from
+hack/k8s-binaries.sh (`make k8s-binaries`); a missing one fails, never skips."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -17,33 +20,43 @@ import yaml
 from chartlib import CHART, NAMESPACE, REPO, Render
 
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/featureenv-operator/target"))
-EMULATOR = TARGET / "debug" / "kube-emulator"
+CONTROL_PLANE = TARGET / "debug" / "examples" / "control-plane"
+
+
+def k8s_binaries() -> Path:
+    out = subprocess.run([str(REPO / "hack" / "k8s-binaries.sh")], capture_output=True, text=True, timeout=3600)
+    assert out.returncode == 0, f"hack/k8s-binaries.sh failed:\n{out.stderr}"
+    return Path(out.stdout.strip())
+
+
+KUBECTL = str(k8s_binaries() / "kubectl")
 
 
 @pytest.fixture()
 def cluster() -> Iterator[dict[str, str]]:
-    assert EMULATOR.exists(), f"{EMULATOR} is missing: run `make build` first"
+    assert CONTROL_PLANE.exists(), f"{CONTROL_PLANE} is missing: run `make build` first"
     with tempfile.TemporaryDirectory() as tmp:
-        kubeconfig = Path(tmp) / "kubeconfig"
         proc = subprocess.Popen(
-            [str(EMULATOR), "--listen", "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig)],
+            [str(CONTROL_PLANE), "--dir", str(Path(tmp) / "k8s")],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
         try:
             assert proc.stdout is not None
-            address = proc.stdout.readline().strip()
-            assert address, "kube-emulator printed no address"
-            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "KUBECACHEDIR": str(Path(tmp) / "cache")}
+            line = proc.stdout.readline().strip()
+            assert line, "control-plane printed nothing (it failed to start)"
+            started = json.loads(line)
+            env = {**os.environ, "KUBECONFIG": started["kubeconfig"], "KUBECACHEDIR": str(Path(tmp) / "cache")}
             yield env
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            # SIGTERM by PID: it stops etcd and kube-apiserver by theirs.
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
 
 
 def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(["kubectl", *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([KUBECTL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
     return result.stdout
 
@@ -77,7 +90,7 @@ def manifests(docs: list[dict[str, Any]]) -> str:
     ],
     ids=["defaults", "default-class-and-pool"],
 )
-def test_rendered_chart_applies_to_the_emulator(render: Render, cluster: dict[str, str], values: dict[str, Any]) -> None:
+def test_rendered_chart_applies_to_the_api_server(render: Render, cluster: dict[str, str], values: dict[str, Any]) -> None:
     kubectl(cluster, "apply", "-f", str(CHART / "crds"))
     kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
     kubectl(cluster, "create", "namespace", NAMESPACE)
@@ -113,6 +126,6 @@ spec:
   warm: 5
   maxSize: 2
 """
-    result = subprocess.run(["kubectl", "apply", "-f", "-"], env=cluster, input=bad, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([KUBECTL, "apply", "-f", "-"], env=cluster, input=bad, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "warm must not exceed maxSize" in result.stderr, result.stderr

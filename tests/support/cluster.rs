@@ -1,4 +1,4 @@
-//! An in-process kube-emulator with the operator's CRDs installed, plus object
+//! A real API server ([`ControlPlane`]) with the operator's CRDs installed, plus object
 //! builders for classes, pools and environments. Test-only.
 
 use std::time::Duration;
@@ -9,12 +9,13 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube_emulator::Emulator;
 
-/// An emulator with the CRDs established.
-pub async fn cluster() -> (Emulator, kube::Client) {
-    let emulator = Emulator::start().await;
-    let client = emulator.client();
+use super::control_plane::ControlPlane;
+
+/// A control plane with the CRDs established, and an admin client.
+pub async fn cluster() -> (ControlPlane, kube::Client) {
+    let control_plane = ControlPlane::start().await;
+    let client = control_plane.client_with_agent("featureenv-reconcile-test").await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (_, crd) in api::crds() {
         let name = crd.metadata.name.clone().unwrap();
@@ -27,7 +28,7 @@ pub async fn cluster() -> (Emulator, kube::Client) {
         .expect("CRD established in time")
         .expect("watching CRD");
     }
-    (emulator, client)
+    (control_plane, client)
 }
 
 pub async fn namespace(client: &kube::Client, name: &str) {

@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod control_plane;
 pub mod moto;
 pub mod stack;

@@ -1,8 +1,13 @@
-//! The local stack as a Rust test harness: an in-process kube-emulator (with an audit
-//! log), `moto_server` seeded by `hack/seed_aws.py`, optionally `hack/fault_proxy.py`
-//! between the operator and moto, the CRDs plus the example class and pool applied with
-//! the real `kubectl`, `hack/boot_simulator.py`, and any number of real
-//! `featureenv-operator run` subprocesses. Everything binds 127.0.0.1 on free ports.
+//! The local stack as a Rust test harness: the real `kube-apiserver` and `etcd`
+//! ([`ControlPlane`], with an audit log), `moto_server` seeded by `hack/seed_aws.py`,
+//! optionally `hack/fault_proxy.py` between the operator and moto, the CRDs plus the
+//! example class and pool applied with `kubectl`, the chart's ServiceAccount and RBAC,
+//! `hack/boot_simulator.py`, and any number of real `featureenv-operator run`
+//! subprocesses. Everything binds 127.0.0.1 on free ports.
+//!
+//! The operators authenticate as the chart's ServiceAccount (a TokenRequest token),
+//! bound to nothing but the chart's rendered rules: a grant missing from the chart is
+//! a 403 here. The test's own client and `kubectl` are cluster admins.
 //!
 //! Every child is ours, held by its `Child` handle and killed by PID on drop. Logs live
 //! in a temporary directory; when the test panics the directory is kept and the tail of
@@ -17,9 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::control_plane::{self, ControlPlane};
 use featureenv_operator::api::{FeatureEnvironment, RdsPool};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube_emulator::{Emulator, Options};
 
 use super::moto::{MotoServer, REGION};
 
@@ -32,6 +37,11 @@ pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_featureenv-operator");
 /// requests from the operator's in the audit log.
 pub const TEST_USER_AGENT: &str = "featureenv-e2e";
 pub const TAG_CLUSTER: &str = "featureenv.io/cluster";
+/// The chart's release namespace in the stack: the ServiceAccount, the Role and the
+/// Lease live here.
+pub const RELEASE_NAMESPACE: &str = "featureenv-system";
+/// The chart's ServiceAccount (release `featureenv`), as the audit log names it.
+pub const OPERATOR_USER: &str = "system:serviceaccount:featureenv-system:featureenv-featureenv-operator";
 
 /// How a stack is built; `Default` is a light single-operator stack.
 #[derive(Clone, Debug)]
@@ -94,56 +104,56 @@ pub struct Stack {
     pub opts: StackOptions,
     pub dir: PathBuf,
     tempdir: Option<tempfile::TempDir>,
-    pub emulator: Option<Emulator>,
     pub moto: MotoServer,
     /// The endpoint the operators use: the fault proxy's when there is one, else moto's.
     pub aws_endpoint: String,
     pub seed: serde_json::Value,
+    /// The admin kubeconfig (tests and kubectl).
     pub kubeconfig: PathBuf,
+    /// The operators' kubeconfig: the chart's ServiceAccount.
+    pub operator_kubeconfig: PathBuf,
     pub client: kube::Client,
     proxy: Option<Child>,
     boot_sim: Option<Child>,
     pub operators: Vec<Operator>,
+    /// Last, so it is dropped after every process that talks to it.
+    pub control_plane: ControlPlane,
 }
 
 impl Stack {
     /// Starts everything but the operators (see [`Stack::start_operator`]).
     pub async fn start(opts: StackOptions) -> Stack {
-        kube_emulator::install_crypto_provider();
         let tempdir = tempfile::Builder::new()
             .prefix("featureenv-e2e-")
             .tempdir()
             .expect("temp dir");
         let dir = tempdir.path().to_path_buf();
-        let emulator = Emulator::start_with(Options {
-            audit_log: Some(dir.join("audit.jsonl")),
-            ..Options::default()
-        })
-        .await
-        .expect("start kube-emulator");
-        let kubeconfig = dir.join("kubeconfig");
-        emulator.write_kubeconfig(&kubeconfig).expect("write kubeconfig");
-        let client = test_client(&emulator).await;
+        let control_plane = ControlPlane::start_in(&dir.join("k8s")).await;
+        let operator_kubeconfig = dir.join("operator.kubeconfig");
+        let kubeconfig = control_plane.admin_kubeconfig();
+        let client = control_plane.client_with_agent(TEST_USER_AGENT).await;
         let moto = MotoServer::start().await;
         let mut stack = Stack {
             aws_endpoint: moto.endpoint(),
             opts,
             dir,
             tempdir: Some(tempdir),
-            emulator: Some(emulator),
             moto,
             seed: serde_json::Value::Null,
             kubeconfig,
+            operator_kubeconfig,
             client,
             proxy: None,
             boot_sim: None,
             operators: Vec::new(),
+            control_plane,
         };
         stack.seed_aws();
         if let Some(rate) = stack.opts.fault_rate {
             stack.start_fault_proxy(rate);
         }
         stack.apply_crds_class_pool().await;
+        stack.install_operator_rbac().await;
         stack.start_boot_simulator();
         stack
     }
@@ -242,6 +252,32 @@ impl Stack {
         }
     }
 
+    /// The chart's ServiceAccount, ClusterRole, Role and bindings in [`RELEASE_NAMESPACE`]
+    /// (rendered by real Helm), and a kubeconfig with a token of that ServiceAccount
+    /// for the operators.
+    async fn install_operator_rbac(&mut self) {
+        self.kubectl_ok(&["create", "namespace", RELEASE_NAMESPACE]).await;
+        let output = Command::new("python3")
+            .arg(format!("{ROOT}/hack/render_chart.py"))
+            .args(["--namespace", RELEASE_NAMESPACE, "--cluster-id", &self.opts.cluster_id])
+            .output()
+            .expect("run hack/render_chart.py");
+        assert!(
+            output.status.success(),
+            "hack/render_chart.py failed (make deps installs helm-python-sdk):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.apply_ok(&String::from_utf8(output.stdout).expect("UTF-8 manifests"))
+            .await;
+        let (namespace, name) = OPERATOR_USER
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|s| s.split_once(':'))
+            .expect("service account user name");
+        self.control_plane
+            .write_service_account_kubeconfig(namespace, name, &self.operator_kubeconfig)
+            .await;
+    }
+
     /// `hack/render_example.py` of repository files with this stack's seed.
     pub fn render(&self, files: &[&str]) -> String {
         let output = Command::new("python3")
@@ -324,7 +360,7 @@ impl Stack {
         let o = &self.opts;
         let child = Command::new(&o.operator_bin)
             .arg("run")
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
             .env("AWS_REGION", REGION)
             .env("AWS_ACCESS_KEY_ID", "testing")
@@ -339,7 +375,7 @@ impl Stack {
             .env("FEATUREENV_JANITOR_GRACE_PERIOD", &o.janitor_grace)
             .env("FEATUREENV_LEADER_ELECTION", "true")
             .env("FEATUREENV_LEASE_DURATION", &o.lease_duration)
-            .env("POD_NAMESPACE", "default")
+            .env("POD_NAMESPACE", RELEASE_NAMESPACE)
             .env("POD_NAME", name)
             .env("FEATUREENV_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
@@ -432,9 +468,9 @@ impl Stack {
 
     // ---- Kubernetes ----
 
-    /// Runs the real kubectl against the emulator.
+    /// Runs kubectl (the control plane's version) as the admin.
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut command = tokio::process::Command::new("kubectl");
+        let mut command = tokio::process::Command::new(control_plane::kubectl());
         command
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -729,12 +765,9 @@ impl Stack {
         tail_of(&self.dir.join(name), lines)
     }
 
-    /// Audit records (JSON lines) of the emulator so far.
-    pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        self.read_log("audit.jsonl")
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+    /// The API server's audit events (`audit.k8s.io/v1`) so far.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.control_plane.audit_events()
     }
 }
 
@@ -756,9 +789,11 @@ impl Drop for Stack {
             let kept = self.tempdir.take().map(tempfile::TempDir::keep);
             eprintln!("==== e2e stack logs kept in {}", self.dir.display());
             let _ = kept;
-            let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
+            let mut names: Vec<PathBuf> = [self.dir.clone(), self.dir.join("k8s")]
+                .iter()
+                .filter_map(|dir| std::fs::read_dir(dir).ok())
+                .flat_map(|d| d.filter_map(|e| e.ok().map(|e| e.path())))
+                .collect();
             names.sort();
             for path in names {
                 let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
@@ -767,21 +802,8 @@ impl Drop for Stack {
                 }
             }
         }
-        // The emulator is dropped (and stops) with the struct.
+        // The control plane is dropped (and stopped by PID) with the struct.
     }
-}
-
-/// A kube client for the emulator that names itself [`TEST_USER_AGENT`].
-async fn test_client(emulator: &Emulator) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::from_yaml(&emulator.kubeconfig_yaml()).expect("emulator kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("client config");
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(TEST_USER_AGENT),
-    ));
-    kube::Client::try_from(config).expect("kube client")
 }
 
 pub fn tail_of(path: &Path, lines: usize) -> String {
