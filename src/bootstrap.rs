@@ -42,6 +42,10 @@ pub struct BootstrapSpec {
     pub addons: Vec<String>,
     /// SSM SecureString parameter holding the database connection; never the password.
     pub database_parameter: Option<String>,
+    /// How long the script waits for that parameter to become readable: the class's
+    /// readiness timeout. The database is claimed in parallel with the launch, and when
+    /// the pool has no spare, a restore takes ten minutes or more on RDS.
+    pub database_wait_seconds: u64,
 }
 
 /// Quotes `value` as one bash word: single quotes, with embedded `'` closed, escaped
@@ -99,6 +103,7 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
         "readonly DATABASE_PARAMETER={}",
         shell_quote(spec.database_parameter.as_deref().unwrap_or(""))
     );
+    let _ = writeln!(script, "readonly DATABASE_WAIT_SECONDS={}", spec.database_wait_seconds);
     let _ = writeln!(script, "readonly DATABASE_SECRET={}", shell_quote(DATABASE_SECRET));
     let _ = writeln!(
         script,
@@ -195,12 +200,29 @@ for image in "${SERVICE_IMAGES[@]}"; do
   docker pull "$image"
 done
 
+# The operator writes the parameter once its database claim is confirmed, which may
+# be long after this instance boots (an empty pool means a fresh restore). Retry with
+# backoff (2 s doubling to 30 s) until DATABASE_WAIT_SECONDS have passed; a miss before
+# that is not a failure. Sets `connection`.
+read_database_connection() {
+  local deadline=$((SECONDS + DATABASE_WAIT_SECONDS)) delay=2
+  until connection="$(aws ssm get-parameter --with-decryption --name "$DATABASE_PARAMETER" \
+    --query Parameter.Value --output text 2>/dev/null)"; do
+    if ((SECONDS + delay > deadline)); then
+      log "database parameter ${DATABASE_PARAMETER} still unreadable after ${DATABASE_WAIT_SECONDS}s"
+      return 1
+    fi
+    log "database parameter ${DATABASE_PARAMETER} not readable yet; retrying in ${delay}s"
+    sleep "$delay"
+    delay=$((delay * 2 > 30 ? 30 : delay * 2))
+  done
+}
+
 if [[ -n "$DATABASE_PARAMETER" ]]; then
   log "wiring the database from SSM parameter ${DATABASE_PARAMETER}"
   # Held in a variable (not argv) and piped to kubectl, so the value never shows up
   # in a process list or in this log.
-  connection="$(aws ssm get-parameter --with-decryption --name "$DATABASE_PARAMETER" \
-    --query Parameter.Value --output text)"
+  read_database_connection
   printf '%s' "$connection" |
     kubectl create secret generic "$DATABASE_SECRET" \
       --from-file="${DATABASE_SECRET_KEY}=/dev/stdin" --dry-run=client -o yaml |
@@ -252,6 +274,7 @@ mod tests {
             ],
             addons: vec!["ingress".into(), "dashboard".into(), "logviewer".into()],
             database_parameter: Some("/featureenv/prod/team-payments/payments-pr-123/database".into()),
+            database_wait_seconds: 1200,
         }
     }
 
@@ -356,6 +379,12 @@ mod tests {
     /// `logger` that record their arguments, so its behaviour (not just its syntax)
     /// is checked. Only the host paths for the log and console are redirected.
     fn run_with_stubs(spec: &BootstrapSpec, rollout_exit: u8) -> (bool, String, String, String) {
+        run_with_stubs_ssm(spec, rollout_exit, 0)
+    }
+
+    /// As [`run_with_stubs`], with `ssm get-parameter` failing (as AWS does with
+    /// ParameterNotFound) the first `ssm_failures` times, and a `sleep` that only records.
+    fn run_with_stubs_ssm(spec: &BootstrapSpec, rollout_exit: u8, ssm_failures: u32) -> (bool, String, String, String) {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -376,8 +405,19 @@ mod tests {
         );
         stub(
             "aws",
-            r#"case "$1 $2" in "ssm get-parameter") echo 'postgres://app:S3cretPW@db:5432/app' ;; "ecr get-login-password") echo ecr-token ;; esac"#,
+            r#"case "$1 $2" in
+  "ssm get-parameter")
+    left="$(cat "$SSM_FAILURES")"
+    if ((left > 0)); then
+      echo "$((left - 1))" > "$SSM_FAILURES"
+      echo "An error occurred (ParameterNotFound) when calling the GetParameter operation" >&2
+      exit 254
+    fi
+    echo 'postgres://app:S3cretPW@db:5432/app' ;;
+  "ecr get-login-password") echo ecr-token ;;
+esac"#,
         );
+        stub("sleep", "");
         stub(
             "minikube",
             r#"if [[ "$1" == docker-env ]]; then echo 'export DOCKER_HOST=tcp://127.0.0.1:2376'; fi"#,
@@ -397,6 +437,8 @@ mod tests {
         std::fs::write(&script_path, script).unwrap();
         let calls = dir.path().join("calls");
         let secret_stdin = dir.path().join("secret-stdin");
+        let ssm_failures_file = dir.path().join("ssm-failures");
+        std::fs::write(&ssm_failures_file, ssm_failures.to_string()).unwrap();
         let status = Command::new("bash")
             .arg(&script_path)
             .env_clear()
@@ -405,6 +447,7 @@ mod tests {
             .env("CONSOLE", dir.path().join("console"))
             .env("SECRET_STDIN", &secret_stdin)
             .env("ROLLOUT_EXIT", rollout_exit.to_string())
+            .env("SSM_FAILURES", &ssm_failures_file)
             .status()
             .expect("bash runs");
         // The console pipeline is asynchronous; give it a moment to flush.
@@ -453,6 +496,40 @@ mod tests {
             "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/bootstrap,Value=complete"
         );
         assert!(log.contains("bootstrap complete"), "{log}");
+    }
+
+    /// The bootstrap races the database claim: a parameter that is not there yet (an
+    /// empty pool means a restore of ten minutes or more) is waited for with backoff.
+    #[test]
+    fn a_missing_database_parameter_is_waited_for() {
+        let (ok, calls, secret, log) = run_with_stubs_ssm(&spec(), 0, 3);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        assert_eq!(calls.matches("aws ssm get-parameter").count(), 4, "{calls}");
+        let sleeps: Vec<&str> = calls.lines().filter(|l| l.starts_with("sleep ")).collect();
+        assert_eq!(sleeps, ["sleep 2", "sleep 4", "sleep 8"]);
+        assert_eq!(secret, "postgres://app:S3cretPW@db:5432/app");
+        assert!(
+            calls.ends_with("Key=featureenv.io/bootstrap,Value=complete\n"),
+            "{calls}"
+        );
+        assert!(log.contains("not readable yet; retrying in 2s"), "{log}");
+    }
+
+    /// Past the wait (the class's readiness timeout), a parameter still missing fails
+    /// the bootstrap through the ERR trap, as any other step would.
+    #[test]
+    fn a_database_parameter_missing_past_the_wait_tags_failed() {
+        let spec = BootstrapSpec {
+            database_wait_seconds: 3,
+            ..spec()
+        };
+        let (ok, calls, secret, log) = run_with_stubs_ssm(&spec, 0, 100);
+        assert!(!ok);
+        // 2 s of backoff fit in 3 s; the next 4 s would not.
+        assert_eq!(calls.matches("aws ssm get-parameter").count(), 2, "{calls}");
+        assert!(secret.is_empty());
+        assert!(calls.ends_with("Key=featureenv.io/bootstrap,Value=failed\n"), "{calls}");
+        assert!(log.contains("still unreadable after 3s"), "{log}");
     }
 
     #[test]

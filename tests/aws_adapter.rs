@@ -174,6 +174,7 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
         }],
         addons: vec!["ingress".into()],
         database_parameter: Some(parameter.into()),
+        database_wait_seconds: 1200,
     });
     let request = LaunchRequest {
         instance_profile: Some("featureenv-node".into()),
@@ -206,6 +207,18 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
     assert_eq!(param("BlockDeviceMapping.1.Ebs.VolumeSize"), Some("100"));
     assert_eq!(param("TagSpecification.1.ResourceType"), Some("instance"));
     assert_eq!(param("TagSpecification.2.ResourceType"), Some("volume"));
+    // RunInstances creates the primary network interface too; the IAM policy requires
+    // our cluster tag on it, so it must be tagged in the same request.
+    assert_eq!(param("TagSpecification.3.ResourceType"), Some("network-interface"));
+    assert_eq!(
+        param("TagSpecification.3.Tag.1.Key"),
+        param("TagSpecification.1.Tag.1.Key")
+    );
+    // With instance tags in metadata on, EC2 rejects every tag key with a `/` (all of
+    // ours); an account-level default could turn it on, so it is disabled explicitly.
+    assert_eq!(param("MetadataOptions.InstanceMetadataTags"), Some("disabled"));
+    // One hop: containers inside Minikube cannot reach the instance's role credentials.
+    assert_eq!(param("MetadataOptions.HttpPutResponseHopLimit"), Some("1"));
     assert!(!sent.values().any(|v| v.contains(password)));
 
     // Read back what EC2 recorded, with the SDK directly.

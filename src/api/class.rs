@@ -82,7 +82,8 @@ pub struct AmiSelectorTerm {
     /// Image name; `*` and `?` wildcards allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Owner account id, or `self` / `amazon`.
+    /// Owner account id, or `self` / `amazon`. With a `name` and no owner, `self`:
+    /// a name alone would also match public images anyone can publish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Tags every matching image carries.

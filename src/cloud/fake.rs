@@ -95,6 +95,11 @@ struct State {
     /// RunInstances ignores ClientToken, as moto does: only the operator's own
     /// look-up by tag can then prevent a second launch.
     client_tokens_ignored: bool,
+    /// RDS tag eventual consistency: tags added to a database stay out of this many
+    /// DescribeDBInstances answers after AddTagsToResource.
+    tag_lag: u32,
+    /// Per database id: (tags as the next answers show them, answers left).
+    stale_tags: HashMap<String, (Tags, u32)>,
 }
 
 impl State {
@@ -182,6 +187,12 @@ impl FakeCloud {
     /// as EC2's eventual consistency allows right after RunInstances.
     pub fn set_visibility_lag(&self, describes: u32) {
         self.state().visibility_lag = describes;
+    }
+
+    /// Tags added to a database stay invisible to the next `describes`
+    /// DescribeDBInstances answers, as RDS's eventual consistency allows.
+    pub fn set_tag_lag(&self, describes: u32) {
+        self.state().tag_lag = describes;
     }
 
     /// Makes RunInstances ignore ClientToken (moto's behaviour), so a test can show
@@ -581,13 +592,23 @@ impl Databases for FakeCloud {
     async fn list_databases(&self, cluster_id: &str) -> CloudResult<Vec<Database>> {
         const OP: &str = "DescribeDBInstances";
         let lost = self.enter(OP).await?;
-        let s = self.state();
+        let mut s = self.state();
         let found = s
             .databases
             .values()
             .filter(|d| d.database.tags.get(tag::CLUSTER).map(String::as_str) == Some(cluster_id))
-            .map(|d| d.database.clone())
+            .map(|d| {
+                let mut database = d.database.clone();
+                if let Some((tags, _)) = s.stale_tags.get(&database.id) {
+                    database.tags = tags.clone();
+                }
+                database
+            })
             .collect();
+        for (_, left) in s.stale_tags.values_mut() {
+            *left -= 1;
+        }
+        s.stale_tags.retain(|_, (_, left)| *left > 0);
         finish(OP, lost, Ok(found))
     }
 
@@ -607,7 +628,13 @@ impl Databases for FakeCloud {
             .values_mut()
             .find(|d| d.database.arn == arn)
             .ok_or_else(|| not_found(OP, arn))?;
+        let before = d.database.tags.clone();
+        let id = d.database.id.clone();
         d.database.tags.extend(tags.clone());
+        if s.tag_lag > 0 {
+            let lag = s.tag_lag;
+            s.stale_tags.entry(id).or_insert((before, lag));
+        }
         finish(OP, lost, Ok(()))
     }
 

@@ -137,10 +137,26 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
             ctx.inventory.wake();
             return Ok(ClaimOutcome::Pending);
         }
-        // Described after our tag, yet not ours: another writer's tag won, or the
-        // spare went away. Pick another.
-        warn!(database = %database, pool, environment, "claim not confirmed; picking another spare");
-        ctx.claims.forget(uid);
+        let seen = ctx
+            .inventory
+            .read(|s| s.pool_members(pool))
+            .into_iter()
+            .find(|d| d.id == database);
+        match seen {
+            // Described after our tag and still without a `claimed-by`: RDS tags are
+            // eventually consistent, so this is no loss. Tag again (the same tags, so
+            // idempotent; it also covers a tag call that failed before landing) and
+            // wait for the next poll.
+            Some(spare) if spare.status == DatabaseStatus::Available && !spare.tags.contains_key(tag::CLAIMED_BY) => {
+                info!(database = %database, pool, environment, "claim tag not visible yet; tagging again");
+                return tag_spare(ctx, pool, &spare, uid, environment).await;
+            }
+            // Another writer's tag won (a stale leader), or the spare went away.
+            _ => {
+                warn!(database = %database, pool, environment, "claim lost; picking another spare");
+                ctx.claims.forget(uid);
+            }
+        }
     }
 
     let members = ctx.inventory.read(|s| s.pool_members(pool));
@@ -151,18 +167,24 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
         return Ok(ClaimOutcome::Exhausted);
     };
     ctx.set_waiting(pool, uid, false);
+    tag_spare(ctx, pool, &candidate, uid, environment).await
+}
+
+/// Tags the reserved `spare` as claimed by `uid`; the next inventory poll that
+/// began after the tag confirms it (or shows that another tag won).
+async fn tag_spare(ctx: &Context, pool: &str, spare: &Database, uid: &str, environment: &str) -> Result<ClaimOutcome> {
     let tags: Tags = BTreeMap::from([
         (tag::CLAIMED_BY.to_owned(), uid.to_owned()),
         (tag::ENVIRONMENT.to_owned(), environment.to_owned()),
     ]);
-    let result = ctx.cloud.databases.tag_database(&candidate.arn, &tags).await;
+    let result = ctx.cloud.databases.tag_database(&spare.arn, &tags).await;
     // Even a failed call may have landed: the next description decides either way.
-    ctx.claims.tagged(&candidate.id, Instant::now());
+    ctx.claims.tagged(&spare.id, Instant::now());
     ctx.inventory.wake();
     // The pool counts the spare as claimed from now on; let it restore a replacement.
     ctx.inventory.notify_pool(pool);
     result?;
-    info!(database = %candidate.id, pool, environment, "tagged database as claimed; awaiting confirmation");
+    info!(database = %spare.id, pool, environment, "tagged database as claimed; awaiting confirmation");
     Ok(ClaimOutcome::Pending)
 }
 

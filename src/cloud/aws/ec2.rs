@@ -62,9 +62,14 @@ impl Compute for AwsCloud {
                 InstanceMetadataOptionsRequest::builder()
                     .http_tokens(aws_sdk_ec2::types::HttpTokensState::Required)
                     .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    // Instance tags in IMDS let the bootstrap script read its own
-                    // environment without extra API permissions.
-                    .instance_metadata_tags(aws_sdk_ec2::types::InstanceMetadataTagsState::Enabled)
+                    // With instance tags in metadata, EC2 rejects any tag key outside
+                    // [0-9a-zA-Z-_+=,.@:], so every key of ours (they contain `/`). An
+                    // account-level default can turn it on, so say disabled explicitly
+                    // (as Karpenter does); the bootstrap script never reads tags.
+                    .instance_metadata_tags(aws_sdk_ec2::types::InstanceMetadataTagsState::Disabled)
+                    // One hop: the instance itself reaches IMDS, containers behind
+                    // Minikube's bridge (one hop further) do not get the role.
+                    .http_put_response_hop_limit(1)
                     .build(),
             )
             .block_device_mappings(
@@ -81,6 +86,9 @@ impl Compute for AwsCloud {
             )
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume))
+            // The primary network interface is created by the launch as well; the IAM
+            // policy requires our cluster tag on everything RunInstances creates.
+            .tag_specifications(tag_spec(ResourceType::NetworkInterface))
             .user_data(BASE64.encode(request.user_data.as_bytes()));
         if let Some(profile) = &request.instance_profile {
             run = run.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());

@@ -425,7 +425,9 @@ fn selector_terms(class: &FeatureEnvironmentClass) -> Vec<ImageSelectorTerm> {
         .map(|t| ImageSelectorTerm {
             id: t.id.clone(),
             name: t.name.clone(),
-            owner: t.owner.clone(),
+            // A name alone would match public images too, and anyone can publish a
+            // newer one with a matching name; like Karpenter, default to our account.
+            owner: t.owner.clone().or_else(|| t.name.as_ref().map(|_| "self".to_owned())),
             tags: t.tags.clone().unwrap_or_default(),
             ssm_parameter: t.ssm_parameter.clone(),
         })
@@ -570,6 +572,7 @@ async fn launch_instance(
             .collect(),
         addons: resolved.addons.iter().map(|a| a.as_str().to_owned()).collect(),
         database_parameter: resolved.database_pool.as_ref().map(|_| parameter_name(ctx, &id.uid)),
+        database_wait_seconds: resolved.readiness_timeout.as_secs(),
     };
     let mut tags: Tags = class.spec.instance.tags.clone();
     tags.insert("Name".into(), format!("featureenv-{}-{}", id.namespace, id.name));
@@ -776,4 +779,39 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     ctx.claims.forget(&id.uid);
     ctx.forget_credentials(&id.uid);
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::class::AmiSelectorTerm;
+
+    fn class_with_terms(terms: Vec<AmiSelectorTerm>) -> FeatureEnvironmentClass {
+        let mut class = crate::test_fixtures::class();
+        class.spec.ami.selector_terms = terms;
+        class
+    }
+
+    /// A name without an owner would match public images: anyone could publish a newer
+    /// `minikube-service-*` and have it launched. It is searched in our account only.
+    #[test]
+    fn a_name_term_without_owner_searches_our_account() {
+        let class = class_with_terms(vec![
+            AmiSelectorTerm {
+                name: Some("minikube-service-*".into()),
+                ..Default::default()
+            },
+            AmiSelectorTerm {
+                name: Some("minikube-service-*".into()),
+                owner: Some("123456789012".into()),
+                ..Default::default()
+            },
+            AmiSelectorTerm {
+                id: Some("ami-0123456789abcdef0".into()),
+                ..Default::default()
+            },
+        ]);
+        let owners: Vec<Option<String>> = selector_terms(&class).into_iter().map(|t| t.owner).collect();
+        assert_eq!(owners, [Some("self".into()), Some("123456789012".into()), None]);
+    }
 }
