@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""Fault-injecting HTTP reverse proxy for AWS protocols, placed in front of moto.
+"""The strict AWS layer in front of moto: documented rules, AWS timing, injected faults.
 
-Owns fault injection for the end-to-end suite and the record of which AWS operations
-the operator issued (used by the IAM least-privilege test).
+Owns, for the local stack and the end-to-end suite, everything moto does not do like
+AWS, and the record of which AWS operations the operator issued (used by the IAM
+least-privilege test). Each request goes through, in this order:
 
-For each request, with probability --rate, instead of forwarding it the proxy injects
-one fault, chosen by the --mix weights:
-  * throttle: HTTP 400 in the protocol's own error format
-      EC2 query   -> <Response><Errors><Error><Code>RequestLimitExceeded</Code>...
-      other query -> <ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>...
-      JSON 1.0/1.1 (X-Amz-Target) -> {"__type": "ThrottlingException", ...}
-                                     with header x-amzn-ErrorType
-  * error: HTTP 500 in the same formats (InternalError / InternalFailure)
-  * drop: the connection is closed without any response
-Otherwise the request is forwarded unchanged (but for Host) and the answer relayed.
+1. Faults. With probability --rate, instead of forwarding the request the proxy
+   injects one fault, chosen by the --mix weights:
+     * throttle: HTTP 400 in the protocol's own error format
+         EC2 query   -> <Response><Errors><Error><Code>RequestLimitExceeded</Code>...
+         other query -> <ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code>...
+         JSON 1.0/1.1 (X-Amz-Target) -> {"__type": "ThrottlingException", ...}
+                                        with header x-amzn-ErrorType
+     * error: HTTP 500 in the same formats (InternalError / InternalFailure)
+     * drop: the connection is closed without any response
+2. Strict rules (on unless --no-strict): documented constraints moto skips (tag syntax
+   and limits, identifier rules, ClientToken, user-data size, ...; see aws_rules.py and
+   `--list-rules`). A violation is answered with HTTP 400, AWS's error code and message,
+   in the same formats. So are requests the emulated state refuses (a second delete of a
+   database still `deleting`, a modify of one still `creating`). RunInstances with a
+   ClientToken used before is answered as AWS does: the first answer again, or
+   IdempotentParameterMismatch for other parameters.
+3. Timing (--timing fast|realistic|off, scaled by --time-scale; see aws_world.py):
+   the request is forwarded unchanged (but for Host) and moto's answer rewritten so that
+   instances read `pending`, restores `creating`, deletions `deleting`, and new tags stay
+   invisible for a while.
 
 stdout's first line is the bound address `127.0.0.1:PORT` (so --listen 127.0.0.1:0
 works). Every request is logged (to --log, default stderr) as one JSON line:
@@ -21,7 +32,10 @@ works). Every request is logged (to --log, default stderr) as one JSON line:
 `service` comes from the Authorization header's credential scope, `action` from the
 form body's `Action=` or the `X-Amz-Target` header (text after the last dot);
 `fault` is null for forwarded requests, else "throttle" | "error" | "drop"
-(`status` is then the injected status, null for a drop).
+(`status` is then the injected status, null for a drop). A request the strict layer
+refused also carries `"rejected": "<AWS error code>"` and `"rule": "<rule id>"`; one
+answered from an earlier RunInstances with the same ClientToken carries
+`"replayed": true`.
 The random choice uses random.Random(--seed), so a run is reproducible for a given
 request order. Exits 0 on SIGTERM/SIGINT.
 """
@@ -31,6 +45,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import re
 import signal
@@ -38,21 +53,30 @@ import socket
 import sys
 import threading
 import time
+import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
+import aws_rules
+from aws_world import Answer, World, timing_for
+
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 }
-CREDENTIAL_SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+CREDENTIAL_SCOPE_RE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
 
 
 def service_of(headers: Any) -> str:
     m = CREDENTIAL_SCOPE_RE.search(headers.get("Authorization", "") or "")
-    return m.group(1) if m else "unknown"
+    return m.group(2) if m else "unknown"
+
+
+def region_of(headers: Any) -> str:
+    m = CREDENTIAL_SCOPE_RE.search(headers.get("Authorization", "") or "")
+    return m.group(1) if m else "us-east-1"
 
 
 def action_of(headers: Any, body: bytes) -> str:
@@ -70,17 +94,23 @@ def action_of(headers: Any, body: bytes) -> str:
 
 def error_response(service: str, json_protocol: bool, content_type: str, kind: str) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body) of an injected `throttle` or `error` for the protocol."""
-    request_id = str(uuid.uuid4())
     if kind == "throttle":
-        status = 400
         code = "RequestLimitExceeded" if service == "ec2" else ("ThrottlingException" if json_protocol else "Throttling")
-        message = "Rate exceeded (injected by fault_proxy)"
-        error_type = "Sender"
-    else:
-        status = 500
-        code = "InternalError" if service == "ec2" else "InternalFailure"
-        message = "We encountered an internal error. Please try again. (injected by fault_proxy)"
-        error_type = "Receiver"
+        return aws_error(service, json_protocol, content_type, 400, code, "Rate exceeded (injected by fault_proxy)")
+    code = "InternalError" if service == "ec2" else "InternalFailure"
+    message = "We encountered an internal error. Please try again. (injected by fault_proxy)"
+    return aws_error(service, json_protocol, content_type, 500, code, message)
+
+
+def xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def aws_error(
+    service: str, json_protocol: bool, content_type: str, status: int, code: str, message: str
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) of an AWS error in the request's protocol."""
+    request_id = str(uuid.uuid4())
     if json_protocol:
         body = json.dumps({"__type": code, "message": message}).encode()
         return status, {
@@ -91,13 +121,14 @@ def error_response(service: str, json_protocol: bool, content_type: str, kind: s
     if service == "ec2":
         xml = (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+            f"<Response><Errors><Error><Code>{code}</Code><Message>{xml_escape(message)}</Message></Error></Errors>"
             f"<RequestID>{request_id}</RequestID></Response>"
         )
     else:
+        error_type = "Sender" if status < 500 else "Receiver"
         xml = (
             f'<ErrorResponse xmlns="http://{service}.amazonaws.com/doc/">'
-            f"<Error><Type>{error_type}</Type><Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<Error><Type>{error_type}</Type><Code>{code}</Code><Message>{xml_escape(message)}</Message></Error>"
             f"<RequestId>{request_id}</RequestId></ErrorResponse>"
         )
     return status, {"Content-Type": "text/xml", "x-amzn-RequestId": request_id}, xml.encode()
@@ -124,7 +155,10 @@ class Proxy(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, listen: tuple[str, int], upstream: str, plan: FaultPlan, log: IO[str]) -> None:
+    def __init__(
+        self, listen: tuple[str, int], upstream: str, plan: FaultPlan, log: IO[str],
+        strict: bool = True, world: World | None = None,
+    ) -> None:
         super().__init__(listen, Handler)
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
@@ -135,11 +169,12 @@ class Proxy(ThreadingHTTPServer):
         self.plan = plan
         self.log = log
         self.log_lock = threading.Lock()
+        self.strict = strict
+        self.world = world or World(None)
 
-    def record(self, service: str, action: str, status: int | None, fault: str | None) -> None:
-        line = json.dumps(
-            {"ts": round(time.time(), 3), "service": service, "action": action, "status": status, "fault": fault}
-        )
+    def record(self, service: str, action: str, status: int | None, fault: str | None, **extra: Any) -> None:
+        entry = {"ts": round(time.time(), 3), "service": service, "action": action, "status": status, "fault": fault}
+        line = json.dumps({**entry, **extra})
         with self.log_lock:
             self.log.write(line + "\n")
             self.log.flush()
@@ -151,6 +186,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet default logging
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in two writes; with Nagle on, the body waits for the
+        # client's delayed ACK (~40 ms a request on Linux loopback).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -181,6 +222,7 @@ class Handler(BaseHTTPRequestHandler):
         service = service_of(self.headers)
         action = action_of(self.headers, body)
         json_protocol = bool(self.headers.get("X-Amz-Target"))
+        content_type = self.headers.get("Content-Type", "")
         fault = self.server.plan.choose()
         if fault == "drop":
             self.server.record(service, action, None, fault)
@@ -191,20 +233,61 @@ class Handler(BaseHTTPRequestHandler):
                 pass
             return
         if fault in ("throttle", "error"):
-            status, headers, payload = error_response(
-                service, json_protocol, self.headers.get("Content-Type", ""), fault
-            )
+            status, headers, payload = error_response(service, json_protocol, content_type, fault)
             self.server.record(service, action, status, fault)
             self._send(status, headers, payload)
             return
+        call = aws_rules.parse_call(service, action, region_of(self.headers), body, json_protocol)
+        world = self.server.world
+        violation = (aws_rules.check(call, world) or world.state_violation(call)) if self.server.strict else None
+        if violation is not None:
+            self._refuse(call, content_type, violation)
+            return
+        token = call.params.get("ClientToken") if self.server.strict and call.action == "RunInstances" else None
+        if service == "ec2" and token:
+            # Two launches with one token run one at a time, as AWS makes them one launch.
+            with world.token_lock(call.region, token):
+                earlier = world.launch_replay(call)
+                if isinstance(earlier, aws_rules.Violation):
+                    self._refuse(call, content_type, earlier)
+                    return
+                if earlier is not None:
+                    self.server.record(service, action, earlier.status, None, replayed=True)
+                    self._send(earlier.status, earlier.headers, earlier.body)
+                    return
+                answer = self._forward_and_play(call, body)
+                if answer is not None:
+                    world.remember_launch(call, answer)
+            return
+        self._forward_and_play(call, body)
+
+    def _refuse(self, call: aws_rules.Call, content_type: str, violation: aws_rules.Violation) -> None:
+        status, headers, payload = aws_error(
+            call.service, call.json_protocol, content_type, violation.status, violation.code, violation.message
+        )
+        self.server.record(call.service, call.action, status, None, rejected=violation.code, rule=violation.rule)
+        self._send(status, headers, payload)
+
+    def _forward_and_play(self, call: aws_rules.Call, body: bytes) -> Answer | None:
+        """Forwards to moto, learns from its answer, plays AWS's timing over it, sends it."""
         try:
             status, resp_headers, payload = self._forward(body)
         except (OSError, http.client.HTTPException) as e:
-            self.server.record(service, action, 502, None)
+            self.server.record(call.service, call.action, 502, None)
             self._send(502, {"Content-Type": "text/plain"}, f"fault_proxy: upstream error: {e}".encode())
-            return
-        self.server.record(service, action, status, None)
-        self._send(status, resp_headers, payload)
+            return None
+        answer = Answer(status, resp_headers, payload)
+        world = self.server.world
+        encoded = any(k.lower() == "content-encoding" for k, _ in resp_headers)
+        if not encoded:
+            try:
+                world.observe(call, status, payload)
+                answer = world.rewrite(call, answer)
+            except Exception:  # noqa: BLE001 - a bug in the layer must not eat moto's answer
+                sys.stderr.write(f"fault_proxy: could not play AWS over {call.action}:\n{traceback.format_exc()}")
+        self.server.record(call.service, call.action, answer.status, None)
+        self._send(answer.status, answer.headers, answer.body)
+        return answer
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.server.upstream_host, self.server.upstream_port, timeout=60)
@@ -239,18 +322,44 @@ def parse_mix(text: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default="127.0.0.1:0", help="host:port to bind (port 0 = any free)")
-    p.add_argument("--upstream", required=True, help="moto endpoint, e.g. http://127.0.0.1:5000")
+    p.add_argument("--upstream", help="moto endpoint, e.g. http://127.0.0.1:5000 (required)")
     p.add_argument("--rate", type=float, default=0.3, help="probability of a fault per request")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", type=parse_mix, default=parse_mix("throttle=0.6,error=0.25,drop=0.15"),
                    help="relative weights of fault kinds (default throttle=0.6,error=0.25,drop=0.15)")
     p.add_argument("--log", help="append JSON lines here (default stderr)")
+    # Defaults may come from the environment, so a harness that starts the proxy with
+    # fixed flags (tests/support/stack.rs) can still pick e.g. realistic timing for a bench.
+    env = os.environ
+    p.add_argument("--no-strict", dest="strict", action="store_false",
+                   default=env.get("FEATUREENV_AWS_STRICT", "1") not in ("0", "false", "no"),
+                   help="forward requests that break documented AWS constraints (default: refuse them; "
+                        "FEATUREENV_AWS_STRICT=0 sets --no-strict)")
+    p.add_argument("--timing", choices=("fast", "realistic", "off"), default=env.get("FEATUREENV_AWS_TIMING", "fast"),
+                   help="AWS timing to play over moto's answers (default $FEATUREENV_AWS_TIMING or fast: "
+                        "sub-second periods)")
+    p.add_argument("--time-scale", type=float, default=env.get("FEATUREENV_AWS_TIME_SCALE", "1.0"),
+                   help="multiply every timing period by this factor (default $FEATUREENV_AWS_TIME_SCALE or 1.0)")
+    p.add_argument("--list-rules", action="store_true", help="print the strict rules as a Markdown table and exit")
     args = p.parse_args(argv)
+    if args.timing not in ("fast", "realistic", "off"):
+        p.error(f"--timing (or FEATUREENV_AWS_TIMING) must be fast, realistic or off, not {args.timing!r}")
+    if args.list_rules:
+        print(aws_rules.rules_table())
+        return 0
+    if not args.upstream:
+        p.error("--upstream is required")
     if not 0.0 <= args.rate <= 1.0:
         p.error("--rate must be within [0, 1]")
+    if args.time_scale < 0:
+        p.error("--time-scale must not be negative")
     host, _, port = args.listen.rpartition(":")
     log: IO[str] = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr
-    server = Proxy((host or "127.0.0.1", int(port)), args.upstream, FaultPlan(args.rate, args.seed, args.mix), log)
+    world = World(timing_for(args.timing, args.time_scale))
+    server = Proxy(
+        (host or "127.0.0.1", int(port)), args.upstream, FaultPlan(args.rate, args.seed, args.mix), log,
+        strict=args.strict, world=world,
+    )
     bound_host, bound_port = server.server_address[:2]
     print(f"{bound_host}:{bound_port}", flush=True)
 

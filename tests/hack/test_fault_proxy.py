@@ -1,4 +1,8 @@
-"""Tests for hack/fault_proxy.py: faults at about the configured rate, in each protocol's error format."""
+"""Tests for hack/fault_proxy.py: faults at about the configured rate, in each protocol's error format.
+
+The strict rules and the AWS timing have their own files: test_aws_rules.py (pure),
+test_strict_layer.py and test_aws_timing.py (through boto3 against proxy + moto).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ REPO = Path(__file__).resolve().parents[2]
 NO_RETRY = Config(retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=10)
 
 
-def start_proxy(upstream: str, rate: float, log: Path, seed: int = 7, mix: str | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_proxy(
+    upstream: str, rate: float, log: Path, seed: int = 7, mix: str | None = None, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str]:
+    """Starts hack/fault_proxy.py as the e2e harness does (plus `extra` flags)."""
     cmd = [sys.executable, str(REPO / "hack/fault_proxy.py"), "--listen", "127.0.0.1:0", "--upstream", upstream,
-           "--rate", str(rate), "--seed", str(seed), "--log", str(log)]
+           "--rate", str(rate), "--seed", str(seed), "--log", str(log), *extra]
     if mix:
         cmd += ["--mix", mix]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,591 @@
+"""The account as hack/fault_proxy.py has seen it, and AWS's timing played over moto.
+
+Owns the layer's memory of the account (instances launched with metadata tags, DB
+engines and tags, parameter tags, RunInstances client tokens) learned from requests
+and moto's answers, and the clock-driven behaviour moto lacks, applied by rewriting
+moto's answers:
+  * an instance reads `pending` for `ec2_pending` seconds after RunInstances;
+  * a restored DB instance reads `creating` (no endpoint yet) for `rds_creating`
+    seconds, then `backing-up` for `rds_backing_up`, then what moto says;
+  * a deleted DB instance (moto forgets it at once) still reads `deleting` for
+    `rds_deleting` seconds, and refuses a second delete, a modify and a new restore
+    of the same identifier;
+  * tags written by CreateTags / AddTagsToResource stay invisible (old value, or
+    absent) in DescribeInstances / DescribeDBInstances, tag filters included, for
+    `tag_lag` seconds: AWS's eventual consistency.
+No I/O; the clock is injected (`now`), so tests can drive it.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aws_rules import (
+    Call,
+    Violation,
+    ec2_run_tag_specs,
+    json_tags,
+    members,
+    query_tags,
+    rds_id_from_arn,
+    rds_request_tags,
+    values,
+)
+
+# --- timing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds each emulated AWS state lasts."""
+
+    ec2_pending: float
+    rds_creating: float
+    rds_backing_up: float
+    rds_deleting: float
+    tag_lag: float
+
+    def scaled(self, factor: float) -> "Timing":
+        return Timing(*(getattr(self, f) * factor for f in self.__dataclass_fields__))
+
+
+# Sub-second, so the end-to-end suite stays fast yet meets every transition.
+FAST = Timing(ec2_pending=0.5, rds_creating=1.0, rds_backing_up=0.3, rds_deleting=0.5, tag_lag=0.3)
+# Measured or documented figures; sources in docs/local-stack.md ("Timing").
+REALISTIC = Timing(ec2_pending=15.0, rds_creating=600.0, rds_backing_up=120.0, rds_deleting=300.0, tag_lag=2.0)
+PRESETS = {"fast": FAST, "realistic": REALISTIC}
+
+
+def timing_for(mode: str, scale: float) -> Timing | None:
+    """The timing of `--timing MODE --time-scale SCALE`; None for `off`."""
+    if mode == "off":
+        return None
+    return PRESETS[mode].scaled(scale)
+
+
+# --- XML --------------------------------------------------------------------------------
+
+
+def namespace(root: ET.Element) -> str:
+    return root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
+
+
+def serialize(root: ET.Element) -> bytes:
+    """The document with its namespace as the default one, as AWS (and moto) write it:
+    SDK parsers match element names, and some of them do not expect prefixes."""
+    ns = namespace(root)
+    text = ET.tostring(root, encoding="unicode", default_namespace=ns or None)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + text).encode()
+
+
+class Doc:
+    """An AWS XML answer with namespace-aware helpers."""
+
+    def __init__(self, body: bytes) -> None:
+        self.root = ET.fromstring(body)
+        self.ns = namespace(self.root)
+
+    def q(self, path: str) -> str:
+        """`a/b` -> `{ns}a/{ns}b` (ElementPath with the document's namespace)."""
+        if not self.ns:
+            return path
+        return "/".join(part if part in (".", "..") or not part else f"{{{self.ns}}}{part}" for part in path.split("/"))
+
+    def find(self, el: ET.Element, path: str) -> ET.Element | None:
+        return el.find(self.q(path))
+
+    def findall(self, el: ET.Element, path: str) -> list[ET.Element]:
+        return el.findall(self.q(path))
+
+    def text(self, el: ET.Element, path: str) -> str | None:
+        found = self.find(el, path)
+        return found.text if found is not None else None
+
+    def new(self, parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+        child = ET.SubElement(parent, f"{{{self.ns}}}{name}" if self.ns else name)
+        child.text = text
+        return child
+
+    def bytes(self) -> bytes:
+        return serialize(self.root)
+
+
+def parse(body: bytes) -> Doc | None:
+    try:
+        return Doc(body)
+    except ET.ParseError:
+        return None
+
+
+# --- filters ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    values: tuple[str, ...]
+
+
+def query_filters(params: dict[str, str]) -> list[Filter]:
+    return [
+        Filter(m.get("Name", ""), tuple(values(m, "Value")))
+        for m in members(params, "Filter")
+    ]
+
+
+def wildcard(pattern: str, text: str) -> bool:
+    # EC2 filter values take * and ? as wildcards; fnmatchcase also knows [..], which
+    # a tag value containing '[' would then misread: escape it.
+    return fnmatch.fnmatchcase(text, pattern.replace("[", "[[]"))
+
+
+def instance_matches(filters: list[Filter], state: str, tags: dict[str, str]) -> bool:
+    """Whether an instance with this state and tags passes the filters the layer re-checks."""
+    for f in filters:
+        if f.name == "instance-state-name":
+            ok = any(wildcard(v, state) for v in f.values)
+        elif f.name.startswith("tag:"):
+            key = f.name[4:]
+            ok = key in tags and any(wildcard(v, tags[key]) for v in f.values)
+        elif f.name == "tag-key":
+            ok = any(wildcard(v, k) for v in f.values for k in tags)
+        elif f.name == "tag-value":
+            ok = any(wildcard(v, t) for v in f.values for t in tags.values())
+        else:
+            continue
+        if not ok:
+            return False
+    return True
+
+
+# --- the world --------------------------------------------------------------------------
+
+
+@dataclass
+class TagWrite:
+    value: str
+    previous: str | None  # None: the key did not exist (as far as the layer knows)
+    visible_at: float
+
+
+@dataclass
+class Database:
+    engine: str | None = None
+    restored_at: float | None = None
+    deleted_at: float | None = None
+    deleted_xml: bytes | None = None  # the DBInstance element DeleteDBInstance returned
+    tag_keys: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class World:
+    """What the layer knows of the account, and the emulated AWS timing.
+
+    Thread-safe: the proxy serves requests from several threads.
+    """
+
+    def __init__(self, timing: Timing | None, now: Callable[[], float] = time.monotonic) -> None:
+        self.timing = timing
+        self.now = now
+        self.lock = threading.RLock()
+        self.launched_at: dict[str, float] = {}
+        self.metadata_tags: set[str] = set()
+        self.dbs: dict[str, Database] = {}
+        self.parameter_tags: dict[str, set[str]] = {}
+        # resource id (instance id, DB identifier) -> key -> last value seen / pending write
+        self.seen_tags: dict[str, dict[str, str]] = {}
+        self.tag_writes: dict[str, dict[str, TagWrite]] = {}
+        # (region, ClientToken) -> (fingerprint of the parameters, first answer)
+        self.launches: dict[tuple[str, str], tuple[str, Answer]] = {}
+        self.token_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    # -- Observed (read by aws_rules) --------------------------------------------------
+
+    def instance_metadata_tags(self, instance_id: str) -> bool:
+        with self.lock:
+            return instance_id in self.metadata_tags
+
+    def db_engine(self, db_id: str) -> str | None:
+        with self.lock:
+            db = self.dbs.get(db_id.lower())
+            return db.engine if db else None
+
+    def db_tag_keys(self, db_id: str) -> set[str]:
+        with self.lock:
+            db = self.dbs.get(db_id.lower())
+            return set(db.tag_keys) if db else set()
+
+    def parameter_tag_keys(self, name: str) -> set[str]:
+        with self.lock:
+            return set(self.parameter_tags.get(name, set()))
+
+    def db(self, db_id: str) -> Database:
+        return self.dbs.setdefault(db_id.lower(), Database())
+
+    # -- RunInstances client tokens ----------------------------------------------------
+
+    def token_lock(self, region: str, token: str) -> threading.Lock:
+        with self.lock:
+            return self.token_locks.setdefault((region, token), threading.Lock())
+
+    @staticmethod
+    def fingerprint(call: Call) -> str:
+        fields = sorted((k, v) for k, v in call.params.items() if k not in ("Action", "Version"))
+        return hashlib.sha256(repr(fields).encode()).hexdigest()
+
+    def launch_replay(self, call: Call) -> Answer | Violation | None:
+        """For a RunInstances whose ClientToken was used before: the first answer again
+        (same parameters), IdempotentParameterMismatch (other parameters). The caller
+        holds `token_lock`."""
+        token = call.params.get("ClientToken")
+        if not token:
+            return None
+        with self.lock:
+            launch = self.launches.get((call.region, token))
+        if launch is None:
+            return None
+        fingerprint, answer = launch
+        if fingerprint != self.fingerprint(call):
+            return Violation(
+                "IdempotentParameterMismatch",
+                "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).",
+                "ec2.run.client-token-idempotency",
+            )
+        return answer
+
+    def remember_launch(self, call: Call, answer: Answer) -> None:
+        token = call.params.get("ClientToken")
+        if token and answer.status == 200:
+            with self.lock:
+                self.launches[(call.region, token)] = (self.fingerprint(call), answer)
+
+    # -- refusals that follow from the emulated state --------------------------------
+
+    def deleting(self, db_id: str) -> bool:
+        db = self.dbs.get(db_id.lower())
+        return bool(
+            self.timing and db and db.deleted_at is not None
+            and self.now() - db.deleted_at < self.timing.rds_deleting
+        )
+
+    def creating(self, db_id: str) -> bool:
+        db = self.dbs.get(db_id.lower())
+        return bool(
+            self.timing and db and db.restored_at is not None and db.deleted_at is None
+            and self.now() - db.restored_at < self.timing.rds_creating
+        )
+
+    def state_violation(self, call: Call) -> Violation | None:
+        """A request the emulated state refuses (moto, which has no such state, would not)."""
+        if call.service != "rds" or self.timing is None:
+            return None
+        db_id = call.params.get("DBInstanceIdentifier", "")
+        with self.lock:
+            if call.action == "DeleteDBInstance" and self.deleting(db_id):
+                return Violation(
+                    "InvalidDBInstanceState", f"Instance {db_id} is already being deleted.", "rds.state.deleting"
+                )
+            if call.action == "ModifyDBInstance" and (self.deleting(db_id) or self.creating(db_id)):
+                return Violation(
+                    "InvalidDBInstanceState", "Database instance is not in available state.", "rds.state.not-available"
+                )
+            if call.action == "RestoreDBInstanceFromDBSnapshot" and self.deleting(db_id):
+                return Violation("DBInstanceAlreadyExists", "DB instance already exists", "rds.state.exists")
+        return None
+
+    # -- learning from a forwarded request and moto's answer --------------------------
+
+    def observe(self, call: Call, status: int, body: bytes) -> None:
+        """Learns what the request did, if moto accepted it."""
+        with self.lock:
+            if call.service == "ec2":
+                self._observe_ec2(call, status, body)
+            elif call.service == "rds":
+                self._observe_rds(call, status, body)
+            elif call.service == "ssm" and status == 200:
+                self._observe_ssm(call)
+
+    def _observe_ec2(self, call: Call, status: int, body: bytes) -> None:
+        if status != 200:
+            return
+        now = self.now()
+        if call.action == "RunInstances":
+            doc = parse(body)
+            if doc is None:
+                return
+            enabled = call.params.get("MetadataOptions.InstanceMetadataTags", "").lower() == "enabled"
+            tags = {k: v for rtype, spec in ec2_run_tag_specs(call.params) if rtype == "instance" for k, v in spec}
+            for item in doc.findall(doc.root, "instancesSet/item"):
+                iid = doc.text(item, "instanceId")
+                if not iid:
+                    continue
+                self.launched_at.setdefault(iid, now)
+                if enabled:
+                    self.metadata_tags.add(iid)
+                self.seen_tags.setdefault(iid, {}).update(tags)
+        elif call.action == "DescribeInstances":
+            # Instances launched behind the layer's back (or before it started).
+            doc = parse(body)
+            for item in doc.findall(doc.root, "reservationSet/item/instancesSet/item") if doc else []:
+                if (doc.text(item, "metadataOptions/instanceMetadataTags") or "").lower() == "enabled":
+                    self.metadata_tags.add(doc.text(item, "instanceId") or "")
+        elif call.action == "CreateTags" and self.timing:
+            for resource in values(call.params, "ResourceId"):
+                self._write_tags(resource, query_tags(call.params, "Tag"), now)
+
+    def _observe_rds(self, call: Call, status: int, body: bytes) -> None:
+        now = self.now()
+        if status != 200:
+            return
+        db_id = call.params.get("DBInstanceIdentifier", "").lower()
+        if call.action == "RestoreDBInstanceFromDBSnapshot":
+            db = self.db(db_id)
+            db.restored_at, db.deleted_at, db.deleted_xml = now, None, None
+            db.tag_keys = {k for k, _ in rds_request_tags(call.params)}
+            self.seen_tags[db_id] = dict(rds_request_tags(call.params))
+            self.tag_writes.pop(db_id, None)
+        elif call.action == "DeleteDBInstance":
+            doc = parse(body)
+            element = doc.find(doc.root, "DeleteDBInstanceResult/DBInstance") if doc else None
+            db = self.db(db_id)
+            db.deleted_at = now
+            if element is not None:
+                db.deleted_xml = ET.tostring(element)
+        elif call.action == "AddTagsToResource":
+            target = rds_id_from_arn(call.params.get("ResourceName", ""))
+            if target:
+                tags = rds_request_tags(call.params)
+                self.db(target).tag_keys |= {k for k, _ in tags}
+                if self.timing:
+                    self._write_tags(target, tags, now)
+        doc = parse(body) if call.action in ("DescribeDBInstances", "RestoreDBInstanceFromDBSnapshot") else None
+        if doc is not None:
+            for element in doc.root.iter(f"{{{doc.ns}}}DBInstance" if doc.ns else "DBInstance"):
+                found = (doc.text(element, "DBInstanceIdentifier") or "").lower()
+                if not found:
+                    continue
+                db = self.db(found)
+                db.engine = doc.text(element, "Engine") or db.engine
+                tags = {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(element, "TagList/Tag")}
+                db.tag_keys = set(tags)
+
+    def _observe_ssm(self, call: Call) -> None:
+        if call.action == "PutParameter" and call.doc.get("Tags"):
+            self.parameter_tags.setdefault(str(call.doc.get("Name")), set()).update(k for k, _ in json_tags(call.doc))
+        elif call.action == "AddTagsToResource" and call.doc.get("ResourceType") == "Parameter":
+            name = str(call.doc.get("ResourceId", ""))
+            self.parameter_tags.setdefault(name, set()).update(k for k, _ in json_tags(call.doc))
+        elif call.action == "DeleteParameter":
+            self.parameter_tags.pop(str(call.doc.get("Name", "")), None)
+
+    def _write_tags(self, resource: str, tags: list[tuple[str, str]], now: float) -> None:
+        assert self.timing is not None
+        writes = self.tag_writes.setdefault(resource, {})
+        seen = self.seen_tags.get(resource, {})
+        for key, value in tags:
+            earlier = writes.get(key)
+            # A write over a still-invisible one keeps what readers see today.
+            previous = earlier.previous if earlier and earlier.visible_at > now else seen.get(key)
+            writes[key] = TagWrite(value, previous, now + self.timing.tag_lag)
+
+    def _visible_tags(self, resource: str, actual: dict[str, str], now: float) -> dict[str, str]:
+        """`actual` (moto's tags) as a reader sees them while writes propagate; learns the
+        settled ones."""
+        writes = self.tag_writes.get(resource, {})
+        visible = dict(actual)
+        for key, write in list(writes.items()):
+            if write.visible_at <= now:
+                del writes[key]
+                continue
+            if write.previous is None:
+                visible.pop(key, None)
+            else:
+                visible[key] = write.previous
+        seen = self.seen_tags.setdefault(resource, {})
+        for key, value in actual.items():
+            if key not in writes:
+                seen[key] = value
+        return visible
+
+    # -- rewriting moto's answers -----------------------------------------------------
+
+    def rewrite(self, call: Call, answer: Answer) -> Answer:
+        """moto's answer as AWS would give it at this moment."""
+        if self.timing is None:
+            return answer
+        with self.lock:
+            if call.service == "ec2" and call.action == "DescribeInstances" and answer.status == 200:
+                return self._rewrite_describe_instances(call, answer)
+            if call.service == "rds":
+                if call.action == "RestoreDBInstanceFromDBSnapshot" and answer.status == 200:
+                    return self._rewrite_db_instances(call, answer, "RestoreDBInstanceFromDBSnapshotResult/DBInstance")
+                if call.action == "DescribeDBInstances":
+                    return self._rewrite_describe_db_instances(call, answer)
+        return answer
+
+    def _rewrite_describe_instances(self, call: Call, answer: Answer) -> Answer:
+        doc = parse(answer.body)
+        if doc is None:
+            return answer
+        assert self.timing is not None
+        now = self.now()
+        filters = query_filters(call.params)
+        changed = False
+        for reservation in doc.findall(doc.root, "reservationSet/item"):
+            instances = doc.find(reservation, "instancesSet")
+            if instances is None:
+                continue
+            for item in list(instances):
+                iid = doc.text(item, "instanceId") or ""
+                touched = False
+                name = doc.find(item, "instanceState/name")
+                launched = self.launched_at.get(iid)
+                if (
+                    launched is not None and name is not None and name.text == "running"
+                    and now - launched < self.timing.ec2_pending
+                ):
+                    name.text = "pending"
+                    code = doc.find(item, "instanceState/code")
+                    if code is not None:
+                        code.text = "0"
+                    touched = True
+                tag_set = doc.find(item, "tagSet")
+                actual = {
+                    doc.text(t, "key") or "": doc.text(t, "value") or "" for t in doc.findall(item, "tagSet/item")
+                }
+                visible = self._visible_tags(iid, actual, now)
+                if visible != actual:
+                    touched = True
+                    if tag_set is None:
+                        tag_set = doc.new(item, "tagSet")
+                    for t in list(tag_set):
+                        tag_set.remove(t)
+                    for key, value in visible.items():
+                        entry = doc.new(tag_set, "item")
+                        doc.new(entry, "key", key)
+                        doc.new(entry, "value", value)
+                if touched:
+                    changed = True
+                    current = name.text if name is not None else ""
+                    if not instance_matches(filters, current or "", visible):
+                        instances.remove(item)
+            if len(instances) == 0:
+                reservations = doc.find(doc.root, "reservationSet")
+                if reservations is not None:
+                    reservations.remove(reservation)
+        return Answer(answer.status, answer.headers, doc.bytes()) if changed else answer
+
+    def _db_rewrite(self, doc: Doc, element: ET.Element, now: float) -> bool:
+        """Applies the emulated status and tag lag to one DBInstance element."""
+        assert self.timing is not None
+        db_id = (doc.text(element, "DBInstanceIdentifier") or "").lower()
+        db = self.dbs.get(db_id)
+        changed = False
+        status = doc.find(element, "DBInstanceStatus")
+        if db and db.restored_at is not None and db.deleted_at is None and status is not None:
+            age = now - db.restored_at
+            if status.text == "available" and age < self.timing.rds_creating:
+                status.text = "creating"
+                endpoint = doc.find(element, "Endpoint")
+                if endpoint is not None:
+                    element.remove(endpoint)  # AWS assigns the endpoint once creation ends
+                changed = True
+            elif status.text == "available" and age < self.timing.rds_creating + self.timing.rds_backing_up:
+                status.text = "backing-up"
+                changed = True
+        tag_list = doc.find(element, "TagList")
+        actual = {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(element, "TagList/Tag")}
+        visible = self._visible_tags(db_id, actual, now)
+        if visible != actual:
+            if tag_list is None:
+                tag_list = doc.new(element, "TagList")
+            for t in list(tag_list):
+                tag_list.remove(t)
+            for key, value in visible.items():
+                tag = doc.new(tag_list, "Tag")
+                doc.new(tag, "Key", key)
+                doc.new(tag, "Value", value)
+            changed = True
+        return changed
+
+    def _rewrite_db_instances(self, call: Call, answer: Answer, path: str) -> Answer:
+        doc = parse(answer.body)
+        if doc is None:
+            return answer
+        now = self.now()
+        changed = False
+        for element in doc.findall(doc.root, path):
+            changed |= self._db_rewrite(doc, element, now)
+        return Answer(answer.status, answer.headers, doc.bytes()) if changed else answer
+
+    def _deleting_elements(self, wanted: str | None, present: set[str]) -> list[ET.Element]:
+        """DBInstance elements of deleted instances still `deleting`, status set."""
+        found = []
+        for db_id, db in sorted(self.dbs.items()):
+            if db.deleted_xml is None or db_id in present or not self.deleting(db_id):
+                continue
+            if wanted is not None and db_id != wanted:
+                continue
+            element = copy.deepcopy(ET.fromstring(db.deleted_xml))
+            for child in element:
+                if child.tag.endswith("}DBInstanceStatus") or child.tag == "DBInstanceStatus":
+                    child.text = "deleting"
+            found.append(element)
+        return found
+
+    def _rewrite_describe_db_instances(self, call: Call, answer: Answer) -> Answer:
+        wanted = call.params.get("DBInstanceIdentifier")
+        wanted = wanted.lower() if wanted else None
+        if answer.status != 200:
+            # moto forgot a deleted instance at once; AWS still describes it as deleting.
+            ghosts = self._deleting_elements(wanted, set()) if wanted else []
+            if not ghosts:
+                return answer
+            return Answer(200, [("Content-Type", "text/xml")], describe_db_instances_body(ghosts))
+        doc = parse(answer.body)
+        if doc is None:
+            return answer
+        now = self.now()
+        changed = False
+        container = doc.find(doc.root, "DescribeDBInstancesResult/DBInstances")
+        present: set[str] = set()
+        for element in doc.findall(doc.root, "DescribeDBInstancesResult/DBInstances/DBInstance"):
+            present.add((doc.text(element, "DBInstanceIdentifier") or "").lower())
+            changed |= self._db_rewrite(doc, element, now)
+        last_page = not doc.text(doc.root, "DescribeDBInstancesResult/Marker")
+        unfiltered = not members(call.params, "Filters.Filter") and not members(call.params, "Filters.member")
+        if container is not None and last_page and unfiltered:
+            for ghost in self._deleting_elements(wanted, present):
+                container.append(ghost)
+                changed = True
+        return Answer(answer.status, answer.headers, doc.bytes()) if changed else answer
+
+
+RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"
+
+
+def describe_db_instances_body(elements: list[ET.Element]) -> bytes:
+    root = ET.Element(f"{{{RDS_NS}}}DescribeDBInstancesResponse")
+    result = ET.SubElement(root, f"{{{RDS_NS}}}DescribeDBInstancesResult")
+    container = ET.SubElement(result, f"{{{RDS_NS}}}DBInstances")
+    for element in elements:
+        container.append(element)
+    metadata = ET.SubElement(root, f"{{{RDS_NS}}}ResponseMetadata")
+    ET.SubElement(metadata, f"{{{RDS_NS}}}RequestId").text = str(uuid.uuid4())
+    return serialize(root)
+
+

@@ -1,0 +1,299 @@
+"""hack/fault_proxy.py's strict rules through boto3 against proxy + moto: each rule refuses a
+request that breaks it, with AWS's code and HTTP 400 in the protocol's format, while the
+compliant request next to it goes through to moto; --no-strict lets everything through."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from botocore.exceptions import ClientError
+
+from test_fault_proxy import REPO, clients, read_log, start_proxy, stop
+
+OPERATOR_TAGS = {
+    "featureenv.io/cluster": "strict",
+    "featureenv.io/environment": "default/payments-pr-123",
+    "featureenv.io/uid": "0b3c4f8e-1d2a-4c5b-9e8f-7a6b5c4d3e2f",
+}
+
+
+@pytest.fixture(scope="module")
+def layer(moto_endpoint: str, seeded: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A strict proxy (timing off, so only the rules are under test) and its clients."""
+    log = tmp_path_factory.mktemp("strict") / "proxy.jsonl"
+    proc, url = start_proxy(moto_endpoint, 0.0, log, extra=("--timing", "off"))
+    try:
+        yield {"log": log, **clients(url)}
+    finally:
+        stop(proc)
+
+
+def refused(call: Callable[[], Any], code: str, message: str | None = None) -> str:
+    with pytest.raises(ClientError) as exc:
+        call()
+    response = exc.value.response
+    assert (response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]) == (code, 400), response
+    if message is not None:
+        assert response["Error"]["Message"] == message
+    return str(response["Error"]["Message"])
+
+
+def launch(ec2: Any, seeded: dict[str, Any], tags: dict[str, str], imds: bool = False, **extra: Any) -> str:
+    spec = [{"Key": k, "Value": v} for k, v in tags.items()]
+    args: dict[str, Any] = {
+        "ImageId": seeded["amiIds"]["newer"], "InstanceType": "t3.micro", "MinCount": 1, "MaxCount": 1,
+        "SubnetId": seeded["subnetId"], **extra,
+    }
+    if spec:
+        args["TagSpecifications"] = [{"ResourceType": "instance", "Tags": spec}, {"ResourceType": "volume", "Tags": spec}]
+    if imds:
+        args["MetadataOptions"] = {"HttpTokens": "required", "InstanceMetadataTags": "enabled"}
+    return str(ec2.run_instances(**args)["Instances"][0]["InstanceId"])
+
+
+# --- EC2 -------------------------------------------------------------------------------
+
+
+def test_instance_metadata_tags_refuse_slash_keys_and_log_the_refusal(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ec2 = layer["ec2"]
+    refused(
+        lambda: launch(ec2, seeded, OPERATOR_TAGS, imds=True), "InvalidParameterValue",
+        "'featureenv.io/cluster' is not a valid tag key. Tag keys must match pattern ([0-9a-zA-Z\\-_+=,.@:]{1,255}), "
+        "and must not be a reserved name ('.', '..', '_index')",
+    )
+    safe = {k.replace("/", ":"): v for k, v in OPERATOR_TAGS.items()}
+    imds_instance = launch(ec2, seeded, safe, imds=True)
+    plain_instance = launch(ec2, seeded, OPERATOR_TAGS)
+    # The instance's own bootstrap tag (user data: aws ec2 create-tags) on each of them.
+    bootstrap = [{"Key": "featureenv.io/bootstrap", "Value": "complete"}]
+    refused(lambda: ec2.create_tags(Resources=[imds_instance], Tags=bootstrap), "InvalidParameterValue")
+    refused(lambda: ec2.create_tags(Resources=[imds_instance], Tags=[{"Key": "_index", "Value": "x"}]),
+            "InvalidParameterValue")
+    ec2.create_tags(Resources=[imds_instance], Tags=[{"Key": "featureenv.io:bootstrap", "Value": "complete"}])
+    ec2.create_tags(Resources=[plain_instance], Tags=bootstrap)
+    described = ec2.describe_instances(InstanceIds=[plain_instance])["Reservations"][0]["Instances"][0]
+    assert {t["Key"]: t["Value"] for t in described["Tags"]}["featureenv.io/bootstrap"] == "complete"
+
+    entries = read_log(layer["log"])
+    rejected = [e for e in entries if e.get("rejected")]
+    assert rejected[0] == {**rejected[0], "service": "ec2", "action": "RunInstances", "status": 400, "fault": None,
+                           "rejected": "InvalidParameterValue", "rule": "ec2.tags.imds-key"}
+    forwarded = [e for e in entries if not e.get("rejected")]
+    assert forwarded and all(set(e) == {"ts", "service", "action", "status", "fault"} for e in forwarded)
+
+
+def test_instances_launched_behind_the_layer_are_learned_from_describe(
+    layer: dict[str, Any], seeded: dict[str, Any], aws: Any
+) -> None:
+    iid = launch(aws("ec2"), seeded, {"env": "x"}, imds=True)  # straight to moto
+    bootstrap = [{"Key": "featureenv.io/bootstrap", "Value": "complete"}]
+    layer["ec2"].describe_instances(InstanceIds=[iid])
+    refused(lambda: layer["ec2"].create_tags(Resources=[iid], Tags=bootstrap), "InvalidParameterValue")
+
+
+def test_ec2_tag_limits(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ec2 = layer["ec2"]
+    fifty = {f"k{i}": "v" for i in range(50)}
+    launch(ec2, seeded, fifty)
+    refused(lambda: launch(ec2, seeded, {**fifty, "k50": "v"}), "TagLimitExceeded")
+    iid = launch(ec2, seeded, {"k" * 128: "v" * 256})
+    refused(lambda: launch(ec2, seeded, {"k" * 129: "v"}), "InvalidParameterValue",
+            "Tag key exceeds the maximum length of 128 characters")
+    refused(lambda: ec2.create_tags(Resources=[iid], Tags=[{"Key": "k", "Value": "v" * 257}]), "InvalidParameterValue",
+            "Tag value exceeds the maximum length of 256 characters")
+    refused(lambda: launch(ec2, seeded, {"aws:owner": "me"}), "InvalidParameterValue",
+            "Tag keys starting with 'aws:' are reserved for internal use")
+    refused(lambda: ec2.create_tags(Resources=[iid], Tags=[{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}]),
+            "InvalidParameterValue")
+
+
+def test_client_token_length_and_idempotency(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ec2 = layer["ec2"]
+    refused(lambda: launch(ec2, seeded, {}, ClientToken="t" * 65), "InvalidParameterValue")
+    token = "fe-" + uuid.uuid4().hex + "-0"
+    tags = {**OPERATOR_TAGS, "featureenv.io/uid": token}
+    first = launch(ec2, seeded, tags, ClientToken=token)
+    again = launch(ec2, seeded, tags, ClientToken=token)
+    assert again == first, "a retried launch with the same ClientToken is the same launch"
+    ours = ec2.describe_instances(Filters=[{"Name": "tag:featureenv.io/uid", "Values": [token]}])["Reservations"]
+    assert [i["InstanceId"] for r in ours for i in r["Instances"]] == [first], "moto launched once"
+    refused(lambda: launch(ec2, seeded, {**tags, "extra": "1"}, ClientToken=token),
+            "IdempotentParameterMismatch",
+            "Arguments on this idempotent request are inconsistent with arguments used in previous request(s).")
+    assert [e.get("replayed") for e in read_log(layer["log"]) if e["action"] == "RunInstances"].count(True) >= 1
+
+
+def test_user_data_hop_limit_and_page_size(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ec2 = layer["ec2"]
+    launch(ec2, seeded, {}, UserData="x" * 16384)  # boto3 base64-encodes it
+    refused(lambda: launch(ec2, seeded, {}, UserData="x" * 16385), "InvalidParameterValue",
+            "User data is limited to 16384 bytes")
+    launch(ec2, seeded, {}, MetadataOptions={"HttpPutResponseHopLimit": 64})
+    refused(lambda: launch(ec2, seeded, {}, MetadataOptions={"HttpPutResponseHopLimit": 65}), "InvalidParameterValue")
+    ec2.describe_instances(MaxResults=5)
+    refused(lambda: ec2.describe_instances(MaxResults=4), "InvalidParameterValue")
+    refused(lambda: ec2.describe_instances(MaxResults=5, InstanceIds=["i-0123456789abcdef0"]),
+            "InvalidParameterCombination")
+
+
+# --- RDS -------------------------------------------------------------------------------
+
+
+def restore(rds: Any, db_id: str, tags: dict[str, str] | None = None) -> Any:
+    return rds.restore_db_instance_from_db_snapshot(
+        DBInstanceIdentifier=db_id, DBSnapshotIdentifier="integration-db-2026-11-27", DBInstanceClass="db.t3.micro",
+        Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
+    )
+
+
+def test_rds_identifiers_and_tags(layer: dict[str, Any], aws: Any) -> None:
+    rds = layer["rds"]
+    for bad in ("1fe", "fe--x", "fe-", "fe_x"):
+        refused(lambda: restore(rds, bad), "InvalidParameterValue",
+                "The parameter DBInstanceIdentifier is not a valid identifier. Identifiers must begin with a letter; "
+                "must contain only ASCII letters, digits, and hyphens; and must not end with a hyphen or contain two "
+                "consecutive hyphens.")
+    refused(lambda: restore(rds, "a" * 64), "InvalidParameterValue")
+    db_id = "fe-strict-" + uuid.uuid4().hex[:8]
+    refused(lambda: restore(rds, db_id, {"featureenv.io/snapshot": "rds:integration-db-2026-11-28-03-00"}),
+            "InvalidParameterValue", 'Tag values cannot start with the reserved prefix "rds:".')
+    refused(lambda: restore(rds, db_id, {"aws:x": "v"}), "InvalidParameterValue")
+    refused(lambda: restore(rds, db_id, {"k": "a,b"}), "InvalidParameterValue")
+    arn = restore(rds, db_id, {"featureenv.io/cluster": "strict", "featureenv.io/snapshot": "integration-db-2026-11-27"})[
+        "DBInstance"]["DBInstanceArn"]
+    rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": "featureenv.io/claimed-by", "Value": "uid-1"}])
+    rds.describe_db_instances(DBInstanceIdentifier=db_id)  # the layer learns the 3 keys
+    many = [{"Key": f"k{i}", "Value": "v"} for i in range(48)]
+    assert "50 tags" in refused(lambda: rds.add_tags_to_resource(ResourceName=arn, Tags=many), "InvalidParameterValue")
+    rds.add_tags_to_resource(ResourceName=arn, Tags=many[:47])
+    refused(lambda: rds.add_tags_to_resource(ResourceName=db_id, Tags=[{"Key": "k", "Value": "v"}]),
+            "InvalidParameterValue", f"Invalid resource name: {db_id}")
+
+
+def test_master_password_rules_follow_the_engine(layer: dict[str, Any], aws: Any) -> None:
+    rds, direct = layer["rds"], aws("rds")
+    db_id = "strict-mysql-" + uuid.uuid4().hex[:6]
+    direct.create_db_instance(DBInstanceIdentifier=db_id, Engine="mysql", DBInstanceClass="db.t3.micro",
+                              MasterUsername="admin", MasterUserPassword="initial-pw1", AllocatedStorage=20)
+    rds.describe_db_instances(DBInstanceIdentifier=db_id)  # the layer learns the engine
+
+    def modify(password: str) -> Any:
+        return rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword=password, ApplyImmediately=True)
+
+    modify("A" * 32)  # what the operator generates
+    refused(lambda: modify("A" * 42), "InvalidParameterValue",
+            "The parameter MasterUserPassword is not a valid password because it is longer than 41 characters.")
+    refused(lambda: modify("short"), "InvalidParameterValue")
+    for bad in ("pass/word1", 'pass"word1', "pass@word1", "pass word1"):
+        refused(lambda: modify(bad), "InvalidParameterValue",
+                "The parameter MasterUserPassword is not a valid password. Only printable ASCII characters besides "
+                "'/', '@', '\"', ' ' may be used.")
+
+
+def test_rds_delete_and_describe_parameters(layer: dict[str, Any]) -> None:
+    rds = layer["rds"]
+    refused(lambda: rds.delete_db_instance(DBInstanceIdentifier="integration-db"), "InvalidParameterCombination",
+            "FinalDBSnapshotIdentifier is required unless SkipFinalSnapshot is specified.")
+    rds.describe_db_instances(MaxRecords=20)
+    refused(lambda: rds.describe_db_instances(MaxRecords=10), "InvalidParameterValue")
+    refused(lambda: rds.describe_db_snapshots(DBSnapshotIdentifier="rds:integration-db-2026-11-28-03-00"),
+            "InvalidParameterCombination")
+    rds.describe_db_snapshots(DBSnapshotIdentifier="integration-db-2026-11-27")
+
+
+# --- SSM, ECR ------------------------------------------------------------------------------
+
+
+def test_parameter_rules(layer: dict[str, Any]) -> None:
+    ssm = layer["ssm"]
+    base = "/featureenv/strict/" + uuid.uuid4().hex[:8]
+
+    def put(name: str, value: str = "v", **extra: Any) -> Any:
+        return ssm.put_parameter(Name=name, Value=value, Type="SecureString", **extra)
+
+    put(base + "/database", json.dumps({"password": "A" * 32}),
+        Tags=[{"Key": "featureenv.io/cluster", "Value": "strict"}])
+    refused(lambda: put(base + "/data base"), "ValidationException")
+    refused(lambda: put("featureenv/relative/name"), "ValidationException")
+    deep = base + "".join(f"/l{i}" for i in range(13))
+    refused(lambda: put(deep), "HierarchyLevelLimitExceededException")
+    put(deep.rsplit("/", 1)[0])
+    refused(lambda: put(base + "/" + "n" * 1000), "ValidationException")
+    put(base + "/big", "x" * 4096)
+    message = refused(lambda: put(base + "/bigger", "x" * 4097), "ValidationException")
+    assert message.startswith("Standard tier parameters support a maximum parameter value of 4096 characters.")
+    refused(lambda: put(base + "/ref", "{{ssm:/other}}"), "ValidationException")
+    refused(lambda: put(base + "/t", Tags=[{"Key": "k", "Value": "a,b"}]), "ValidationException")
+    refused(lambda: put(base + "/many", Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)]), "TooManyTagsError")
+    ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=base + "/database",
+                             Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(49)])
+    refused(lambda: ssm.add_tags_to_resource(ResourceType="Parameter", ResourceId=base + "/database",
+                                             Tags=[{"Key": "one-too-many", "Value": "v"}]), "TooManyTagsError")
+    assert ssm.get_parameters_by_path(Path=base, Recursive=True, MaxResults=10)["Parameters"]
+    refused(lambda: ssm.get_parameters_by_path(Path="featureenv"), "ValidationException")
+    refused(lambda: ssm.get_parameters_by_path(Path=base, MaxResults=11), "ValidationException")
+
+
+def test_ecr_describe_images(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ecr = layer["ecr"]
+    found = ecr.describe_images(registryId="123456789012", repositoryName="payments", imageIds=[{"imageTag": "pr-123"}])
+    assert found["imageDetails"][0]["imageDigest"] == seeded["ecr"]["payments"]["digests"]["pr-123"]
+    refused(lambda: ecr.describe_images(repositoryName="Payments"), "InvalidParameterException")
+    refused(lambda: ecr.describe_images(repositoryName="payments", imageIds=[{"imageTag": "latest"}], maxResults=5),
+            "InvalidParameterException")
+
+
+# --- --no-strict -----------------------------------------------------------------------------
+
+
+def test_no_strict_passes_everything_through(moto_endpoint: str, seeded: dict[str, Any], tmp_path: Path) -> None:
+    log = tmp_path / "proxy.jsonl"
+    proc, url = start_proxy(moto_endpoint, 0.0, log, extra=("--no-strict", "--timing", "off"))
+    try:
+        cs = clients(url)
+        iid = launch(cs["ec2"], seeded, OPERATOR_TAGS, imds=True, ClientToken="t" * 65, UserData="x" * 20000)
+        cs["ec2"].create_tags(Resources=[iid], Tags=[{"Key": "featureenv.io/bootstrap", "Value": "complete"}])
+        token = "nostrict-" + uuid.uuid4().hex
+        twice = {launch(cs["ec2"], seeded, {}, ClientToken=token) for _ in range(2)}
+        assert len(twice) == 2, "moto's own behaviour: no idempotency without the strict layer"
+        db_id = "fe-nostrict-" + uuid.uuid4().hex[:6]
+        restore(cs["rds"], db_id, {"featureenv.io/snapshot": "rds:integration-db-2026-11-28-03-00"})
+        cs["rds"].modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="p@ss word", ApplyImmediately=True)
+        cs["ssm"].put_parameter(Name="/nostrict" + "".join(f"/l{i}" for i in range(16)), Value="x" * 5000,
+                                Type="String")
+    finally:
+        stop(proc)
+    entries = read_log(log)
+    assert entries and not any("rejected" in e for e in entries)
+    assert all(e["status"] == 200 for e in entries), entries
+
+
+def test_environment_sets_the_defaults(
+    moto_endpoint: str, seeded: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tests/support/stack.rs starts the proxy with fixed flags; the environment chooses.
+    monkeypatch.setenv("FEATUREENV_AWS_STRICT", "0")
+    monkeypatch.setenv("FEATUREENV_AWS_TIMING", "off")
+    proc, url = start_proxy(moto_endpoint, 0.0, tmp_path / "proxy.jsonl")
+    try:
+        ec2 = clients(url)["ec2"]
+        iid = launch(ec2, seeded, OPERATOR_TAGS, imds=True)
+        assert instance_state(ec2, iid) == "running"
+    finally:
+        stop(proc)
+
+
+def instance_state(ec2: Any, iid: str) -> str:
+    return str(ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+
+def test_rules_are_listed() -> None:
+    out = subprocess.run([sys.executable, str(REPO / "hack/fault_proxy.py"), "--list-rules"], check=True,
+                         capture_output=True, text=True).stdout
+    assert out.startswith("| rule |") and "`ec2.tags.imds-key`" in out
