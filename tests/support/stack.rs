@@ -741,10 +741,17 @@ impl Stack {
             if check().await {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
+            if Instant::now() >= deadline {
+                let refused = self.refused_operator_requests();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}{}",
+                    if refused.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; the API server refused the operator: {}", refused.join(", "))
+                    }
+                );
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -769,6 +776,31 @@ impl Stack {
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
         self.control_plane.audit_events()
     }
+
+    /// The operators' requests the API server refused (403), from the audit log: a
+    /// grant missing from the chart shows up here first, so every failure names it.
+    pub fn refused_operator_requests(&self) -> Vec<String> {
+        self.audit_events()
+            .iter()
+            .filter(|e| e["user"]["username"] == OPERATOR_USER && e["responseStatus"]["code"] == 403)
+            .map(|e| {
+                let object = &e["objectRef"];
+                let resource = match object["subresource"].as_str() {
+                    Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or_default()),
+                    None => object["resource"].as_str().unwrap_or_default().to_owned(),
+                };
+                format!(
+                    "403 {} {}/{} ({})",
+                    e["verb"].as_str().unwrap_or_default(),
+                    object["apiGroup"].as_str().unwrap_or_default(),
+                    resource,
+                    e["requestURI"].as_str().unwrap_or_default()
+                )
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
 }
 
 impl Drop for Stack {
@@ -786,6 +818,9 @@ impl Drop for Stack {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            for refused in self.refused_operator_requests() {
+                eprintln!("==== the API server refused the operator (a grant missing from the chart?): {refused}");
+            }
             let kept = self.tempdir.take().map(tempfile::TempDir::keep);
             eprintln!("==== e2e stack logs kept in {}", self.dir.display());
             let _ = kept;
