@@ -101,12 +101,15 @@ pub fn plan(
 
     let total = claimed + spares.len() as u32 - failed.len() as u32 - surplus as u32;
     let need = target.saturating_sub(fresh.len() as u32 - surplus as u32);
-    let mut room = spec.max_size.saturating_sub(total);
+    // Signed: the pool can be over its cap for a moment (a spare claimed while a stale
+    // one is still listed), and each stale spare deleted must first pay that back
+    // before it makes room.
+    let mut room = i64::from(spec.max_size) - i64::from(total);
     // Stale spares go once fresh replacements are available, or earlier when they
     // are what stands between the pool and its cap.
     for (i, d) in stale.iter().enumerate() {
         let replaced = fresh_available >= spec.warm;
-        let blocking = (room as usize) < need as usize && i < need as usize;
+        let blocking = room < i64::from(need) && i < need as usize;
         if replaced || blocking {
             delete.push(d.id.clone());
             if blocking && !replaced {
@@ -114,7 +117,7 @@ pub fn plan(
             }
         }
     }
-    let to_restore = need.min(room);
+    let to_restore = need.min(u32::try_from(room.max(0)).unwrap_or(0));
     let used: BTreeSet<&str> = members.iter().map(|d| d.id.as_str()).collect();
     let restore = (0u32..)
         .map(|slot| naming::pool_database_id(pool, &snapshot.id, slot))
@@ -413,6 +416,27 @@ mod tests {
         let p = plan("p", &spec(1, 2), &snap("s2"), &members, 0, now());
         assert!(p.restore.is_empty(), "maxSize reached");
         assert!(p.delete.is_empty(), "claimed databases are never touched");
+    }
+
+    /// Seen in the e2e pool scenario: a stale spare already deleted last pass is
+    /// still listed (the delete raced the poll) while its fresh replacement has just
+    /// been claimed. Claimed databases alone fill maxSize, so deleting the stale spare
+    /// makes no room: nothing may be restored.
+    #[test]
+    fn a_stale_spare_over_the_cap_makes_no_room_when_claims_fill_it() {
+        let members = vec![
+            db("fe-p-old-claimed", "s1", DatabaseStatus::Available, Some("uid-a")),
+            db("fe-p-old-spare", "s1", DatabaseStatus::Available, None),
+            db(
+                &naming::pool_database_id("p", "s2", 0),
+                "s2",
+                DatabaseStatus::Available,
+                Some("uid-b"),
+            ),
+        ];
+        let p = plan("p", &spec(1, 2), &snap("s2"), &members, 0, now());
+        assert_eq!(p.restore, Vec::<String>::new(), "two claimed databases fill maxSize 2");
+        assert_eq!(p.delete, vec!["fe-p-old-spare".to_owned()]);
     }
 
     #[test]
