@@ -36,6 +36,8 @@ struct Figures {
     api_apply: BTreeMap<String, usize>,
     /// The same, delete of all → all gone.
     api_delete: BTreeMap<String, usize>,
+    /// apply → all Ready by verb and resource.
+    api_apply_by_resource: BTreeMap<String, usize>,
 }
 
 /// Verbs that change state on the API server.
@@ -52,6 +54,31 @@ fn reads(by_verb: &BTreeMap<String, usize>) -> usize {
 /// The operator's requests by verb (watch = a watch started) received in [from, to],
 /// from the API server's audit log.
 fn api_requests(stack: &Stack, from: f64, to: f64) -> BTreeMap<String, usize> {
+    api_requests_by(stack, from, to, |e| e["verb"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The same, keyed by "verb resource[/subresource]", to say where writes go.
+fn api_requests_by_resource(stack: &Stack, from: f64, to: f64) -> BTreeMap<String, usize> {
+    api_requests_by(stack, from, to, |e| {
+        let object = &e["objectRef"];
+        let sub = object["subresource"]
+            .as_str()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        format!(
+            "{} {}{sub}",
+            e["verb"].as_str().unwrap_or_default(),
+            object["resource"].as_str().unwrap_or_default()
+        )
+    })
+}
+
+fn api_requests_by(
+    stack: &Stack,
+    from: f64,
+    to: f64,
+    key: impl Fn(&serde_json::Value) -> String,
+) -> BTreeMap<String, usize> {
     let mut by_verb = BTreeMap::new();
     for event in stack.audit_events() {
         if event["user"]["username"] != OPERATOR_USER {
@@ -65,9 +92,7 @@ fn api_requests(stack: &Stack, from: f64, to: f64) -> BTreeMap<String, usize> {
         };
         let at = at.as_millisecond() as f64 / 1000.0;
         if at >= from && at <= to {
-            *by_verb
-                .entry(event["verb"].as_str().unwrap_or_default().to_owned())
-                .or_insert(0) += 1;
+            *by_verb.entry(key(&event)).or_insert(0) += 1;
         }
     }
     by_verb
@@ -174,6 +199,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
     let (run_calls, run_describe_by_action) = describe_calls(&stack, t0_unix, ready_unix);
     let (steady_calls, describe_by_action) = describe_calls(&stack, ready_unix, end_unix);
     let api_apply = api_requests(&stack, t0_unix, ready_unix);
+    let api_apply_by_resource = api_requests_by_resource(&stack, t0_unix, ready_unix);
 
     // Delete them all; the finalizer cleans up AWS, then the objects go.
     let delete_unix = unix_now();
@@ -205,6 +231,7 @@ async fn run(n: usize, operator_bin: &Path) -> Figures {
         peak_rss_mib: peak_rss_kib as f64 / 1024.0,
         api_apply,
         api_delete,
+        api_apply_by_resource,
     }
 }
 
@@ -257,6 +284,10 @@ async fn bench() {
         );
         println!("      Kubernetes API requests apply→Ready: {:?}", f.api_apply);
         println!("      Kubernetes API requests delete→gone: {:?}", f.api_delete);
+        println!(
+            "      Kubernetes API requests apply→Ready by resource: {:?}",
+            f.api_apply_by_resource
+        );
         results.push(f);
     }
 

@@ -266,10 +266,14 @@ pub fn next_status(
         );
     } else {
         status.phase = Phase::Provisioning;
-        let nr = instance
-            .err()
-            .or(database.err())
-            .expect("not ready means one half is not ready");
+        let nr = match (instance, database) {
+            // The bootstrap script waits for the database parameter, so while the pool
+            // has no spare, that is what holds the instance up too.
+            (Err(_), Err(db)) if db.reason == "PoolExhausted" => db,
+            (Err(i), _) => i,
+            (Ok(()), Err(db)) => db,
+            (Ok(()), Ok(())) => unreachable!("not ready means one half is not ready"),
+        };
         set_condition(
             &mut status.conditions,
             ConditionUpdate::new(READY, false, nr.reason, nr.message),
@@ -449,6 +453,29 @@ mod tests {
         assert_eq!(
             conditions::find(&s.conditions, DATABASE_READY).unwrap().reason,
             "PoolExhausted"
+        );
+    }
+
+    /// With the real bootstrap, an instance waits for its database parameter, so an
+    /// exhausted pool keeps it `Bootstrapping`: the Ready reason names the pool, the
+    /// cause, rather than the instance.
+    #[test]
+    fn an_exhausted_pool_is_the_ready_reason_while_the_instance_waits_for_it() {
+        let endpoints = BTreeMap::new();
+        let booting = instance(InstanceState::Running, None);
+        let obs = Observed {
+            instance: Some(&booting),
+            database: Some(DatabaseObservation::PoolExhausted {
+                pool: "integration".into(),
+            }),
+            console_tail: None,
+        };
+        let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
+        assert_eq!(s.phase, Phase::Provisioning);
+        assert_eq!(conditions::find(&s.conditions, READY).unwrap().reason, "PoolExhausted");
+        assert_eq!(
+            conditions::find(&s.conditions, INSTANCE_READY).unwrap().reason,
+            "Bootstrapping"
         );
     }
 
