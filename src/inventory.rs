@@ -346,6 +346,7 @@ mod tests {
         t.insert(tag::UID.into(), format!("uid-{env}"));
         Instance {
             id: id.into(),
+            arn: format!("arn:aws:ec2:us-east-1:123456789012:instance/{id}"),
             instance_type: "t3.large".into(),
             image_id: "ami-1".into(),
             state,

@@ -189,6 +189,11 @@ async fn launch_requires_imdsv2_tags_instance_and_volume_and_sends_no_password()
     moto.start_recording();
     let launched = cloud.launch_instance(&request).await.unwrap();
     assert_eq!(launched.image_id, image_id);
+    // The ARN IAM's ec2:SourceInstanceARN shows for this instance's own requests.
+    assert_eq!(
+        launched.arn,
+        format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/{}", launched.id)
+    );
     assert_eq!(launched.instance_type, "t3.xlarge");
     assert!(!launched.state.is_gone());
     assert_eq!(launched.tags.get(tag::UID).map(String::as_str), Some("uid-1"));
@@ -591,6 +596,27 @@ async fn ssm_secure_parameters_put_overwrite_list_delete() {
     assert!(puts[2].get("Tags").is_none());
     assert_eq!(observer.count("PutParameter", "AlreadyExists"), 1);
     assert_eq!(observer.count("AddTagsToResource", "ok"), 1);
+
+    // Binding the parameter to the one instance that may read it adds a tag.
+    let arn = format!("arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0");
+    cloud
+        .tag_parameter(name, &Tags::from([(tag::INSTANCE.to_owned(), arn.clone())]))
+        .await
+        .unwrap();
+    let listed_tags = ssm
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::Parameter)
+        .resource_id(name)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        listed_tags
+            .tag_list()
+            .iter()
+            .any(|t| t.key() == tag::INSTANCE && t.value() == arn),
+        "{listed_tags:?}"
+    );
 
     cloud
         .put_secret_parameter("/featureenv/c-ssm/team/other/database", "v", &owner)

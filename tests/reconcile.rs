@@ -296,6 +296,25 @@ async fn lifecycle_ready_then_deleted_leaves_nothing() {
             .contains(&format!("{ECR}/payments@sha256:{}", "b".repeat(64)))
     );
 
+    // Only this instance may read the database parameter: it carries the instance's
+    // ARN, which the instance profile compares with ec2:SourceInstanceARN.
+    let parameter = status
+        .database
+        .as_ref()
+        .and_then(|d| d.parameter_name.clone())
+        .expect("parameter name in status");
+    assert_eq!(
+        h.fake.parameter_tags(&parameter).get(tag::INSTANCE),
+        Some(&launched.instance.arn),
+        "parameter bound to its instance"
+    );
+    assert!(
+        launched
+            .instance
+            .arn
+            .ends_with(&format!(":instance/{}", launched.instance.id))
+    );
+
     let database = status.database.unwrap();
     let db = h
         .fake

@@ -75,6 +75,7 @@ struct State {
     next_id: u64,
     images: Vec<FakeImage>,
     parameters: BTreeMap<String, String>,
+    parameter_tags: BTreeMap<String, Tags>,
     instances: BTreeMap<String, FakeInstance>,
     snapshots: Vec<Snapshot>,
     databases: BTreeMap<String, FakeDatabase>,
@@ -284,6 +285,10 @@ impl FakeCloud {
         self.state().parameters.get(name).cloned()
     }
 
+    pub fn parameter_tags(&self, name: &str) -> Tags {
+        self.state().parameter_tags.get(name).cloned().unwrap_or_default()
+    }
+
     pub fn parameter_names(&self) -> Vec<String> {
         self.state().parameters.keys().cloned().collect()
     }
@@ -443,6 +448,7 @@ impl Compute for FakeCloud {
         }
         let n = s.next_id;
         let instance = Instance {
+            arn: format!("arn:aws:ec2:us-east-1:123456789012:instance/{id}"),
             id: id.clone(),
             instance_type: request.instance_type.clone(),
             image_id: request.image_id.clone(),
@@ -671,10 +677,23 @@ impl Databases for FakeCloud {
 
 #[async_trait]
 impl Parameters for FakeCloud {
-    async fn put_secret_parameter(&self, name: &str, value: &str, _tags: &Tags) -> CloudResult<()> {
+    async fn put_secret_parameter(&self, name: &str, value: &str, tags: &Tags) -> CloudResult<()> {
         const OP: &str = "PutParameter";
         let lost = self.enter(OP).await?;
-        self.state().parameters.insert(name.into(), value.into());
+        let mut s = self.state();
+        s.parameters.insert(name.into(), value.into());
+        s.parameter_tags.entry(name.into()).or_default().extend(tags.clone());
+        finish(OP, lost, Ok(()))
+    }
+
+    async fn tag_parameter(&self, name: &str, tags: &Tags) -> CloudResult<()> {
+        const OP: &str = "AddTagsToResource";
+        let lost = self.enter(OP).await?;
+        let mut s = self.state();
+        if !s.parameters.contains_key(name) {
+            return Err(not_found(OP, name));
+        }
+        s.parameter_tags.entry(name.into()).or_default().extend(tags.clone());
         finish(OP, lost, Ok(()))
     }
 

@@ -26,6 +26,9 @@ pub mod tag {
     pub const BOOTSTRAP: &str = "featureenv.io/bootstrap";
     /// On pool databases: the snapshot they were restored from.
     pub const SNAPSHOT: &str = "featureenv.io/snapshot";
+    /// On an environment's database parameter: the ARN of the one instance allowed to
+    /// read it (the instance profile compares it with `${ec2:SourceInstanceARN}`).
+    pub const INSTANCE: &str = "featureenv.io/instance";
     pub const BOOTSTRAP_COMPLETE: &str = "complete";
     pub const BOOTSTRAP_FAILED: &str = "failed";
 }
@@ -81,6 +84,9 @@ impl InstanceState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
+    /// `arn:<partition>:ec2:<region>:<account>:instance/<id>`, the form IAM's
+    /// `ec2:SourceInstanceARN` takes for requests the instance makes.
+    pub arn: String,
     pub instance_type: String,
     pub image_id: String,
     pub state: InstanceState,
@@ -216,6 +222,8 @@ pub trait Databases: Send + Sync {
 pub trait Parameters: Send + Sync {
     /// Create or overwrite a SecureString.
     async fn put_secret_parameter(&self, name: &str, value: &str, tags: &Tags) -> CloudResult<()>;
+    /// Add (or overwrite) tags on an existing parameter.
+    async fn tag_parameter(&self, name: &str, tags: &Tags) -> CloudResult<()>;
     /// Delete; an unknown name is `CloudError::NotFound`.
     async fn delete_parameter(&self, name: &str) -> CloudResult<()>;
     /// Names of all parameters under a path prefix (recursive).

@@ -53,6 +53,9 @@ pub struct Context {
     /// this keeps it from rotating the password again (on RDS each rotation is a
     /// ModifyDBInstance that resets the master credentials for a while).
     credentials_handed_out: Mutex<std::collections::HashSet<String>>,
+    /// `uid/instance` pairs whose database parameter this process has tagged with the
+    /// instance's ARN (the only instance the instance profile lets read it).
+    parameters_bound: Mutex<std::collections::HashSet<String>>,
     /// Newest snapshot per pool source, for the slow poll interval.
     pub(crate) snapshots: cache::TtlCache<crate::cloud::Snapshot>,
     /// Newest image per class selector, for the slow poll interval (AMIs are baked
@@ -93,6 +96,7 @@ impl Context {
             failures: Mutex::default(),
             pool_demand: Mutex::default(),
             credentials_handed_out: Mutex::default(),
+            parameters_bound: Mutex::default(),
         }
     }
 
@@ -130,6 +134,26 @@ impl Context {
             .lock()
             .expect("credentials lock poisoned")
             .retain(|k| !k.starts_with(&prefix));
+        self.parameters_bound
+            .lock()
+            .expect("parameters lock poisoned")
+            .retain(|k| !k.starts_with(&prefix));
+    }
+
+    /// Records that `uid`'s database parameter carries `instance`'s ARN.
+    pub fn parameter_bound(&self, uid: &str, instance: &str) {
+        self.parameters_bound
+            .lock()
+            .expect("parameters lock poisoned")
+            .insert(format!("{uid}/{instance}"));
+    }
+
+    /// Whether this process tagged `uid`'s database parameter with `instance`'s ARN.
+    pub fn has_bound_parameter(&self, uid: &str, instance: &str) -> bool {
+        self.parameters_bound
+            .lock()
+            .expect("parameters lock poisoned")
+            .contains(&format!("{uid}/{instance}"))
     }
 
     /// Forgets a deleted environment's demand on every pool.

@@ -101,7 +101,8 @@ impl Compute for AwsCloud {
             instance_type = %request.instance_type,
             "launched instance"
         );
-        let mut launched = to_instance(OP, instance)?;
+        let account = output.owner_id().ok_or_else(|| missing(OP, "OwnerId"))?;
+        let mut launched = to_instance(OP, instance, &self.region_name(), account)?;
         // The tags were applied atomically with the launch; when a response leaves
         // them out, report what was requested rather than an untagged instance.
         if launched.tags.is_empty() {
@@ -146,9 +147,11 @@ impl AwsCloud {
         let mut instances = Vec::new();
         while let Some(page) = pages.next().await {
             let page = self.page(EC2, OP, page)?;
+            let region = self.region_name();
             for reservation in page.reservations() {
+                let account = reservation.owner_id().ok_or_else(|| missing(OP, "OwnerId"))?;
                 for instance in reservation.instances() {
-                    instances.push(to_instance(OP, instance)?);
+                    instances.push(to_instance(OP, instance, &region, account)?);
                 }
             }
         }
@@ -275,7 +278,26 @@ fn non_empty(value: Option<&str>) -> Option<String> {
     value.filter(|v| !v.is_empty()).map(str::to_owned)
 }
 
-fn to_instance(operation: &'static str, instance: &aws_sdk_ec2::types::Instance) -> CloudResult<Instance> {
+/// The instance's ARN as IAM sees it in `ec2:SourceInstanceARN`. The partition
+/// follows from the region (`cn-…` and `us-gov-…` have their own).
+fn instance_arn(region: &str, account: &str, id: &str) -> String {
+    let partition = if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else {
+        "aws"
+    };
+    format!("arn:{partition}:ec2:{region}:{account}:instance/{id}")
+}
+
+/// `account` is the owner of the reservation the instance belongs to.
+fn to_instance(
+    operation: &'static str,
+    instance: &aws_sdk_ec2::types::Instance,
+    region: &str,
+    account: &str,
+) -> CloudResult<Instance> {
     let id = instance.instance_id().ok_or_else(|| missing(operation, "InstanceId"))?;
     let state = match instance.state().and_then(|s| s.name()) {
         Some(InstanceStateName::Running) => InstanceState::Running,
@@ -287,6 +309,7 @@ fn to_instance(operation: &'static str, instance: &aws_sdk_ec2::types::Instance)
         _ => InstanceState::Pending,
     };
     Ok(Instance {
+        arn: instance_arn(region, account, id),
         id: id.to_owned(),
         instance_type: instance
             .instance_type()

@@ -101,6 +101,12 @@ impl AwsCloud {
         Self::new(&loader.load().await, observer)
     }
 
+    /// The region requests go to (what instance ARNs are built with); the SDK
+    /// refuses to send a request without one, so empty only before the first call.
+    fn region_name(&self) -> String {
+        self.region.clone().unwrap_or_default()
+    }
+
     /// Smaller pages, so tests can exercise pagination with a handful of resources.
     pub fn with_page_sizes(mut self, page_sizes: PageSizes) -> Self {
         self.page_sizes = page_sizes;

@@ -52,6 +52,18 @@ impl Parameters for AwsCloud {
         Ok(())
     }
 
+    async fn tag_parameter(&self, name: &str, tags: &Tags) -> CloudResult<()> {
+        let request = self
+            .ssm
+            .add_tags_to_resource()
+            .resource_type(ResourceTypeForTagging::Parameter)
+            .resource_id(name)
+            .set_tags(Some(ssm_tags(tags)))
+            .send();
+        self.call(SSM, "AddTagsToResource", request).await?;
+        Ok(())
+    }
+
     async fn delete_parameter(&self, name: &str) -> CloudResult<()> {
         let request = self.ssm.delete_parameter().name(name).send();
         self.call(SSM, "DeleteParameter", request).await?;

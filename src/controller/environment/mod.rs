@@ -237,6 +237,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     }
     let instance = launched?;
     let database = database?;
+    bind_parameter(ctx, &id, &status, &instance, &database).await?;
 
     if let Some(outcome) = &database {
         let field = status.database.get_or_insert_with(DatabaseStatusField::default);
@@ -545,6 +546,35 @@ fn ami_of(status: &FeatureEnvironmentStatus) -> String {
         .as_ref()
         .and_then(|i| i.ami_id.clone())
         .unwrap_or_default()
+}
+
+/// The instance profile lets an instance read only the parameter tagged with its own
+/// ARN (docs/instance-profile-policy.json): tag it once the credentials are in it. An
+/// environment that was Ready once has been read already; nothing to do after a restart.
+async fn bind_parameter(
+    ctx: &Context,
+    id: &Identity,
+    status: &FeatureEnvironmentStatus,
+    instance: &Instance,
+    database: &Option<DbOutcome>,
+) -> Result<()> {
+    let handed_out = matches!(
+        database,
+        Some(DbOutcome::Claimed {
+            credentials_ready: true,
+            ..
+        })
+    );
+    if !handed_out || status.ready_at.is_some() || ctx.has_bound_parameter(&id.uid, &instance.id) {
+        return Ok(());
+    }
+    let tags = Tags::from([(tag::INSTANCE.to_owned(), instance.arn.clone())]);
+    ctx.cloud
+        .parameters
+        .tag_parameter(&parameter_name(ctx, &id.uid), &tags)
+        .await?;
+    ctx.parameter_bound(&id.uid, &instance.id);
+    Ok(())
 }
 
 fn parameter_name(ctx: &Context, uid: &str) -> String {

@@ -322,6 +322,7 @@ mod tests {
         }
         Instance {
             id: "i-1".into(),
+            arn: "arn:aws:ec2:us-east-1:123456789012:instance/i-1".into(),
             instance_type: "t3.xlarge".into(),
             image_id: "ami-1".into(),
             state,
