@@ -1,24 +1,42 @@
 #!/usr/bin/env python3
-"""Boot simulator: plays the part of a feature environment's instance against moto.
+"""Boot simulator: plays a feature environment's instances against moto by running their real user data.
 
-Owns the instance side of the bootstrap contract in the local stack. A real instance
-runs its user data (pull images, start services) and then tags itself
-`featureenv.io/bootstrap=complete` (or `failed`). Here, every --interval seconds:
+Owns the instance side of the bootstrap contract in the local stack. Every --interval
+seconds, one batched DescribeInstances lists the running instances tagged
+`featureenv.io/cluster=<cluster-id>`. An instance without a `featureenv.io/bootstrap`
+tag is remembered when first seen; once it has been seen for --boot-seconds (the boot
+delay), its user data is read (DescribeInstanceAttribute userData, base64; gzip
+tolerated) and run with `bash`, in the background, in `<instances-dir>/<instance-id>/`:
 
-  1. one batched DescribeInstances for running instances tagged
-     `featureenv.io/cluster=<cluster-id>`;
-  2. an instance without a `featureenv.io/bootstrap` tag is remembered when first seen;
-  3. once it has been seen for --boot-seconds, its user data is read
-     (DescribeInstanceAttribute userData, base64; gzip tolerated), every ECR image
-     reference in it (`<acct>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>` or
-     `...@sha256:<hex>`) is checked, and the instance is tagged
-     `featureenv.io/bootstrap=failed` if any referenced repository does not exist,
-     else `complete`.
+  * only host paths are redirected: the script's log file
+    (/var/log/featureenv-bootstrap.log) and /dev/console become `bootstrap.log` and
+    `console.log` in that directory (text substitution of exactly those strings);
+  * PATH is hack/instance/ (stand-ins for minikube, docker, kubectl, logger, and
+    recording wrappers for curl and aws) and then the system PATH, so bash, tee, sleep,
+    cat ... are real; every stand-in appends its argv to `calls.log` (never stdin);
+  * the real AWS CLI talks to --endpoint (AWS_ENDPOINT_URL) with test credentials; no
+    region is set: the script exports its own, as it must on an instance;
+  * instance metadata comes from an IMDS stand-in in this process (127.0.0.1, a free
+    port, one path prefix per instance) that plays IMDSv2 as the instance's
+    MetadataOptions say (HttpTokens=required: no token, no data); the curl wrapper
+    sends http://169.254.169.254/ there.
 
-Each tag write is logged on stdout as one line:
-  <ISO-8601 UTC with ms> bootstrap instance=<id> value=<complete|failed> environment=<ns/name> waited=<s> [missing=<repo,...>]
-The timestamp is taken right after CreateTags returned (the benchmark uses it as
-"when the bootstrap tag was written"). Exits 0 on SIGTERM/SIGINT.
+The outcome is the script's own: it tags its instance `complete`, or `failed` from its
+ERR trap, with the real AWS CLI; this simulator never tags. A script still running
+after --script-timeout (plus the DATABASE_WAIT_SECONDS it declares), or whose instance
+stops running, is killed with its process group. When a script exits, the instance's tag is read back (DescribeInstances of that
+id) and one line is printed on stdout:
+
+  <ISO-8601 UTC with ms> bootstrap instance=<id> value=<complete|failed|none> environment=<ns/name> waited=<s> exit=<code> [missing=<image,...>]
+
+The timestamp is taken when the script exits, milliseconds after its tag write (the
+script's last command but a log line); the benchmark uses it as "when the bootstrap tag
+was written". `waited` counts from when the instance was first seen running, `exit` is
+128+N for a script killed by signal N, `missing` lists the images a `docker pull`
+could not find. Other stdout lines (`boot`, `killed`, `started`, `stopped`) never
+contain " bootstrap ". Each instance's directory also gets `result.json` (exit, value,
+wall and CPU seconds of the script and what it waited for). Exits 0 on SIGTERM/SIGINT,
+after terminating the running scripts' process groups.
 """
 
 from __future__ import annotations
@@ -26,13 +44,20 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
+import json
 import os
 import re
+import secrets
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -42,14 +67,37 @@ CLUSTER_TAG = "featureenv.io/cluster"
 BOOTSTRAP_TAG = "featureenv.io/bootstrap"
 ENVIRONMENT_TAG = "featureenv.io/environment"
 
-# <account>.dkr.ecr.<region>.amazonaws.com/<repo>[:tag][@sha256:digest]
-ECR_IMAGE_RE = re.compile(
-    r"(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/"
-    r"(?P<repo>[a-z0-9][a-z0-9._/-]*?)"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?"
-    r"(?=$|[\s\"'`;,)\]}|&<>])"
-)
+HACK = Path(__file__).resolve().parent
+STAND_INS = HACK / "instance"
+# The host paths the script writes to (src/bootstrap.rs LOG_FILE and the console).
+SCRIPT_LOG_FILE = "/var/log/featureenv-bootstrap.log"
+SCRIPT_CONSOLE = "/dev/console"
+# Substituted into the script as plain text, so the directory must need no quoting.
+SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")
+KILL_GRACE_SECONDS = 5.0
+# The script's own wait for its database parameter (src/bootstrap.rs), which the timeout
+# must not cut short: a real instance waits that long.
+DATABASE_WAIT_RE = re.compile(r"^readonly DATABASE_WAIT_SECONDS=(\d+)$", re.M)
+# Outlives a simulator killed with SIGKILL (the e2e harness stops it that way), so its
+# scripts do not run on: reads "+PGID" / "-PGID" lines (a script's process group
+# started / gone) and, at end of input (the simulator is gone, however it ended),
+# terminates the groups still listed and removes the simulator's cache directory.
+WATCHDOG = r"""
+trap '' INT TERM HUP
+declare -A live=()
+while read -r line; do
+    case "$line" in
+    +*) live[${line#+}]=1 ;;
+    -*) unset "live[${line#-}]" ;;
+    esac
+done
+for g in "${!live[@]}"; do kill -TERM -- "-$g" 2>/dev/null; done
+rm -rf -- "$1"
+if ((${#live[@]})); then
+    sleep 3
+    for g in "${!live[@]}"; do kill -KILL -- "-$g" 2>/dev/null; done
+fi
+"""
 
 
 def decode_user_data(raw: str | None) -> str:
@@ -62,29 +110,285 @@ def decode_user_data(raw: str | None) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def image_refs(script: str) -> list[dict[str, str]]:
-    """Every ECR image reference in a script, in order, de-duplicated."""
-    seen: set[str] = set()
-    out: list[dict[str, str]] = []
-    for m in ECR_IMAGE_RE.finditer(script):
-        if not (m.group("tag") or m.group("digest")):
-            continue  # a bare repository URI is not an image reference
-        if m.group(0) in seen:
-            continue
-        seen.add(m.group(0))
-        out.append({k: v for k, v in m.groupdict().items() if v} | {"ref": m.group(0)})
-    return out
+def redirect_host_paths(script: str, directory: Path) -> str:
+    """The script with its log file and /dev/console moved into `directory`; nothing else changes."""
+    return script.replace(SCRIPT_LOG_FILE, str(directory / "bootstrap.log")).replace(
+        SCRIPT_CONSOLE, str(directory / "console.log")
+    )
+
+
+def real_aws_cli() -> str | None:
+    """The AWS CLI next to this Python (skips a pyenv shim's start-up cost), else the one on PATH."""
+    beside = Path(sys.executable).parent / "aws"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("aws", path=system_path())
+
+
+def system_path() -> str:
+    """This process's PATH without the stand-ins directory."""
+    parts = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p and Path(p).resolve() != STAND_INS]
+    return os.pathsep.join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# Instance metadata (IMDS) stand-in
+
+
+@dataclass
+class MetadataInstance:
+    values: dict[str, str]  # meta-data path -> value
+    user_data: str
+    tokens_required: bool = True
+    endpoint_enabled: bool = True
+
+
+class Imds:
+    """IMDS for many instances on one 127.0.0.1 port: `/<instance-id>/latest/...`.
+
+    PUT /latest/api/token needs X-aws-ec2-metadata-token-ttl-seconds (1..21600) and is
+    refused with X-Forwarded-For, as on EC2. With HttpTokens=required every other
+    request needs a token this instance issued and that has not expired (else 401);
+    with `optional`, a request without a token is answered too, a bad token still 401.
+    """
+
+    MAX_TTL = 21600
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._instances: dict[str, MetadataInstance] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}
+        imds = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "EC2ws"
+            sys_version = ""
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def do_PUT(self) -> None:
+                imds._handle(self, "PUT")
+
+            def do_GET(self) -> None:
+                imds._handle(self, "GET")
+
+            def do_POST(self) -> None:
+                imds._handle(self, "POST")
+
+            def do_DELETE(self) -> None:
+                imds._handle(self, "DELETE")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="imds", daemon=True)
+        self._thread.start()
+
+    def url(self, instance_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{instance_id}"
+
+    def register(self, instance_id: str, entry: MetadataInstance) -> None:
+        with self._lock:
+            self._instances[instance_id] = entry
+
+    def unregister(self, instance_id: str) -> None:
+        with self._lock:
+            self._instances.pop(instance_id, None)
+            for token in [t for t, (iid, _) in self._tokens.items() if iid == instance_id]:
+                del self._tokens[token]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def _reply(h: BaseHTTPRequestHandler, status: int, body: str = "", headers: dict[str, str] | None = None) -> None:
+        data = body.encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "text/plain")
+        h.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        # Drain any body so the connection stays usable.
+        length = int(h.headers.get("Content-Length") or 0)
+        if length:
+            h.rfile.read(length)
+        path = h.path.split("?", 1)[0]
+        _, _, rest = path.partition("/")
+        instance_id, _, sub = rest.partition("/")
+        with self._lock:
+            entry = self._instances.get(instance_id)
+        if entry is None:
+            self._reply(h, 404, "Not Found")
+            return
+        if not entry.endpoint_enabled:
+            # HttpEndpoint=disabled: nothing answers (curl: empty reply from server).
+            h.close_connection = True
+            return
+        sub = "/" + sub
+        if sub == "/latest/api/token":
+            if method != "PUT":
+                self._reply(h, 405, "Method Not Allowed")
+                return
+            if h.headers.get("X-Forwarded-For"):
+                self._reply(h, 403, "Forbidden")
+                return
+            ttl_header = h.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+            try:
+                ttl = int(ttl_header or "")
+            except ValueError:
+                ttl = 0
+            if not 1 <= ttl <= self.MAX_TTL:
+                self._reply(h, 400, "Bad Request")
+                return
+            token = "AQAEA" + secrets.token_urlsafe(40)
+            with self._lock:
+                self._tokens[token] = (instance_id, time.monotonic() + ttl)
+            self._reply(h, 200, token, {"X-aws-ec2-metadata-token-ttl-seconds": str(ttl)})
+            return
+        if method != "GET":
+            self._reply(h, 405, "Method Not Allowed")
+            return
+        token = h.headers.get("X-aws-ec2-metadata-token")
+        if token is not None or entry.tokens_required:
+            with self._lock:
+                owner, expires = self._tokens.get(token or "", ("", 0.0))
+            if owner != instance_id or time.monotonic() >= expires:
+                self._reply(h, 401, "Unauthorized")
+                return
+        if sub in ("/latest/user-data", "/latest/user-data/"):
+            self._reply(h, 200, entry.user_data)
+            return
+        if sub.startswith("/latest/meta-data"):
+            key = sub[len("/latest/meta-data") :].strip("/")
+            if key in entry.values:
+                self._reply(h, 200, entry.values[key])
+                return
+            prefix = key + "/" if key else ""
+            children = sorted(
+                {k[len(prefix) :].split("/", 1)[0] + ("/" if "/" in k[len(prefix) :] else "")
+                 for k in entry.values if k.startswith(prefix)}
+            )
+            if children:
+                self._reply(h, 200, "\n".join(children))
+                return
+        self._reply(h, 404, "Not Found")
+
+
+def metadata_of(instance: dict[str, Any], region: str, user_data: str) -> MetadataInstance:
+    """What IMDS tells an instance about itself, from its DescribeInstances entry."""
+    az = instance.get("Placement", {}).get("AvailabilityZone") or f"{region}a"
+    values = {
+        "instance-id": instance["InstanceId"],
+        "ami-id": instance.get("ImageId", ""),
+        "instance-type": instance.get("InstanceType", ""),
+        "placement/region": region,
+        "placement/availability-zone": az,
+        "local-ipv4": instance.get("PrivateIpAddress", ""),
+        "local-hostname": instance.get("PrivateDnsName", ""),
+        "hostname": instance.get("PrivateDnsName", ""),
+    }
+    if instance.get("PublicIpAddress"):
+        values["public-ipv4"] = instance["PublicIpAddress"]
+    options = instance.get("MetadataOptions") or {}
+    return MetadataInstance(
+        values={k: v for k, v in values.items() if v},
+        user_data=user_data,
+        tokens_required=options.get("HttpTokens", "required") != "optional",
+        endpoint_enabled=options.get("HttpEndpoint", "enabled") != "disabled",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Instances
+
+
+@dataclass
+class Boot:
+    instance_id: str
+    environment: str
+    directory: Path
+    first_seen: float
+    proc: subprocess.Popen[bytes] | None = None
+    kill_reason: str | None = None
+    started: float = 0.0
+    thread: threading.Thread | None = None
+    timers: list[threading.Timer] = field(default_factory=list)
 
 
 class Simulator:
-    def __init__(self, endpoint: str, region: str, cluster_id: str, boot_seconds: float) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        region: str,
+        cluster_id: str,
+        boot_seconds: float,
+        instances_dir: Path,
+        script_timeout: float = 600.0,
+        ecr_cache_seconds: float = 30.0,
+        out: Callable[[str], None] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.region = region
         self.ec2 = client("ec2", endpoint, region)
-        self.ecr = client("ecr", endpoint, region)
         self.cluster_id = cluster_id
         self.boot_seconds = boot_seconds
+        self.script_timeout = script_timeout
+        self.instances_dir = instances_dir.resolve()
+        if not SAFE_PATH.match(str(self.instances_dir)):
+            raise ValueError(f"--instances-dir {self.instances_dir}: use letters, digits and ._/+- only")
+        self.instances_dir.mkdir(parents=True, exist_ok=True)
+        # Per simulator: several stacks (parallel e2e tests) may share instances_dir.
+        self.cache_dir = self.instances_dir / f".ecr-cache-{os.getpid()}"
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        self.cache_dir.mkdir()
+        self.ecr_cache_seconds = ecr_cache_seconds
+        self.system_path = system_path()
+        aws = real_aws_cli()
+        curl = shutil.which("curl", path=self.system_path)
+        bash = shutil.which("bash", path=self.system_path)
+        if not aws:
+            raise RuntimeError("the AWS CLI is not installed: pip install awscli")
+        if not curl or not bash:
+            raise RuntimeError("bash and curl are needed on PATH")
+        self.aws, self.curl, self.bash = aws, curl, bash
+        self._print_lock = threading.Lock()
+        self._out = out or self._stdout
+        self.imds = Imds()
+        self.lock = threading.Lock()
+        self.watchdog = subprocess.Popen(
+            [self.bash, "-c", WATCHDOG, "watchdog", str(self.cache_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
         self.first_seen: dict[str, float] = {}
-        # Repository existence, per step (see `_repository_exists`).
-        self._repositories: dict[tuple[str, str], bool] = {}
+        self.boots: dict[str, Boot] = {}  # scripts running
+        self.booted: set[str] = set()  # never run an instance's user data twice
+        self.stopping = False
+
+    def _tell_watchdog(self, line: str) -> None:
+        try:
+            assert self.watchdog.stdin is not None
+            with self._print_lock:
+                self.watchdog.stdin.write(line + "\n")
+                self.watchdog.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+
+    def _stdout(self, line: str) -> None:
+        with self._print_lock:
+            print(line, flush=True)
+
+    def log(self, line: str) -> None:
+        self._out(f"{iso_now()} {line}")
+
+    # -- the poll loop --------------------------------------------------------------
 
     def _running_instances(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -99,62 +403,261 @@ class Simulator:
                 out.extend(reservation.get("Instances", []))
         return out
 
-    def _repository_exists(self, repo: str, account: str) -> bool:
-        # Answers are kept for one step only: many instances share repositories, and
-        # a burst of 50 should not cost 50 look-ups of each; a repository created
-        # later is still seen on the next step.
-        key = (account, repo)
-        if key not in self._repositories:
-            try:
-                self.ecr.describe_repositories(registryId=account, repositoryNames=[repo])
-                self._repositories[key] = True
-            except ClientError as e:
-                if e.response.get("Error", {}).get("Code") != "RepositoryNotFoundException":
-                    raise
-                self._repositories[key] = False
-        return self._repositories[key]
-
-    def verdict(self, instance_id: str) -> tuple[str, list[str]]:
-        """('complete'|'failed', missing repositories) for one instance's user data."""
-        attr = self.ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
-        script = decode_user_data(attr.get("UserData", {}).get("Value"))
-        missing = sorted(
-            {ref["repo"] for ref in image_refs(script) if not self._repository_exists(ref["repo"], ref["account"])}
-        )
-        return ("failed" if missing else "complete"), missing
-
     def step(self) -> None:
         now = time.monotonic()
-        self._repositories = {}
         running = self._running_instances()
         live: set[str] = set()
         for inst in running:
             iid = inst["InstanceId"]
+            live.add(iid)
             tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            with self.lock:
+                if iid in self.booted or self.stopping:
+                    continue
             if BOOTSTRAP_TAG in tags:
                 continue
-            live.add(iid)
             first = self.first_seen.setdefault(iid, now)
             if now - first < self.boot_seconds:
                 continue
-            value, missing = self.verdict(iid)
-            self.ec2.create_tags(Resources=[iid], Tags=[{"Key": BOOTSTRAP_TAG, "Value": value}])
-            line = (
-                f"{iso_now()} bootstrap instance={iid} value={value} "
-                f"environment={tags.get(ENVIRONMENT_TAG, '-')} waited={now - first:.1f}"
-            )
-            if missing:
-                line += " missing=" + ",".join(missing)
-            print(line, flush=True)
-            live.discard(iid)
-        # forget instances that were tagged, stopped or terminated
+            self._start(inst, tags.get(ENVIRONMENT_TAG, "-"), first)
+        # A stopped or terminated instance stops running its script.
+        with self.lock:
+            gone = [b for iid, b in self.boots.items() if iid not in live]
+        for boot in gone:
+            self.kill(boot, "instance-not-running")
         for iid in list(self.first_seen):
             if iid not in live:
                 del self.first_seen[iid]
 
+    # -- one instance -----------------------------------------------------------------
+
+    def _start(self, inst: dict[str, Any], environment: str, first_seen: float) -> None:
+        iid = inst["InstanceId"]
+        boot = Boot(iid, environment, self.instances_dir / iid, first_seen)
+        with self.lock:
+            self.booted.add(iid)
+            self.boots[iid] = boot
+        self.first_seen.pop(iid, None)
+        boot.thread = threading.Thread(target=self._boot, args=(boot, inst), name=f"boot-{iid}", daemon=True)
+        boot.thread.start()
+
+    def _environment(self, boot: Boot) -> dict[str, str]:
+        return {
+            "PATH": f"{STAND_INS}{os.pathsep}{self.system_path}",
+            "HOME": str(boot.directory / "home"),
+            "LANG": "C.UTF-8",
+            "TERM": "dumb",
+            # The real AWS CLI against the stack, with credentials as an instance
+            # profile would give them (and no IMDS look-up for them).
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_PAGER": "",
+            # For the stand-ins in hack/instance/.
+            "FEATUREENV_SIM_DIR": str(boot.directory),
+            "FEATUREENV_SIM_IMDS": self.imds.url(boot.instance_id),
+            "FEATUREENV_SIM_AWS": self.aws,
+            "FEATUREENV_SIM_CURL": self.curl,
+            "FEATUREENV_SIM_CACHE": str(self.cache_dir),
+            "FEATUREENV_SIM_ECR_CACHE_SECONDS": str(int(self.ecr_cache_seconds)),
+        }
+
+    def _boot(self, boot: Boot, inst: dict[str, Any]) -> None:
+        iid = boot.instance_id
+        try:
+            attr = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+            user_data = decode_user_data(attr.get("UserData", {}).get("Value"))
+            shutil.rmtree(boot.directory, ignore_errors=True)
+            (boot.directory / "home").mkdir(parents=True)
+            (boot.directory / "calls.log").touch()
+            (boot.directory / "user-data").write_text(user_data)
+            script = boot.directory / "user-data.sh"
+            script.write_text(redirect_host_paths(user_data, boot.directory))
+            self.imds.register(iid, metadata_of(inst, self.region, user_data))
+            self.log(f"boot instance={iid} environment={boot.environment} dir={boot.directory}")
+            with open(boot.directory / "bash.out", "wb") as out, self.lock:
+                if boot.kill_reason is not None:
+                    return
+                boot.started = time.monotonic()
+                boot.proc = subprocess.Popen(
+                    [self.bash, str(script)],
+                    cwd=boot.directory,
+                    env=self._environment(boot),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._tell_watchdog(f"+{boot.proc.pid}")
+            wait = DATABASE_WAIT_RE.search(user_data)
+            timeout = self.script_timeout + (int(wait.group(1)) if wait else 0)
+            timer = threading.Timer(timeout, self.kill, args=(boot, f"timeout-{timeout:g}s"))
+            timer.daemon = True
+            boot.timers.append(timer)
+            timer.start()
+            _, status, usage = os.wait4(boot.proc.pid, 0)
+            exited_at, exited = iso_now(), time.monotonic()
+            boot.proc.returncode = os.waitstatus_to_exitcode(status)
+            for t in boot.timers:
+                t.cancel()
+            self._drain(boot)
+            self._tell_watchdog(f"-{boot.proc.pid}")
+            if self.stopping:
+                return
+            code = boot.proc.returncode if boot.proc.returncode >= 0 else 128 - boot.proc.returncode
+            value = self._bootstrap_tag(iid)
+            missing = self._read_lines(boot.directory / "pull-failures")
+            line = (
+                f"{exited_at} bootstrap instance={iid} value={value or 'none'} "
+                f"environment={boot.environment} waited={exited - boot.first_seen:.1f} exit={code}"
+            )
+            if missing:
+                line += " missing=" + ",".join(dict.fromkeys(missing))
+            self._out(line)
+            (boot.directory / "result.json").write_text(
+                json.dumps(
+                    {
+                        "instance": iid,
+                        "environment": boot.environment,
+                        "value": value,
+                        "exit": code,
+                        "killed": boot.kill_reason,
+                        "exited_at": exited_at,
+                        "waited_seconds": round(exited - boot.first_seen, 3),
+                        "wall_seconds": round(exited - boot.started, 3),
+                        "cpu_user_seconds": round(usage.ru_utime, 3),
+                        "cpu_system_seconds": round(usage.ru_stime, 3),
+                        "missing": missing,
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        except Exception as e:  # noqa: BLE001 - one instance must not stop the others
+            print(f"{iso_now()} error instance={iid} {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            with self.lock:
+                if boot.proc is None and boot.kill_reason is None:
+                    self.booted.discard(iid)  # its script never ran: try again next step
+        finally:
+            self.imds.unregister(iid)
+            with self.lock:
+                self.boots.pop(iid, None)
+
+    @staticmethod
+    def _read_lines(path: Path) -> list[str]:
+        try:
+            return [line for line in path.read_text().splitlines() if line]
+        except FileNotFoundError:
+            return []
+
+    def _bootstrap_tag(self, instance_id: str) -> str | None:
+        try:
+            r = self.ec2.describe_instances(InstanceIds=[instance_id])
+        except ClientError:
+            return None
+        for reservation in r.get("Reservations", []):
+            for inst in reservation.get("Instances", []):
+                tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+                return tags.get(BOOTSTRAP_TAG)
+        return None
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        """Whether a process of group `pgid` still runs. Zombies do not count: an orphan
+        is reaped by init, sometimes seconds later, and can no longer do anything."""
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        proc = Path("/proc")
+        if not proc.is_dir():
+            return True
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            # fields: state, ppid, pgrp, ...
+            if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                return True
+        return False
+
+    def _drain(self, boot: Boot, seconds: float = 2.0) -> None:
+        """After bash exits, its log pipeline (tee, logger) finishes on its own; anything
+        of the script's process group still there after `seconds` is killed."""
+        assert boot.proc is not None
+        pgid = boot.proc.pid
+        deadline = time.monotonic() + seconds
+        while self._group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def kill(self, boot: Boot, reason: str) -> None:
+        """SIGTERM the script's process group, SIGKILL it KILL_GRACE_SECONDS later."""
+        with self.lock:
+            if boot.kill_reason is not None:
+                return
+            boot.kill_reason = reason
+            proc = boot.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if not self.stopping:
+            self.log(f"killed instance={boot.instance_id} reason={reason}")
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+
+        def hard_kill() -> None:
+            if proc.returncode is None or self._group_alive(proc.pid):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+        timer = threading.Timer(KILL_GRACE_SECONDS, hard_kill)
+        timer.daemon = True
+        timer.start()
+
+    def shutdown(self) -> None:
+        """Terminates every running script (by process group), then stops IMDS."""
+        with self.lock:
+            self.stopping = True
+            boots = list(self.boots.values())
+        for boot in boots:
+            self.kill(boot, "shutdown")
+        deadline = time.monotonic() + KILL_GRACE_SECONDS + 1
+        for boot in boots:
+            if boot.thread is not None:
+                boot.thread.join(max(0.0, deadline - time.monotonic()))
+        for boot in boots:
+            if boot.proc is not None and self._group_alive(boot.proc.pid):
+                try:
+                    os.killpg(boot.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.imds.close()
+        if self.watchdog.stdin is not None:
+            try:
+                self.watchdog.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.watchdog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.watchdog.kill()
+        shutil.rmtree(self.cache_dir, ignore_errors=True)
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--endpoint", required=True)
     p.add_argument("--region", required=True)
     p.add_argument("--cluster-id", required=True)
@@ -162,9 +665,29 @@ def main(argv: list[str] | None = None) -> int:
         "--boot-seconds",
         type=float,
         default=float(os.environ.get("FEATUREENV_SIM_BOOT_SECONDS", "3")),
-        help="simulated boot time (env FEATUREENV_SIM_BOOT_SECONDS, default 3)",
+        help="boot delay before the user data runs (env FEATUREENV_SIM_BOOT_SECONDS, default 3)",
     )
     p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+    p.add_argument(
+        "--instances-dir",
+        type=Path,
+        default=Path(os.environ.get("FEATUREENV_DEV_DIR") or HACK.parent / ".dev") / "instances",
+        help="one directory per instance: the script, bootstrap.log, calls.log "
+        "(default .dev/instances of the repository, or $FEATUREENV_DEV_DIR/instances)",
+    )
+    p.add_argument(
+        "--script-timeout",
+        type=float,
+        default=600.0,
+        help="kill a script (its whole process group) still running after this many seconds, plus the "
+        "DATABASE_WAIT_SECONDS it declares (default 600)",
+    )
+    p.add_argument(
+        "--ecr-cache-seconds",
+        type=float,
+        default=30.0,
+        help="how long docker pull remembers that an ECR image exists (default 30; 0 checks every pull)",
+    )
     args = p.parse_args(argv)
 
     stop = threading.Event()
@@ -175,19 +698,29 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    sim = Simulator(args.endpoint, args.region, args.cluster_id, args.boot_seconds)
-    print(
-        f"{iso_now()} started cluster={args.cluster_id} boot_seconds={args.boot_seconds} "
-        f"interval={args.interval} endpoint={args.endpoint}",
-        flush=True,
+    sim = Simulator(
+        args.endpoint,
+        args.region,
+        args.cluster_id,
+        args.boot_seconds,
+        args.instances_dir,
+        script_timeout=args.script_timeout,
+        ecr_cache_seconds=args.ecr_cache_seconds,
     )
-    while not stop.is_set():
-        try:
-            sim.step()
-        except (ClientError, BotoCoreError) as e:
-            print(f"{iso_now()} error {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        stop.wait(args.interval)
-    print(f"{iso_now()} stopped", flush=True)
+    sim.log(
+        f"started cluster={args.cluster_id} boot_seconds={args.boot_seconds} interval={args.interval} "
+        f"endpoint={args.endpoint} instances_dir={sim.instances_dir} imds=127.0.0.1:{sim.imds.port} aws={sim.aws}"
+    )
+    try:
+        while not stop.is_set():
+            try:
+                sim.step()
+            except (ClientError, BotoCoreError) as e:
+                print(f"{iso_now()} error {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            stop.wait(args.interval)
+    finally:
+        sim.shutdown()
+    sim.log("stopped")
     return 0
 
 

@@ -1,99 +1,469 @@
-"""Tests for hack/boot_simulator.py: tags our running instances complete/failed after the boot delay."""
+"""Tests for hack/boot_simulator.py: it runs each instance's real user data with bash.
+
+The user data is the operator's own script (tests/hack/user_data.py renders it from
+src/bootstrap.rs), run against moto with the stand-ins in hack/instance/ and the real
+AWS CLI; the outcome is the tag the script writes itself.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from boot_simulator import decode_user_data, image_refs
+import pytest
+
+from boot_simulator import Imds, MetadataInstance, decode_user_data, redirect_host_paths
+from user_data import Spec, log_file, render_user_data
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+REGION = "us-east-1"
+SECRET = "postgres://app:S3cretPW@db:5432/app"
+BOOT_SECONDS = 1.0
 LINE_RE = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) bootstrap instance=(i-[0-9a-f]+) value=(complete|failed) "
-    r"environment=(\S+) waited=([\d.]+)( missing=\S+)?$"
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) bootstrap instance=(i-[0-9a-f]+) value=(complete|failed|none) "
+    r"environment=(\S+) waited=([\d.]+) exit=(\d+)(?: missing=(\S+))?$"
 )
 
 
-def test_image_refs_parses_tags_and_digests() -> None:
-    digest = "sha256:" + "ab" * 32
-    script = (
-        f"#!/bin/bash\ndocker pull {REGISTRY}/payments:pr-123\n"
-        f"IMG='{REGISTRY}/team/orders@{digest}'\n"
-        f"echo {REGISTRY}/frontend   # bare repo, not an image\n"
-        f"x=\"{REGISTRY}/payments:pr-123\"\n"
-    )
-    refs = image_refs(script)
-    assert [(r["repo"], r.get("tag"), r.get("digest")) for r in refs] == [
-        ("payments", "pr-123", None),
-        ("team/orders", None, digest),
-    ]
-    assert refs[0]["account"] == "123456789012"
-    assert decode_user_data("") == ""
+# --------------------------------------------------------------------------------------
+# helpers
 
 
-def _launch(ec2: Any, ami: str, cluster: str, name: str, images: list[str], tags: dict[str, str] | None = None) -> str:
-    user_data = "#!/bin/bash\nset -euo pipefail\n" + "".join(f"docker pull {i}\n" for i in images)
+def launch(ec2: Any, ami: str, cluster: str, name: str, user_data: str, tags: dict[str, str] | None = None) -> str:
+    """RunInstances as the operator does it (IMDSv2 required), tagged for `cluster`."""
     all_tags = {"featureenv.io/cluster": cluster, "featureenv.io/environment": f"default/{name}", **(tags or {})}
     r = ec2.run_instances(
         ImageId=ami, MinCount=1, MaxCount=1, InstanceType="t3.xlarge", UserData=user_data,
+        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
         TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in all_tags.items()]}],
     )
     return str(r["Instances"][0]["InstanceId"])
 
 
-def _bootstrap_tag(ec2: Any, iid: str) -> str | None:
+def bootstrap_tag(ec2: Any, iid: str) -> str | None:
     inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("featureenv.io/bootstrap")
 
 
-def test_simulator_tags_complete_and_failed(seeded: dict[str, Any], aws: Any, moto_endpoint: str) -> None:
-    ec2 = aws("ec2")
-    cluster = "sim-" + uuid.uuid4().hex[:6]
-    ami = seeded["amiIds"]["newer"]
-    good = _launch(ec2, ami, cluster, "good", [f"{REGISTRY}/payments:pr-123", f"{REGISTRY}/orders:latest"])
-    bad = _launch(ec2, ami, cluster, "bad", [f"{REGISTRY}/payments:latest", f"{REGISTRY}/no-such-repo:pr-1"])
-    foreign = _launch(ec2, ami, "someone-else", "foreign", [])
-    done = _launch(ec2, ami, cluster, "done", [], {"featureenv.io/bootstrap": "complete"})
-    stopped = _launch(ec2, ami, cluster, "stopped", [])
-    ec2.stop_instances(InstanceIds=[stopped])
+def wait_until(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
 
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def epoch(iso: str) -> float:
+    """Seconds since the epoch of the simulator's ISO-8601 UTC timestamps."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is not running.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@dataclass
+class Sim:
+    """hack/boot_simulator.py started as the e2e harness starts it, plus --instances-dir."""
+
+    proc: subprocess.Popen[str]
+    instances_dir: Path
+    lines: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def results(self) -> dict[str, re.Match[str]]:
+        return {m.group(2): m for m in (LINE_RE.match(line) for line in list(self.lines)) if m}
+
+    def dir(self, iid: str) -> Path:
+        return self.instances_dir / iid
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+            raise
+
+
+def start_sim(endpoint: str, cluster: str, instances_dir: Path, *extra: str, boot_seconds: float = BOOT_SECONDS) -> Sim:
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "hack/boot_simulator.py"), "--endpoint", moto_endpoint, "--region", "us-east-1",
-         "--cluster-id", cluster, "--interval", "0.2"],
-        env={**os.environ, "FEATUREENV_SIM_BOOT_SECONDS": "1.5"},
+        [sys.executable, str(REPO / "hack/boot_simulator.py"), "--endpoint", endpoint, "--region", REGION,
+         "--cluster-id", cluster, "--interval", "0.25", "--instances-dir", str(instances_dir), *extra],
+        env={**os.environ, "FEATUREENV_SIM_BOOT_SECONDS": str(boot_seconds), "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        started = time.monotonic()
-        time.sleep(0.8)
-        assert _bootstrap_tag(ec2, good) is None, "tagged before the simulated boot time"
-        deadline = started + 20
-        while time.monotonic() < deadline and (_bootstrap_tag(ec2, good) is None or _bootstrap_tag(ec2, bad) is None):
-            time.sleep(0.2)
-        assert _bootstrap_tag(ec2, good) == "complete"
-        assert _bootstrap_tag(ec2, bad) == "failed"
-        time.sleep(0.5)
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 0, err
-    assert _bootstrap_tag(ec2, foreign) is None
-    assert _bootstrap_tag(ec2, stopped) is None
-    assert _bootstrap_tag(ec2, done) == "complete"
+    sim = Sim(proc, instances_dir)
 
-    lines = [m for m in (LINE_RE.match(line) for line in out.splitlines()) if m]
-    assert {(m.group(2), m.group(3)) for m in lines} == {(good, "complete"), (bad, "failed")}, out
-    assert len(lines) == 2, "exactly one tag write per instance"
-    for m in lines:
-        assert float(m.group(5)) >= 1.5
-    bad_line = next(m for m in lines if m.group(2) == bad)
-    assert bad_line.group(6) == " missing=no-such-repo"
-    assert bad_line.group(4) == "default/bad"
+    def pump(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    threading.Thread(target=pump, args=(proc.stdout, sim.lines), daemon=True).start()
+    threading.Thread(target=pump, args=(proc.stderr, sim.stderr), daemon=True).start()
+    return sim
+
+
+# --------------------------------------------------------------------------------------
+# the operator's script, as rendered
+
+
+def test_rendering_mirrors_the_rust_unit_test_expectations() -> None:
+    """tests/hack/user_data.py renders what src/bootstrap.rs's unit tests expect."""
+    script = render_user_data(Spec(
+        "team-payments/payments-pr-123", "ap-southeast-1",
+        [("payments", "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-123"),
+         ("search", "docker.io/library/nginx:1.27")],
+        ["ingress", "dashboard", "logs"], "/featureenv/prod/x/database", 1200,
+    ))
+    assert script.startswith("#!/bin/bash\n")
+    assert "set -Eeuo pipefail" in script
+    assert "readonly DATABASE_PARAMETER='/featureenv/prod/x/database'" in script
+    assert "readonly -a ADDONS=('ingress' 'dashboard' 'logviewer')" in script
+    assert "readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')" in script
+    assert "readonly BOOTSTRAP_TAG='featureenv.io/bootstrap'" in script
+    assert "trap 'on_error \"$LINENO\"' ERR" in script
+    assert log_file() == "/var/log/featureenv-bootstrap.log"
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_only_the_host_paths_are_redirected(tmp_path: Path) -> None:
+    script = render_user_data(Spec("default/x", "us-east-1", [], []))
+    redirected = redirect_host_paths(script, tmp_path)
+    assert f"readonly LOG_FILE='{tmp_path}/bootstrap.log'" in redirected
+    assert f"2>{tmp_path}/console.log)" in redirected
+    assert "/var/log/" not in redirected and "/dev/console" not in redirected
+    before, after = script.splitlines(), redirected.splitlines()
+    assert len(before) == len(after)
+    assert sum(a != b for a, b in zip(before, after)) == 2
+    assert decode_user_data("") == ""
+
+
+# --------------------------------------------------------------------------------------
+# instance metadata
+
+
+def test_imds_plays_imdsv2(tmp_path: Path) -> None:
+    imds = Imds()
+    try:
+        imds.register("i-0aaa", MetadataInstance({"instance-id": "i-0aaa", "placement/region": "eu-west-1"}, "#!/bin/bash\n"))
+        imds.register("i-0bbb", MetadataInstance({"instance-id": "i-0bbb"}, ""))
+        imds.register("i-0v1", MetadataInstance({"instance-id": "i-0v1"}, "", tokens_required=False))
+        imds.register("i-0off", MetadataInstance({"instance-id": "i-0off"}, "", endpoint_enabled=False))
+
+        def call(method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+            req = urllib.request.Request(f"http://127.0.0.1:{imds.port}{path}", method=method, headers=headers or {})
+            try:
+                with urllib.request.urlopen(req, timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, ""
+
+        ttl = {"X-aws-ec2-metadata-token-ttl-seconds": "300"}
+        assert call("GET", "/i-0aaa/latest/meta-data/instance-id")[0] == 401, "IMDSv1 on a tokens-required instance"
+        assert call("PUT", "/i-0aaa/latest/api/token")[0] == 400, "a token needs a TTL"
+        assert call("PUT", "/i-0aaa/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "21601"})[0] == 400
+        assert call("PUT", "/i-0aaa/latest/api/token", {**ttl, "X-Forwarded-For": "10.0.0.1"})[0] == 403
+        status, token = call("PUT", "/i-0aaa/latest/api/token", ttl)
+        assert status == 200 and token
+        auth = {"X-aws-ec2-metadata-token": token}
+        assert call("GET", "/i-0aaa/latest/meta-data/instance-id", auth) == (200, "i-0aaa")
+        assert call("GET", "/i-0aaa/latest/meta-data/placement/region", auth) == (200, "eu-west-1")
+        assert call("GET", "/i-0aaa/latest/meta-data/placement/", auth) == (200, "region")
+        assert call("GET", "/i-0aaa/latest/meta-data/no-such-thing", auth)[0] == 404
+        assert call("GET", "/i-0aaa/latest/user-data", auth) == (200, "#!/bin/bash\n")
+        assert call("GET", "/i-0bbb/latest/meta-data/instance-id", auth)[0] == 401, "another instance's token"
+        assert call("GET", "/i-0aaa/latest/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        # HttpTokens=optional: IMDSv1 answers, a bad token still does not.
+        assert call("GET", "/i-0v1/latest/meta-data/instance-id") == (200, "i-0v1")
+        assert call("GET", "/i-0v1/latest/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0] == 401
+        # HttpEndpoint=disabled: no answer at all.
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.RemoteDisconnected)):
+            call("PUT", "/i-0off/latest/api/token", ttl)
+        status, short = call("PUT", "/i-0aaa/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": "1"})
+        time.sleep(1.1)
+        assert call("GET", "/i-0aaa/latest/meta-data/instance-id", {"X-aws-ec2-metadata-token": short})[0] == 401, "expired"
+
+        # The curl stand-in sends the script's requests there, the rest of argv untouched.
+        env = {**os.environ, "PATH": f"{REPO / 'hack/instance'}:{os.environ['PATH']}",
+               "FEATUREENV_SIM_DIR": str(tmp_path), "FEATUREENV_SIM_IMDS": imds.url("i-0aaa"),
+               "FEATUREENV_SIM_CURL": shutil.which("curl") or "curl"}
+        no_token = subprocess.run(["curl", "-fsS", "http://169.254.169.254/latest/meta-data/instance-id"],
+                                  env=env, capture_output=True, text=True)
+        assert no_token.returncode == 22 and "401" in no_token.stderr
+        token = subprocess.run(["curl", "-fsS", "-X", "PUT", "http://169.254.169.254/latest/api/token",
+                                "-H", "X-aws-ec2-metadata-token-ttl-seconds: 300"], env=env, capture_output=True, text=True,
+                               check=True).stdout
+        got = subprocess.run(["curl", "-fsS", "-H", f"X-aws-ec2-metadata-token: {token}",
+                              "http://169.254.169.254/latest/meta-data/instance-id"], env=env, capture_output=True,
+                             text=True, check=True).stdout
+        assert got == "i-0aaa"
+        calls = read(tmp_path / "calls.log")
+        assert token not in calls, "the metadata token is masked in calls.log"
+        assert f"curl -fsS -H X-aws-ec2-metadata-token: *** {imds.url('i-0aaa')}/latest/meta-data/instance-id" in calls
+    finally:
+        imds.close()
+
+
+# --------------------------------------------------------------------------------------
+# one simulator run, many instances
+
+
+@dataclass
+class Fleet:
+    sim: Sim
+    ids: dict[str, str]
+    late_parameters_put_at: float
+    ec2: Any
+
+
+@pytest.fixture(scope="module")
+def fleet(seeded: dict[str, Any], moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    from awsenv import client
+
+    ec2, ssm = client("ec2", moto_endpoint, REGION), client("ssm", moto_endpoint, REGION)
+    ami = seeded["amiIds"]["newer"]
+    cluster = "sim-" + uuid.uuid4().hex[:6]
+    orders_digest = seeded["ecr"]["orders"]["digests"]["latest"]
+    param = f"/featureenv/{cluster}/good/database"
+    ssm.put_parameter(Name=param, Value=SECRET, Type="SecureString")
+    late = {name: f"/featureenv/{cluster}/{name}/database" for name in ("late-a", "late-b")}
+    never = f"/featureenv/{cluster}/never/database"  # never written
+    services = [("payments", f"{REGISTRY}/payments:pr-123"), ("orders", f"{REGISTRY}/orders@{orders_digest}"),
+                ("frontend", f"{REGISTRY}/frontend:latest")]
+
+    def script(name: str, **kw: Any) -> str:
+        return render_user_data(Spec(**{"environment": f"default/{name}", "region": REGION, "services": services,
+                                        "addons": ["ingress", "dashboard", "logviewer"], **kw}))
+
+    ids = {
+        "good": launch(ec2, ami, cluster, "good", script("good", database_parameter=param)),
+        "missing-image": launch(ec2, ami, cluster, "missing-image", script(
+            "missing-image", services=[services[0], ("nope", f"{REGISTRY}/no-such-repo:pr-1"), services[2]])),
+        "bad-addon": launch(ec2, ami, cluster, "bad-addon", script("bad-addon", addons=["ingress", "no-such-addon"])),
+        "late-a": launch(ec2, ami, cluster, "late-a", script("late-a", database_parameter=late["late-a"],
+                                                             database_wait_seconds=120)),
+        "late-b": launch(ec2, ami, cluster, "late-b", script("late-b", database_parameter=late["late-b"],
+                                                             database_wait_seconds=120)),
+        "no-database": launch(ec2, ami, cluster, "no-database", script("no-database", database_parameter=never,
+                                                                       database_wait_seconds=3)),
+        "foreign": launch(ec2, ami, "someone-else", "foreign", script("foreign")),
+        "done": launch(ec2, ami, cluster, "done", script("done"), {"featureenv.io/bootstrap": "complete"}),
+        "stopped": launch(ec2, ami, cluster, "stopped", script("stopped")),
+    }
+    ec2.stop_instances(InstanceIds=[ids["stopped"]])
+    expected = {ids[n] for n in ("good", "missing-image", "bad-addon", "late-a", "late-b", "no-database")}
+
+    sim = start_sim(moto_endpoint, cluster, tmp_path_factory.mktemp("instances"))
+    try:
+        # The parameters appear once both late scripts have missed them at least once.
+        for name in late:
+            wait_until(f"{name} to miss its parameter",
+                       lambda n=name: "not readable yet" in read(sim.dir(ids[n]) / "bootstrap.log"), 60)
+        put_at = time.time()  # before either put: no script can have read its parameter earlier
+        for name, parameter in late.items():
+            ssm.put_parameter(Name=parameter, Value=SECRET, Type="SecureString")
+        wait_until("every bootstrap line", lambda: expected <= set(sim.results()) or sim.proc.poll() is not None, 90)
+        assert sim.proc.poll() is None, "\n".join(sim.stderr)
+        time.sleep(0.5)  # no second line for anyone
+    finally:
+        code = sim.stop()
+    assert code == 0, "\n".join(sim.stderr)
+    yield Fleet(sim, ids, put_at, ec2)
+
+
+def test_a_good_instance_tags_itself_complete(fleet: Fleet) -> None:
+    iid = fleet.ids["good"]
+    line = fleet.sim.results()[iid]
+    assert line.group(3) == "complete" and line.group(6) == "0" and line.group(4) == "default/good"
+    assert float(line.group(5)) >= BOOT_SECONDS
+    assert bootstrap_tag(fleet.ec2, iid) == "complete"
+    d = fleet.sim.dir(iid)
+    calls = read(d / "calls.log")
+    for name, image in [("payments", f"{REGISTRY}/payments:pr-123"), ("frontend", f"{REGISTRY}/frontend:latest")]:
+        assert f"docker pull {image}\n" in calls
+        assert f"kubectl set image deployment/{name} {name}={image}\n" in calls
+        assert f"kubectl rollout status deployment/{name} --timeout=15m\n" in calls
+    assert f"docker pull {REGISTRY}/orders@sha256:" in calls
+    for addon in ("ingress", "dashboard", "logviewer"):
+        assert f"minikube addons enable {addon}\n" in calls
+    assert f"docker login --username AWS --password-stdin {REGISTRY}\n" in calls
+    assert "aws ssm get-parameter --with-decryption --name /featureenv/" in calls
+    # The script tagged itself, with the real CLI, as its last call; IMDSv2 gave its id.
+    assert calls.splitlines()[-1] == f"aws ec2 create-tags --resources {iid} --tags Key=featureenv.io/bootstrap,Value=complete"
+    assert "latest/api/token" in calls and "latest/meta-data/instance-id" in calls
+    log = read(d / "bootstrap.log")
+    assert "featureenv: bootstrap complete" in log
+    assert "featureenv: bootstrap complete" in read(d / "console.log"), "mirrored to the console"
+    for f in ("calls.log", "bootstrap.log", "console.log", "bash.out"):
+        assert "S3cretPW" not in read(d / f), f"the database secret leaked into {f}"
+    result = json.loads(read(d / "result.json"))
+    assert result["exit"] == 0 and result["value"] == "complete" and result["cpu_user_seconds"] > 0
+
+
+def test_an_image_missing_from_ecr_fails_the_bootstrap(fleet: Fleet) -> None:
+    iid = fleet.ids["missing-image"]
+    line = fleet.sim.results()[iid]
+    assert line.group(3) == "failed" and line.group(6) != "0"
+    assert line.group(7) == f"{REGISTRY}/no-such-repo:pr-1"
+    assert bootstrap_tag(fleet.ec2, iid) == "failed"
+    log = read(fleet.sim.dir(iid) / "bootstrap.log")
+    assert (f"Error response from daemon: repository {REGISTRY}/no-such-repo not found: name unknown: "
+            "The repository with name 'no-such-repo' does not exist in the registry with id '123456789012'") in log
+    assert "featureenv: bootstrap failed (exit 1) at line" in log
+    calls = read(fleet.sim.dir(iid) / "calls.log")
+    assert "kubectl set image" not in calls, "nothing deployed after the failed pull"
+    assert calls.splitlines()[-1].endswith("Key=featureenv.io/bootstrap,Value=failed")
+
+
+def test_an_unknown_addon_fails_the_bootstrap(fleet: Fleet) -> None:
+    iid = fleet.ids["bad-addon"]
+    assert fleet.sim.results()[iid].group(3) == "failed"
+    assert bootstrap_tag(fleet.ec2, iid) == "failed"
+    log = read(fleet.sim.dir(iid) / "bootstrap.log")
+    assert "Exiting due to MK_ADDON_ENABLE: enable failed: run callbacks: no-such-addon is not a valid addon" in log
+    assert "featureenv: bootstrap failed (exit 10)" in log
+
+
+def test_a_late_database_parameter_is_waited_for(fleet: Fleet) -> None:
+    for name in ("late-a", "late-b"):
+        iid = fleet.ids[name]
+        assert fleet.sim.results()[iid].group(3) == "complete", name
+        assert bootstrap_tag(fleet.ec2, iid) == "complete"
+        d = fleet.sim.dir(iid)
+        assert "not readable yet; retrying in 2s" in read(d / "bootstrap.log")
+        assert read(d / "calls.log").count("aws ssm get-parameter") >= 2
+        assert "S3cretPW" not in read(d / "bootstrap.log") + read(d / "calls.log")
+        # Real sleeps: the script finished only after the parameter appeared.
+        assert epoch(json.loads(read(d / "result.json"))["exited_at"]) >= fleet.late_parameters_put_at
+
+
+def test_a_database_parameter_still_missing_after_the_wait_fails_the_bootstrap(fleet: Fleet) -> None:
+    iid = fleet.ids["no-database"]
+    assert fleet.sim.results()[iid].group(3) == "failed"
+    assert bootstrap_tag(fleet.ec2, iid) == "failed"
+    log = read(fleet.sim.dir(iid) / "bootstrap.log")
+    # (How many tries fit in 3 s depends on how long each CLI run takes.)
+    assert "database parameter /featureenv/" in log and "still unreadable after 3s" in log
+    assert "featureenv: bootstrap failed (exit 1) at line" in log
+    calls = read(fleet.sim.dir(iid) / "calls.log")
+    assert "kubectl create secret" not in calls and "minikube addons enable" not in calls
+
+
+def test_instances_boot_concurrently(fleet: Fleet) -> None:
+    spans = []
+    for name in ("late-a", "late-b", "good"):
+        r = json.loads(read(fleet.sim.dir(fleet.ids[name]) / "result.json"))
+        end = epoch(r["exited_at"])
+        spans.append((end - r["wall_seconds"], end))
+    (a_start, a_end), (b_start, b_end), (g_start, _) = spans
+    assert a_start < b_end and b_start < a_end, f"late-a and late-b ran one after the other: {spans}"
+    assert g_start < a_end
+
+
+def test_only_running_untagged_instances_of_the_cluster_boot(fleet: Fleet) -> None:
+    for name in ("foreign", "done", "stopped"):
+        assert not fleet.sim.dir(fleet.ids[name]).exists(), name
+        assert fleet.ids[name] not in fleet.sim.results()
+    assert bootstrap_tag(fleet.ec2, fleet.ids["foreign"]) is None
+    assert bootstrap_tag(fleet.ec2, fleet.ids["stopped"]) is None
+    assert bootstrap_tag(fleet.ec2, fleet.ids["done"]) == "complete"
+    assert len(fleet.sim.results()) == 6
+    assert sum(" bootstrap " in line for line in fleet.sim.lines) == 6, "exactly one line per instance"
+
+
+# --------------------------------------------------------------------------------------
+# scripts that do not end
+
+
+HANGING = "#!/bin/bash\necho $$ > \"$PWD/bash.pid\"\nsleep 300\n"
+
+
+def test_hanging_scripts_are_killed(seeded: dict[str, Any], aws: Any, moto_endpoint: str, tmp_path: Path) -> None:
+    """A script past --script-timeout, or whose instance stops running, is killed with its process group."""
+    ec2 = aws("ec2")
+    cluster = "hang-" + uuid.uuid4().hex[:6]
+    slow = launch(ec2, seeded["amiIds"]["newer"], cluster, "slow", HANGING)
+    gone = launch(ec2, seeded["amiIds"]["newer"], cluster, "gone", HANGING)
+    sim = start_sim(moto_endpoint, cluster, tmp_path, "--script-timeout", "4", boot_seconds=0.2)
+    try:
+        pids = {i: int(wait_until(f"{i} to start", lambda i=i: read(sim.dir(i) / "bash.pid").strip(), 20))
+                for i in (slow, gone)}
+        ec2.terminate_instances(InstanceIds=[gone])
+        wait_until("both lines", lambda: {slow, gone} <= set(sim.results()), 20)
+    finally:
+        assert sim.stop() == 0, "\n".join(sim.stderr)
+    results = sim.results()
+    assert results[gone].group(3) == "none" and results[gone].group(6) == "143"
+    assert results[slow].group(3) == "none" and results[slow].group(6) == "143"
+    assert any(f"killed instance={gone} reason=instance-not-running" in line for line in sim.lines)
+    assert any(f"killed instance={slow} reason=timeout-4s" in line for line in sim.lines)
+    assert float(results[slow].group(5)) >= 4
+    assert not any(pid_alive(p) for p in pids.values())
+    assert bootstrap_tag(ec2, slow) is None, "the simulator never tags"
+
+
+def test_sigterm_stops_running_scripts_and_exits_0(seeded: dict[str, Any], aws: Any, moto_endpoint: str,
+                                                    tmp_path: Path) -> None:
+    ec2 = aws("ec2")
+    cluster = "term-" + uuid.uuid4().hex[:6]
+    iid = launch(ec2, seeded["amiIds"]["newer"], cluster, "hang", HANGING)
+    sim = start_sim(moto_endpoint, cluster, tmp_path, boot_seconds=0.2)
+    pid = int(wait_until("the script to start", lambda: read(sim.dir(iid) / "bash.pid").strip(), 20))
+    started = time.monotonic()
+    assert sim.stop() == 0, "\n".join(sim.stderr)
+    assert time.monotonic() - started < 8
+    assert not pid_alive(pid)
+    wait_until("the last line", lambda: sim.lines and sim.lines[-1].endswith(" stopped"), 5)
+    assert not any(" bootstrap " in line for line in sim.lines), "no outcome is made up at shutdown"
+
+
+def test_a_simulator_killed_with_sigkill_leaves_no_script_running(seeded: dict[str, Any], aws: Any,
+                                                                   moto_endpoint: str, tmp_path: Path) -> None:
+    """The e2e harness stops the simulator with SIGKILL; its watchdog ends the scripts."""
+    ec2 = aws("ec2")
+    cluster = "kill-" + uuid.uuid4().hex[:6]
+    iid = launch(ec2, seeded["amiIds"]["newer"], cluster, "hang", HANGING)
+    sim = start_sim(moto_endpoint, cluster, tmp_path, boot_seconds=0.2)
+    pid = int(wait_until("the script to start", lambda: read(sim.dir(iid) / "bash.pid").strip(), 20))
+    os.kill(sim.proc.pid, signal.SIGKILL)
+    sim.proc.wait(timeout=5)
+    wait_until("the script to end", lambda: not pid_alive(pid), 10)
+    wait_until("the cache directory to go", lambda: not list(tmp_path.glob(".ecr-cache-*")), 10)

@@ -1,0 +1,137 @@
+"""Tests for the instance stand-ins in hack/instance/: they behave like the real tools for
+what the bootstrap script uses, fail where those would, and never record stdin."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from boot_simulator import real_aws_cli
+
+REPO = Path(__file__).resolve().parents[2]
+STAND_INS = REPO / "hack" / "instance"
+REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+
+
+@pytest.fixture()
+def run(tmp_path: Path) -> Any:
+    """run(argv, stdin=..., **env) -> CompletedProcess, with hack/instance/ first on PATH."""
+
+    def go(argv: list[str], stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=60,
+            env={"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(tmp_path), "FEATUREENV_SIM_DIR": str(tmp_path),
+                 **env},
+        )
+
+    return go
+
+
+def calls(tmp_path: Path) -> str:
+    return (tmp_path / "calls.log").read_text()
+
+
+def test_kubectl_builds_the_secret_from_stdin_without_recording_it(run: Any, tmp_path: Path) -> None:
+    argv = ["kubectl", "create", "secret", "generic", "featureenv-database",
+            "--from-file=connection=/dev/stdin", "--dry-run=client", "-o", "yaml"]
+    out = run(argv, stdin="postgres://app:S3cretPW@db/app")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ("apiVersion: v1\ndata:\n  connection: "
+                          + base64.b64encode(b"postgres://app:S3cretPW@db/app").decode()
+                          + "\nkind: Secret\nmetadata:\n  name: featureenv-database\n")
+    applied = run(["kubectl", "apply", "-f", "-"], stdin=out.stdout)
+    assert (applied.returncode, applied.stdout) == (0, "secret/featureenv-database created\n")
+    nothing = run(["kubectl", "apply", "-f", "-"], stdin="")
+    assert nothing.returncode == 1 and "error: no objects passed to apply" in nothing.stderr
+    assert "S3cretPW" not in calls(tmp_path) and "cG9zdGdyZXM" not in calls(tmp_path)
+    assert calls(tmp_path).splitlines()[0] == " ".join(argv)
+
+
+def test_kubectl_set_image_and_rollout(run: Any) -> None:
+    ok = run(["kubectl", "set", "image", "deployment/payments", "payments=r/payments:1"])
+    assert (ok.returncode, ok.stdout) == (0, "deployment.apps/payments image updated\n")
+    wrong = run(["kubectl", "set", "image", "deployment/payments", "orders=r/orders:1"])
+    assert wrong.returncode == 1 and 'unable to find container named "orders"' in wrong.stderr
+    rollout = run(["kubectl", "rollout", "status", "deployment/payments", "--timeout=15m"])
+    assert (rollout.returncode, rollout.stdout) == (0, 'deployment "payments" successfully rolled out\n')
+
+
+def test_minikube_addons_and_docker_env(run: Any) -> None:
+    for addon in ("ingress", "dashboard", "logviewer", "metrics-server"):
+        assert run(["minikube", "addons", "enable", addon]).returncode == 0, addon
+    bad = run(["minikube", "addons", "enable", "logs"])
+    assert bad.returncode == 10
+    assert "Exiting due to MK_ADDON_ENABLE: enable failed: run callbacks: logs is not a valid addon" in bad.stderr
+    assert run(["minikube", "status"]).returncode == 0
+    env = run(["bash", "-c", 'eval "$(minikube docker-env --shell bash)" && echo "$DOCKER_HOST"'])
+    assert env.stdout.strip() == "tcp://192.168.49.2:2376"
+
+
+def test_logger_mirrors_stdin_to_stderr(run: Any, tmp_path: Path) -> None:
+    out = run(["logger", "-t", "featureenv", "-s"], stdin="one\ntwo")
+    lines = out.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("<13>") and lines[1].endswith(" featureenv: two")
+    assert "one" not in calls(tmp_path)
+
+
+def test_docker_login_needs_a_password(run: Any, tmp_path: Path) -> None:
+    empty = run(["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY], stdin="")
+    assert empty.returncode == 1
+    assert empty.stderr == "Error: Cannot perform an interactive login from a non TTY device\n"
+    ok = run(["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY], stdin="ecr-token\n")
+    assert ok.returncode == 0 and "Login Succeeded" in ok.stdout
+    assert "ecr-token" not in calls(tmp_path)
+
+
+def test_docker_pull_checks_the_stacks_ecr(seeded: dict[str, Any], moto_endpoint: str, run: Any, tmp_path: Path) -> None:
+    aws = real_aws_cli()
+    assert aws, "the AWS CLI is not installed (pip install awscli)"
+    # Counts the CLI runs behind docker pull.
+    counter = tmp_path / "aws-counter"
+    counter.write_text(f'#!/bin/bash\necho x >> "{tmp_path}/aws-runs"\nexec {aws} "$@"\n')
+    counter.chmod(0o755)
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "FEATUREENV_SIM_AWS": str(counter), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache")}
+    image = f"{REGISTRY}/payments:pr-123"
+
+    no_login = run(["docker", "pull", image], **env)
+    assert no_login.returncode == 1
+    assert no_login.stderr == (f'Error response from daemon: Head "https://{REGISTRY}/v2/payments/manifests/pr-123": '
+                               "no basic auth credentials\n")
+    run(["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY], stdin="token")
+
+    first = run(["docker", "pull", image], **env)
+    assert first.returncode == 0, first.stderr
+    digest = seeded["ecr"]["payments"]["digests"]["pr-123"]
+    assert first.stdout == (f"pr-123: Pulling from payments\nDigest: {digest}\n"
+                            f"Status: Downloaded newer image for {image}\n{image}\n")
+    again = run(["docker", "pull", image], **env)
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert (tmp_path / "aws-runs").read_text().count("x") == 1, "the second pull was answered from the cache"
+
+    by_digest = run(["docker", "pull", f"{REGISTRY}/orders@{seeded['ecr']['orders']['digests']['latest']}"], **env)
+    assert by_digest.returncode == 0, by_digest.stderr
+
+    no_tag = run(["docker", "pull", f"{REGISTRY}/payments:pr-999"], **env)
+    assert no_tag.returncode == 1
+    assert no_tag.stderr == (f"Error response from daemon: manifest for {REGISTRY}/payments:pr-999 not found: "
+                             "manifest unknown: Requested image not found\n")
+    no_digest = run(["docker", "pull", f"{REGISTRY}/payments@sha256:{'0' * 64}"], **env)
+    assert no_digest.returncode == 1 and "manifest unknown: Requested image not found" in no_digest.stderr
+    assert (tmp_path / "pull-failures").read_text().splitlines() == [
+        image, f"{REGISTRY}/payments:pr-999", f"{REGISTRY}/payments@sha256:{'0' * 64}"]
+
+    hub = run(["docker", "pull", "docker.io/library/nginx:1.27"], **env)
+    assert hub.returncode == 0, "other registries are not checked"
+
+
+def test_curl_without_imds_config_refuses_to_run(run: Any) -> None:
+    out = run(["curl", "-fsS", "http://169.254.169.254/latest/meta-data/instance-id"],
+              FEATUREENV_SIM_CURL=shutil.which("curl") or "curl")
+    assert out.returncode != 0 and "FEATUREENV_SIM_IMDS" in out.stderr
