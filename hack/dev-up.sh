@@ -76,7 +76,7 @@ kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" set-context operator --cluste
 kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" use-context operator >/dev/null
 
 echo "starting the boot simulator"
-FEATUREENV_SIM_BOOT_SECONDS="${FEATUREENV_SIM_BOOT_SECONDS:-3}" "$PYTHON" "$ROOT/hack/boot_simulator.py" \
+FEATUREENV_SIM_BOOT_SECONDS="${FEATUREENV_SIM_BOOT_SECONDS:-3}" "$PYTHON" "$ROOT/hack/boot_simulator.py" --instances-dir "$DEV/instances" \
     --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" --cluster-id "$CLUSTER_ID" --interval 0.5 \
     >"$DEV/boot-simulator.log" 2>&1 &
 echo $! >"$DEV/boot-simulator.pid"

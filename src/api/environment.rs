@@ -28,7 +28,11 @@ use super::schema;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Instance","type":"string","priority":1,"jsonPath":".status.instance.id"}"#,
     printcolumn = r#"{"name":"Database","type":"string","priority":1,"jsonPath":".status.database.id"}"#,
-    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    // `<namespace>/<name>` is the value of the featureenv.io/environment tag, and AWS
+    // tag values end at 256 characters; namespaces at 63.
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 192")
+        .message("metadata.name: at most 192 characters, so that <namespace>/<name> fits an AWS tag value (256)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureEnvironmentSpec {
@@ -41,8 +45,10 @@ pub struct FeatureEnvironmentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::duration")]
     pub ttl: Option<String>,
-    /// Who the environment is for (informational; tagged on the instance).
+    /// Who the environment is for (informational; tagged on the instance, so at most
+    /// 256 characters, AWS's limit for a tag value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub owner: Option<String>,
     /// Images under test; each replaces the baseline image of the same name.
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! The local stack as a Rust test harness: the real `kube-apiserver` and `etcd`
 //! ([`ControlPlane`], with an audit log), `moto_server` seeded by `hack/seed_aws.py`,
-//! optionally `hack/fault_proxy.py` between the operator and moto, the CRDs plus the
+//! `hack/fault_proxy.py` (the strict AWS layer, with faults when asked) between the
+//! operator and moto, the CRDs plus the
 //! example class and pool applied with `kubectl`, the chart's ServiceAccount and RBAC,
 //! `hack/boot_simulator.py`, and any number of real `featureenv-operator run`
 //! subprocesses. Everything binds 127.0.0.1 on free ports.
@@ -49,8 +50,9 @@ pub struct StackOptions {
     pub cluster_id: String,
     /// FEATUREENV_SIM_BOOT_SECONDS for the boot simulator.
     pub boot_seconds: f64,
-    /// Put hack/fault_proxy.py between the operators and moto at this fault rate
-    /// (`Some(0.0)` only records the calls).
+    /// The fault rate of hack/fault_proxy.py, the strict AWS layer that always sits
+    /// between the operators and moto (documented AWS rules moto skips, AWS's timing
+    /// at the fast profile, and a log of every call). `None` or `Some(0.0)`: no faults.
     pub fault_rate: Option<f64>,
     pub fault_seed: u64,
     pub fast_poll: String,
@@ -149,9 +151,7 @@ impl Stack {
             control_plane,
         };
         stack.seed_aws();
-        if let Some(rate) = stack.opts.fault_rate {
-            stack.start_fault_proxy(rate);
-        }
+        stack.start_fault_proxy(stack.opts.fault_rate.unwrap_or(0.0));
         stack.apply_crds_class_pool().await;
         stack.install_operator_rbac().await;
         stack.start_boot_simulator();
@@ -300,6 +300,10 @@ impl Stack {
             .arg(format!("{ROOT}/hack/boot_simulator.py"))
             .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
             .args(["--cluster-id", &self.opts.cluster_id, "--interval", "0.25"])
+            // Each instance runs its real user data here; its bootstrap.log and the
+            // stand-ins' calls.log are kept with the other logs of a failed test.
+            .arg("--instances-dir")
+            .arg(self.dir.join("instances"))
             .env("FEATUREENV_SIM_BOOT_SECONDS", self.opts.boot_seconds.to_string())
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())

@@ -605,7 +605,13 @@ async fn launch_instance(
         database_wait_seconds: resolved.readiness_timeout.as_secs(),
     };
     let mut tags: Tags = class.spec.instance.tags.clone();
-    tags.insert("Name".into(), format!("featureenv-{}-{}", id.namespace, id.name));
+    // Descriptive only, and AWS refuses tag values over 256 characters (a 63-character
+    // namespace with a 192-character name would make 267).
+    let name_tag: String = format!("featureenv-{}-{}", id.namespace, id.name)
+        .chars()
+        .take(256)
+        .collect();
+    tags.insert("Name".into(), name_tag);
     tags.insert(tag::CLUSTER.into(), ctx.config.cluster_id.clone());
     tags.insert(tag::ENVIRONMENT.into(), id.key.clone());
     tags.insert(tag::UID.into(), id.uid.clone());
