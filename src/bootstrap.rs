@@ -94,8 +94,9 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
     let mut script = String::new();
     script.push_str("#!/bin/bash\n");
     script.push_str("# featureenv-operator bootstrap. Generated; carries no secrets.\n");
-    // -E so the ERR trap also fires inside functions.
-    script.push_str("set -Eeuo pipefail\n\n");
+    // -E so the ERR trap also fires inside functions; inherit_errexit so a failing
+    // command inside `$(...)` fails the substitution instead of carrying on.
+    script.push_str("set -Eeuo pipefail\nshopt -s inherit_errexit\n\n");
     let _ = writeln!(script, "readonly ENVIRONMENT={}", shell_quote(&spec.environment));
     let _ = writeln!(script, "readonly REGION={}", shell_quote(&spec.region));
     let _ = writeln!(
@@ -142,18 +143,43 @@ log() {
   echo "featureenv: $*"
 }
 
-# IMDSv2 only: every metadata read needs a session token.
+# IMDSv2 only: every metadata read needs a session token. A transient failure of the
+# metadata service is retried; a lasting one fails the call (never an empty token).
 metadata() {
   local token
-  token="$(curl -fsS -X PUT http://169.254.169.254/latest/api/token \
-    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')"
-  curl -fsS -H "X-aws-ec2-metadata-token: ${token}" \
+  token="$(curl -fsS --retry 3 --retry-connrefused -X PUT http://169.254.169.254/latest/api/token \
+    -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')" || return
+  curl -fsS --retry 3 --retry-connrefused -H "X-aws-ec2-metadata-token: ${token}" \
     "http://169.254.169.254/latest/meta-data/$1"
 }
 
 instance_id() {
   metadata instance-id
 }
+
+# The operator learns the outcome from this tag in its batched DescribeInstances.
+tag_bootstrap() {
+  local id
+  id="$(instance_id)" || return
+  if [[ -z "$id" ]]; then
+    log "instance metadata gave no instance id"
+    return 1
+  fi
+  aws ec2 create-tags --resources "$id" --tags "Key=${BOOTSTRAP_TAG},Value=$1"
+}
+
+on_error() {
+  local status=$? line=$1
+  # With -E the trap also fires inside `$(...)`; only the script itself reports, once.
+  if ((BASHPID != $$)); then
+    exit "$status"
+  fi
+  trap - ERR
+  log "bootstrap failed (exit ${status}) at line ${line}"
+  tag_bootstrap "$BOOTSTRAP_FAILED" || log "could not tag the instance as failed"
+  exit "$status"
+}
+trap 'on_error "$LINENO"' ERR
 
 # An operator without a configured region renders an empty one; the instance
 # knows its own.
@@ -162,22 +188,6 @@ if [[ -z "$region" ]]; then
   region="$(metadata placement/region)"
 fi
 export AWS_REGION="$region" AWS_DEFAULT_REGION="$region"
-
-# The operator learns the outcome from this tag in its batched DescribeInstances.
-tag_bootstrap() {
-  local id
-  id="$(instance_id)"
-  aws ec2 create-tags --resources "$id" --tags "Key=${BOOTSTRAP_TAG},Value=$1"
-}
-
-on_error() {
-  local status=$? line=$1
-  trap - ERR
-  log "bootstrap failed (exit ${status}) at line ${line}"
-  tag_bootstrap "$BOOTSTRAP_FAILED" || log "could not tag the instance as failed"
-  exit "$status"
-}
-trap 'on_error "$LINENO"' ERR
 
 log "bootstrapping environment ${ENVIRONMENT}"
 
@@ -205,17 +215,21 @@ done
 # backoff (2 s doubling to 30 s) until DATABASE_WAIT_SECONDS have passed; a miss before
 # that is not a failure. Sets `connection`.
 read_database_connection() {
-  local deadline=$((SECONDS + DATABASE_WAIT_SECONDS)) delay=2
+  local deadline=$((SECONDS + DATABASE_WAIT_SECONDS)) delay=2 errors
+  # The CLI's error says why (not there yet, or AccessDenied, or KMS): keep it for the log.
+  errors="$(mktemp)"
   until connection="$(aws ssm get-parameter --with-decryption --name "$DATABASE_PARAMETER" \
-    --query Parameter.Value --output text 2>/dev/null)"; do
+    --query Parameter.Value --output text 2>"$errors")"; do
     if ((SECONDS + delay > deadline)); then
-      log "database parameter ${DATABASE_PARAMETER} still unreadable after ${DATABASE_WAIT_SECONDS}s"
+      log "database parameter ${DATABASE_PARAMETER} still unreadable after ${DATABASE_WAIT_SECONDS}s: $(tail -n 1 "$errors")"
+      rm -f "$errors"
       return 1
     fi
-    log "database parameter ${DATABASE_PARAMETER} not readable yet; retrying in ${delay}s"
+    log "database parameter ${DATABASE_PARAMETER} not readable yet ($(tail -n 1 "$errors")); retrying in ${delay}s"
     sleep "$delay"
     delay=$((delay * 2 > 30 ? 30 : delay * 2))
   done
+  rm -f "$errors"
 }
 
 if [[ -n "$DATABASE_PARAMETER" ]]; then
@@ -385,6 +399,16 @@ mod tests {
     /// As [`run_with_stubs`], with `ssm get-parameter` failing (as AWS does with
     /// ParameterNotFound) the first `ssm_failures` times, and a `sleep` that only records.
     fn run_with_stubs_ssm(spec: &BootstrapSpec, rollout_exit: u8, ssm_failures: u32) -> (bool, String, String, String) {
+        run_stubbed(spec, rollout_exit, ssm_failures, false)
+    }
+
+    /// The stubbed run with every knob: also an unreachable instance metadata service.
+    fn run_stubbed(
+        spec: &BootstrapSpec,
+        rollout_exit: u8,
+        ssm_failures: u32,
+        imds_down: bool,
+    ) -> (bool, String, String, String) {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -401,7 +425,8 @@ mod tests {
         };
         stub(
             "curl",
-            r#"case "$*" in *api/token*) echo token ;; *instance-id*) echo i-0abc ;; *placement/region*) echo eu-west-1 ;; esac"#,
+            r#"if [[ -n "$IMDS_DOWN" ]]; then echo "curl: (7) Failed to connect to 169.254.169.254 port 80" >&2; exit 7; fi
+case "$*" in *api/token*) echo token ;; *instance-id*) echo i-0abc ;; *placement/region*) echo eu-west-1 ;; esac"#,
         );
         stub(
             "aws",
@@ -448,6 +473,7 @@ esac"#,
             .env("SECRET_STDIN", &secret_stdin)
             .env("ROLLOUT_EXIT", rollout_exit.to_string())
             .env("SSM_FAILURES", &ssm_failures_file)
+            .env("IMDS_DOWN", if imds_down { "1" } else { "" })
             .status()
             .expect("bash runs");
         // The console pipeline is asynchronous; give it a moment to flush.
@@ -512,7 +538,11 @@ esac"#,
             calls.ends_with("Key=featureenv.io/bootstrap,Value=complete\n"),
             "{calls}"
         );
-        assert!(log.contains("not readable yet; retrying in 2s"), "{log}");
+        assert!(
+            log.contains("not readable yet (An error occurred (ParameterNotFound)"),
+            "{log}"
+        );
+        assert!(log.contains("; retrying in 2s"), "{log}");
     }
 
     /// Past the wait (the class's readiness timeout), a parameter still missing fails
@@ -529,7 +559,33 @@ esac"#,
         assert_eq!(calls.matches("aws ssm get-parameter").count(), 2, "{calls}");
         assert!(secret.is_empty());
         assert!(calls.ends_with("Key=featureenv.io/bootstrap,Value=failed\n"), "{calls}");
-        assert!(log.contains("still unreadable after 3s"), "{log}");
+        // The CLI's reason is in the log, not swallowed.
+        assert!(
+            log.contains("still unreadable after 3s: An error occurred (ParameterNotFound)"),
+            "{log}"
+        );
+    }
+
+    /// Seen running the real script against an instance whose metadata service does
+    /// not answer: the script used to carry on with an empty token and instance id,
+    /// ran `create-tags --resources ''` and reported the failure three times, at the
+    /// wrong line. It must fail once, at the token request, and tag nothing.
+    #[test]
+    fn an_unreachable_metadata_service_fails_once_and_tags_nothing() {
+        // Without a rendered region the first metadata read fails; with one, the
+        // last (the instance id for the completion tag).
+        for region in ["", "eu-west-1"] {
+            let spec = BootstrapSpec {
+                region: region.into(),
+                ..spec()
+            };
+            let (ok, calls, _, log) = run_stubbed(&spec, 0, 0, true);
+            assert!(!ok, "region {region:?}");
+            assert!(!calls.contains("create-tags"), "tagged with no instance id:\n{calls}");
+            assert_eq!(log.matches("bootstrap failed").count(), 1, "{log}");
+            assert!(log.contains("bootstrap failed (exit 7)"), "{log}");
+            assert!(log.contains("could not tag the instance as failed"), "{log}");
+        }
     }
 
     #[test]

@@ -368,7 +368,8 @@ def test_a_late_database_parameter_is_waited_for(fleet: Fleet) -> None:
         assert fleet.sim.results()[iid].group(3) == "complete", name
         assert bootstrap_tag(fleet.ec2, iid) == "complete"
         d = fleet.sim.dir(iid)
-        assert "not readable yet; retrying in 2s" in read(d / "bootstrap.log")
+        log = read(d / "bootstrap.log")
+        assert "not readable yet (" in log and "; retrying in 2s" in log, log
         assert read(d / "calls.log").count("aws ssm get-parameter") >= 2
         assert "S3cretPW" not in read(d / "bootstrap.log") + read(d / "calls.log")
         # Real sleeps: the script finished only after the parameter appeared.
