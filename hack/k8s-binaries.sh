@@ -61,8 +61,7 @@ if command -v kube-apiserver >/dev/null && command -v etcd >/dev/null && link_di
 fi
 
 if ! command -v go >/dev/null; then
-    say "no kube-apiserver/etcd found and no Go toolchain to build them."
-    say "Install Go (https://go.dev/dl), or set KUBEBUILDER_ASSETS to a directory holding kube-apiserver, etcd and kubectl (setup-envtest use 1.35.x -p path)."
+    say "no kube-apiserver/etcd found and no Go to build them: install Go (https://go.dev/dl), or set KUBEBUILDER_ASSETS to a directory with kube-apiserver, etcd and kubectl (setup-envtest use 1.35.x -p path)"
     exit 1
 fi
 
