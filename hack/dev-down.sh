@@ -3,7 +3,7 @@
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "$0")/lib.sh"
-for name in operator boot-simulator moto control-plane; do
+for name in operator boot-simulator strict-aws moto control-plane; do
     stop_pidfile "$DEV/$name.pid"
 done
 echo "local stack stopped"

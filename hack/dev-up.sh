@@ -37,6 +37,18 @@ MOTO_PORT="$(free_port)"
 echo $! >"$DEV/moto.pid"
 export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT"
 wait_for "moto_server" 30 "$PYTHON" -c "import urllib.request; urllib.request.urlopen('$AWS_ENDPOINT_URL/moto-api/')"
+MOTO_ENDPOINT="$AWS_ENDPOINT_URL"
+
+# The strict AWS layer: refuses what AWS refuses and plays AWS's timing (fast profile;
+# FEATUREENV_AWS_TIMING=realistic for real durations), logging every call.
+echo "starting the strict AWS layer (hack/fault_proxy.py) in front of moto"
+rm -f "$DEV/strict-aws.addr"
+"$PYTHON" "$ROOT/hack/fault_proxy.py" --listen 127.0.0.1:0 --upstream "$MOTO_ENDPOINT" --rate 0 \
+    --log "$DEV/aws-calls.jsonl" >"$DEV/strict-aws.addr" 2>"$DEV/strict-aws.log" &
+echo $! >"$DEV/strict-aws.pid"
+wait_for "the strict AWS layer" 30 test -s "$DEV/strict-aws.addr"
+AWS_ENDPOINT_URL="http://$(head -n 1 "$DEV/strict-aws.addr")"
+export AWS_ENDPOINT_URL
 
 cat >"$DEV/env" <<ENV
 export PATH="$K8S_BIN:\$PATH"
@@ -44,6 +56,7 @@ export KUBECONFIG="$DEV/kubeconfig"
 export KUBECACHEDIR="$DEV/kubecache"
 export AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
 export AWS_REGION="$REGION"
+export AWS_DEFAULT_REGION="$REGION"
 export AWS_ACCESS_KEY_ID="testing"
 export AWS_SECRET_ACCESS_KEY="testing"
 ENV
@@ -51,7 +64,7 @@ ENV
 source "$DEV/env"
 
 echo "seeding AWS (VPC, AMIs, integration DB and snapshots, ECR images)"
-"$PYTHON" "$ROOT/hack/seed_aws.py" --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" \
+"$PYTHON" "$ROOT/hack/seed_aws.py" --endpoint "$MOTO_ENDPOINT" --region "$REGION" \
     --cluster-id "$CLUSTER_ID" --out "$DEV/seed.json" >"$DEV/seed.log" 2>&1
 
 echo "applying CRDs, the example class and pool"
@@ -77,7 +90,7 @@ kubectl config --kubeconfig="$OPERATOR_KUBECONFIG" use-context operator >/dev/nu
 
 echo "starting the boot simulator"
 FEATUREENV_SIM_BOOT_SECONDS="${FEATUREENV_SIM_BOOT_SECONDS:-3}" "$PYTHON" "$ROOT/hack/boot_simulator.py" --instances-dir "$DEV/instances" \
-    --endpoint "$AWS_ENDPOINT_URL" --region "$REGION" --cluster-id "$CLUSTER_ID" --interval 0.5 \
+    --endpoint "$MOTO_ENDPOINT" --region "$REGION" --cluster-id "$CLUSTER_ID" --interval 0.5 \
     >"$DEV/boot-simulator.log" 2>&1 &
 echo $! >"$DEV/boot-simulator.pid"
 

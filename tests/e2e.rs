@@ -1036,12 +1036,26 @@ async fn pool() {
     stack.delete_env(NS, "p1").await;
     stack.wait_gone(NS, "p1", GONE_TIMEOUT).await;
     let p3 = stack.wait_ready(NS, "p3", READY_TIMEOUT).await;
-    let p3_db = p3
-        .status
-        .and_then(|s| s.database)
-        .and_then(|d| d.id)
+    let p3_status = p3.status.expect("p3 status");
+    let p3_db = p3_status
+        .database
+        .as_ref()
+        .and_then(|d| d.id.clone())
         .expect("p3 database");
     assert_ne!(p3_db, p1_db);
+    // p3's instance ran its real bootstrap while the pool had no spare: the script
+    // waited for the database parameter, then finished once the restore was claimed.
+    let p3_instance = p3_status
+        .instance
+        .as_ref()
+        .and_then(|i| i.id.clone())
+        .expect("p3 instance");
+    let bootstrap_log = std::fs::read_to_string(stack.dir.join("instances").join(&p3_instance).join("bootstrap.log"))
+        .expect("p3's bootstrap.log");
+    assert!(
+        bootstrap_log.contains("not readable yet") && bootstrap_log.contains("bootstrap complete"),
+        "p3's script did not wait for its database parameter:\n{bootstrap_log}"
+    );
     println!("pool: ok in {}", elapsed(start));
 }
 

@@ -55,6 +55,9 @@ pub struct StackOptions {
     /// at the fast profile, and a log of every call). `None` or `Some(0.0)`: no faults.
     pub fault_rate: Option<f64>,
     pub fault_seed: u64,
+    /// The strict layer's AWS timing profile and scale (`--timing`, `--time-scale`):
+    /// `fast` keeps tests quick, `realistic` plays documented durations.
+    pub aws_timing: (String, f64),
     pub fast_poll: String,
     pub slow_poll: String,
     pub janitor_interval: String,
@@ -73,6 +76,7 @@ impl Default for StackOptions {
             boot_seconds: 1.0,
             fault_rate: None,
             fault_seed: 42,
+            aws_timing: ("fast".into(), 1.0),
             fast_poll: "500ms".into(),
             slow_poll: "5s".into(),
             janitor_interval: "1h".into(),
@@ -201,6 +205,8 @@ impl Stack {
             .arg(format!("{ROOT}/hack/fault_proxy.py"))
             .args(["--listen", "127.0.0.1:0", "--upstream", &self.moto.endpoint()])
             .args(["--rate", &rate.to_string(), "--seed", &self.opts.fault_seed.to_string()])
+            .args(["--timing", &self.opts.aws_timing.0])
+            .args(["--time-scale", &self.opts.aws_timing.1.to_string()])
             .arg("--log")
             .arg(self.dir.join("aws-calls.jsonl"))
             .stdin(Stdio::null())
