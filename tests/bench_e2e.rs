@@ -368,3 +368,56 @@ async fn bench() {
         );
     }
 }
+
+/// Time to Ready for one environment with a warm database (a spare restored before
+/// the apply) and with a cold one (the pool is empty, so the claim waits for a
+/// restore), under the strict layer's realistic timing profile scaled down
+/// (FEATUREENV_BENCH_TIME_SCALE, default 0.05: a 600 s restore plays as 30 s, a 15 s
+/// instance start as 0.75 s). The real bootstrap waits for its database parameter in
+/// the cold case. The 3 s simulated boot, the script and the operator do not scale,
+/// so the figures are not divided back to scale 1; the AWS periods played are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark: minutes long; run with `make bench`"]
+async fn bench_warm_and_cold_database() {
+    let operator_bin = std::env::var_os("FEATUREENV_BENCH_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(support::stack::OPERATOR_BIN));
+    let scale: f64 = std::env::var("FEATUREENV_BENCH_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.05);
+    let mut figures = Vec::new();
+    for (label, warm) in [("warm", 1u32), ("cold", 0u32)] {
+        let stack = Stack::with_operator(StackOptions {
+            cluster_id: format!("bench-{label}"),
+            boot_seconds: 3.0,
+            aws_timing: ("realistic".into(), scale),
+            fast_poll: "1s".into(),
+            slow_poll: "10s".into(),
+            pool: Some((warm, 5)),
+            operator_bin: operator_bin.clone(),
+            ..StackOptions::default()
+        })
+        .await;
+        if warm > 0 {
+            stack.wait_for_warm(warm, Duration::from_secs(600)).await;
+        }
+        let t0 = Instant::now();
+        stack.apply_ok(&stack.environment_yaml(NS, label, "")).await;
+        stack.wait_ready(NS, label, Duration::from_secs(1200)).await;
+        let seconds = t0.elapsed().as_secs_f64();
+        println!("{label} database: apply→Ready {seconds:.1}s at time scale {scale}");
+        figures.push((label, seconds));
+    }
+    println!();
+    println!(
+        "realistic AWS timing × {scale}: instance pending {:.2}s, restore creating {:.1}s then backing-up {:.1}s",
+        15.0 * scale,
+        600.0 * scale,
+        120.0 * scale
+    );
+    println!("{:>6} {:>14}", "start", "apply→Ready");
+    for (label, seconds) in &figures {
+        println!("{label:>6} {seconds:>13.1}s");
+    }
+}
