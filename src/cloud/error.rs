@@ -14,6 +14,11 @@ pub enum CloudError {
     InsufficientCapacity { operation: &'static str, message: String },
     #[error("{operation}: invalid request: {message}")]
     InvalidRequest { operation: &'static str, message: String },
+    /// The resource is in a state that refuses the call for now (RDS's
+    /// InvalidDBInstanceState: a second delete while it is deleting, a password change
+    /// while it is still creating). Passes with time.
+    #[error("{operation}: not in a state for this: {message}")]
+    InvalidState { operation: &'static str, message: String },
     #[error("{operation}: {message}")]
     Other {
         operation: &'static str,
@@ -34,6 +39,7 @@ impl CloudError {
             Self::Throttled { .. } => "Throttled",
             Self::InsufficientCapacity { .. } => "InsufficientCapacity",
             Self::InvalidRequest { .. } => "InvalidRequest",
+            Self::InvalidState { .. } => "InvalidState",
             Self::Other { .. } => "CloudError",
         }
     }
@@ -45,6 +51,7 @@ impl CloudError {
             | Self::Throttled { operation, .. }
             | Self::InsufficientCapacity { operation, .. }
             | Self::InvalidRequest { operation, .. }
+            | Self::InvalidState { operation, .. }
             | Self::Other { operation, .. } => operation,
         }
     }
@@ -57,7 +64,7 @@ impl CloudError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Throttled { .. } | Self::InsufficientCapacity { .. } | Self::Other { .. }
+            Self::Throttled { .. } | Self::InsufficientCapacity { .. } | Self::InvalidState { .. } | Self::Other { .. }
         )
     }
 }

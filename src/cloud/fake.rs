@@ -649,6 +649,13 @@ impl Databases for FakeCloud {
         let lost = self.enter(OP).await?;
         let mut s = self.state();
         let d = s.databases.get_mut(id).ok_or_else(|| not_found(OP, id))?;
+        // RDS refuses to modify an instance that is still creating or is deleting.
+        if matches!(d.database.status, DatabaseStatus::Creating | DatabaseStatus::Deleting) {
+            return Err(CloudError::InvalidState {
+                operation: OP,
+                message: format!("Database instance {id} is not in available state."),
+            });
+        }
         d.master_password = Some(password.to_owned());
         finish(OP, lost, Ok(()))
     }
@@ -660,10 +667,11 @@ impl Databases for FakeCloud {
         let slow = s.restores_start_creating;
         match s.databases.get_mut(id) {
             None => return Err(not_found(OP, id)),
+            // What RDS answers (InvalidDBInstanceState), mapped as the adapter maps it.
             Some(d) if d.database.status == DatabaseStatus::Deleting => {
-                return Err(CloudError::InvalidRequest {
+                return Err(CloudError::InvalidState {
                     operation: OP,
-                    message: format!("{id} is already being deleted"),
+                    message: format!("Instance {id} is already being deleted."),
                 });
             }
             Some(d) => d.database.status = DatabaseStatus::Deleting,

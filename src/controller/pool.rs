@@ -255,7 +255,7 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
         match ctx.cloud.databases.delete_database(id).await {
             Ok(()) => info!(pool = %name, database = %id, "deleting spare"),
             Err(e) if e.is_not_found() => {}
-            Err(CloudError::InvalidRequest { .. }) => {} // already deleting
+            Err(CloudError::InvalidState { .. }) => {} // already deleting
             Err(e) => return Err(e.into()),
         }
         ctx.inventory.wake();

@@ -401,6 +401,53 @@ impl MotoServer {
     }
 }
 
+/// hack/fault_proxy.py (the strict AWS layer, no faults, fast timing) in front of a
+/// moto server, and an SDK configuration that goes through it; killed by PID on drop.
+pub struct StrictLayer {
+    child: Child,
+    pub config: SdkConfig,
+}
+
+impl StrictLayer {
+    pub async fn start(moto: &MotoServer) -> Self {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let addr_file =
+            std::env::temp_dir().join(format!("featureenv-strict-{}-{}.addr", std::process::id(), moto.port));
+        let child = Command::new("python3")
+            .arg(format!("{root}/hack/fault_proxy.py"))
+            .args(["--listen", "127.0.0.1:0", "--upstream", &moto.endpoint(), "--rate", "0"])
+            .stdin(Stdio::null())
+            .stdout(File::create(&addr_file).expect("proxy address file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn hack/fault_proxy.py");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let address = loop {
+            let text = std::fs::read_to_string(&addr_file).unwrap_or_default();
+            if let Some(line) = text.lines().next().filter(|_| text.contains('\n')) {
+                break line.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "the strict layer did not print its address");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let _ = std::fs::remove_file(&addr_file);
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(format!("http://{address}"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .load()
+            .await;
+        Self { child, config }
+    }
+}
+
+impl Drop for StrictLayer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         // Only our own child, by its handle (its PID); then reap it.

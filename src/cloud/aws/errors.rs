@@ -16,6 +16,7 @@ pub(crate) enum Kind {
     Throttled,
     InsufficientCapacity,
     InvalidRequest,
+    InvalidState,
     Other,
 }
 
@@ -93,17 +94,18 @@ fn kind_of_code(code: &str) -> Option<Kind> {
         | "HierarchyLevelLimitExceededException"
         | "ParameterPatternMismatchException" => Kind::InvalidRequest,
 
-        // Server side trouble and states that pass (RDS refuses to modify a DB that is
-        // still creating): retried with bounded backoff.
+        // States that pass: RDS refuses to modify a DB that is still creating, and to
+        // delete one that is already deleting. Retried; a caller that deletes reads it
+        // as "already on its way".
+        "InvalidDBInstanceState" | "InvalidDBInstanceStateFault" | "InvalidDBSnapshotState" => Kind::InvalidState,
+
+        // Server side trouble: retried with bounded backoff.
         "InternalError"
         | "InternalFailure"
         | "InternalServerError"
         | "ServiceUnavailable"
         | "ServiceUnavailableException"
-        | "Unavailable"
-        | "InvalidDBInstanceState"
-        | "InvalidDBInstanceStateFault"
-        | "InvalidDBSnapshotState" => Kind::Other,
+        | "Unavailable" => Kind::Other,
 
         _ => return None,
     };
@@ -156,6 +158,7 @@ pub(crate) fn cloud_error(
         Kind::Throttled => CloudError::Throttled { operation, message },
         Kind::InsufficientCapacity => CloudError::InsufficientCapacity { operation, message },
         Kind::InvalidRequest => CloudError::InvalidRequest { operation, message },
+        Kind::InvalidState => CloudError::InvalidState { operation, message },
         Kind::Other => CloudError::Other {
             operation,
             message,
@@ -242,7 +245,7 @@ mod tests {
             ("ValidationException", Kind::InvalidRequest),
             ("DBSubnetGroupNotFoundFault", Kind::InvalidRequest),
             ("InternalError", Kind::Other),
-            ("InvalidDBInstanceState", Kind::Other),
+            ("InvalidDBInstanceState", Kind::InvalidState),
             // EC2's open-ended families, recognised by suffix.
             ("InvalidVolume.NotFound", Kind::NotFound),
             ("InvalidGroupId.Malformed", Kind::InvalidRequest),

@@ -783,6 +783,8 @@ async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
                     pending.push(db.clone());
                 }
                 Err(e) if e.is_not_found() => {}
+                // Another delete got there first (a restart, the janitor): it is on its way.
+                Err(CloudError::InvalidState { .. }) => pending.push(db.clone()),
                 Err(e) => return Err(e.into()),
             },
         }

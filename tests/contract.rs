@@ -1,0 +1,82 @@
+//! The fake cloud and the AWS adapter agree: the same scenarios run against
+//! `cloud::fake` and against the adapter talking to moto behind the strict AWS layer
+//! (hack/fault_proxy.py, which plays RDS's states as AWS does), and must see the same
+//! outcomes, errors included. An error the fake returns is then the error the adapter
+//! maps, so the reconcile tests on the fake exercise the paths AWS takes.
+
+mod support;
+
+use std::sync::Arc;
+
+use featureenv_operator::cloud::aws::AwsCloud;
+use featureenv_operator::cloud::fake::FakeCloud;
+use featureenv_operator::cloud::{CloudError, DatabaseStatus, Databases, RestoreRequest, Tags, tag};
+use support::moto::{MotoServer, StrictLayer};
+
+fn restore_request(id: &str, snapshot: &str) -> RestoreRequest {
+    RestoreRequest {
+        id: id.into(),
+        snapshot_id: snapshot.into(),
+        instance_class: "db.t3.micro".into(),
+        subnet_group: None,
+        security_group_ids: vec![],
+        tags: Tags::from([
+            (tag::CLUSTER.to_owned(), "c-contract".to_owned()),
+            (tag::POOL.to_owned(), "integration".to_owned()),
+            (tag::SNAPSHOT.to_owned(), snapshot.to_owned()),
+        ]),
+    }
+}
+
+/// A database that is being restored refuses a password change, and one that is
+/// being deleted refuses a second delete; both with `InvalidState` (RDS's
+/// InvalidDBInstanceState), which callers retry or read as "already on its way".
+async fn states_refuse_what_rds_refuses(cloud: &dyn Databases, snapshot: &str, backend: &str) {
+    let restored = cloud
+        .restore_database(&restore_request("fe-contract-0", snapshot))
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: restore: {e}"));
+    assert_eq!(restored.id, "fe-contract-0", "{backend}");
+    let creating = cloud.get_database("fe-contract-0").await.unwrap().expect("restored");
+    assert_eq!(
+        creating.status,
+        DatabaseStatus::Creating,
+        "{backend}: a restore starts creating"
+    );
+    match cloud.set_master_password("fe-contract-0", "Fresh-password-1").await {
+        Err(CloudError::InvalidState { .. }) => {}
+        other => panic!("{backend}: password change while creating: {other:?}"),
+    }
+
+    cloud
+        .delete_database("fe-contract-0")
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: first delete: {e}"));
+    match cloud.delete_database("fe-contract-0").await {
+        Err(CloudError::InvalidState { .. }) => {}
+        other => panic!("{backend}: second delete while deleting: {other:?}"),
+    }
+    match cloud.delete_database("fe-never-existed").await {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("{backend}: delete of an unknown database: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fake_states_refuse_what_rds_refuses() {
+    let fake = FakeCloud::new(1);
+    fake.add_snapshot("snap-1", "integration-db", "2026-11-28T03:00:00Z".parse().unwrap());
+    // As RDS: a restore is `creating` for a while, a delete `deleting`.
+    fake.set_slow_transitions(true);
+    states_refuse_what_rds_refuses(&fake, "snap-1", "fake").await;
+}
+
+#[tokio::test]
+async fn aws_adapter_states_refuse_what_rds_refuses() {
+    let moto = MotoServer::start().await;
+    moto.create_source_database("integration-db").await;
+    moto.create_snapshot("integration-db", "snap-1").await;
+    let strict = StrictLayer::start(&moto).await;
+    let cloud = AwsCloud::new(&strict.config, Arc::new(support::moto::RecordingObserver::default()));
+    states_refuse_what_rds_refuses(&cloud, "snap-1", "moto behind the strict layer").await;
+}
