@@ -188,7 +188,9 @@ async fn tag_spare(ctx: &Context, pool: &str, spare: &Database, uid: &str, envir
     Ok(ClaimOutcome::Pending)
 }
 
-fn generate_password() -> String {
+/// 32 letters and digits: within every RDS engine's limits except Oracle's 30, and
+/// free of the characters RDS refuses (`/`, `"`, `@`, space).
+pub(crate) fn generate_password() -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(32)

@@ -56,6 +56,9 @@ pub struct Context {
     /// `uid/instance` pairs whose database parameter this process has tagged with the
     /// instance's ARN (the only instance the instance profile lets read it).
     parameters_bound: Mutex<std::collections::HashSet<String>>,
+    /// Pool spares whose master password this process has replaced (see
+    /// `pool::reset_spare_passwords`).
+    pub(crate) spares_reset: Mutex<std::collections::HashSet<String>>,
     /// Newest snapshot per pool source, for the slow poll interval.
     pub(crate) snapshots: cache::TtlCache<crate::cloud::Snapshot>,
     /// Newest image per class selector, for the slow poll interval (AMIs are baked
@@ -97,6 +100,7 @@ impl Context {
             pool_demand: Mutex::default(),
             credentials_handed_out: Mutex::default(),
             parameters_bound: Mutex::default(),
+            spares_reset: Mutex::default(),
         }
     }
 

@@ -260,6 +260,7 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
         }
         ctx.inventory.wake();
     }
+    reset_spare_passwords(&ctx, &name, &members, &plan.delete).await?;
 
     // Status (pure) and one patch.
     let status = pool_status(&current, &pool.spec, &plan, &snapshot, generation, now);
@@ -332,6 +333,45 @@ async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snaps
         // A retried restore (after a crash or a lost response) adopts the database.
         Err(CloudError::AlreadyExists { .. }) => ctx.inventory.wake(),
         Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// A restore keeps the source database's master password, which a spare must not
+/// carry while it waits (whoever knows the integration database's password would
+/// know every spare's). RDS cannot set a password on restore, so each available,
+/// unclaimed spare gets a random one nobody keeps; a claim sets its own later. Done
+/// once per spare per process: after a restart, once more (harmless).
+async fn reset_spare_passwords(ctx: &Context, pool: &str, members: &[Database], deleting: &[String]) -> Result<()> {
+    let due: Vec<&Database> = {
+        let mut reset = ctx.spares_reset.lock().expect("spares lock poisoned");
+        // Identifiers come back after a delete: forget the ones that are gone.
+        reset.retain(|id| members.iter().any(|m| &m.id == id));
+        members
+            .iter()
+            .filter(|d| d.status == DatabaseStatus::Available && !d.tags.contains_key(tag::CLAIMED_BY))
+            .filter(|d| !deleting.contains(&d.id) && !reset.contains(&d.id))
+            .collect()
+    };
+    for spare in due {
+        match ctx
+            .cloud
+            .databases
+            .set_master_password(&spare.id, &super::claim::generate_password())
+            .await
+        {
+            Ok(()) => {
+                info!(pool, database = %spare.id, "replaced the restored master password of a spare");
+                ctx.spares_reset
+                    .lock()
+                    .expect("spares lock poisoned")
+                    .insert(spare.id.clone());
+            }
+            // Busy (still backing up, or being modified): the next pass tries again.
+            Err(CloudError::InvalidState { .. }) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
