@@ -32,6 +32,26 @@ fn slug(s: &str, max: usize) -> String {
     out.trim_end_matches('-').to_owned()
 }
 
+/// The `featureenv.io/snapshot` tag value for a snapshot id. RDS refuses tag values
+/// that start with `rds:` or `aws:` (RDS API reference, `Tag`), and automated
+/// snapshots are named `rds:<db>-<date>`: their prefix becomes `automated:`. A manual
+/// snapshot's id has no `:`, so the mapping cannot collide and [`snapshot_from_tag`]
+/// undoes it.
+pub fn snapshot_tag(snapshot_id: &str) -> String {
+    match snapshot_id.strip_prefix("rds:") {
+        Some(rest) => format!("automated:{rest}"),
+        None => snapshot_id.to_owned(),
+    }
+}
+
+/// The snapshot id a `featureenv.io/snapshot` tag value stands for.
+pub fn snapshot_from_tag(value: &str) -> String {
+    match value.strip_prefix("automated:") {
+        Some(rest) => format!("rds:{rest}"),
+        None => value.to_owned(),
+    }
+}
+
 /// Identifier of the `slot`-th spare of `pool` restored from `snapshot`:
 /// `fe-<pool slug>-<hash of pool and snapshot>-<slot>`. The hash keeps distinct pools
 /// (and snapshots) apart however their slugs collide; the slug keeps it readable.

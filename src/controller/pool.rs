@@ -87,7 +87,7 @@ pub fn plan(
         .is_some_and(|max| Duration::try_from(now.duration_since(snapshot.created_at)).unwrap_or_default() > max);
     let (fresh, stale): (Vec<&Database>, Vec<&Database>) = healthy
         .into_iter()
-        .partition(|d| d.tags.get(tag::SNAPSHOT).map(String::as_str) == Some(snapshot.id.as_str()));
+        .partition(|d| d.tags.get(tag::SNAPSHOT) == Some(&naming::snapshot_tag(&snapshot.id)));
     let fresh_available = fresh.iter().filter(|d| d.status == DatabaseStatus::Available).count() as u32;
     let creating = fresh.iter().filter(|d| d.status != DatabaseStatus::Available).count() as u32;
 
@@ -303,13 +303,18 @@ async fn newest_snapshot(ctx: &Context, spec: &RdsPoolSpec) -> Result<Option<Sna
     Ok(snapshot)
 }
 
+/// The tags a spare is restored with.
+fn spare_tags(cluster_id: &str, pool: &str, snapshot: &Snapshot) -> Tags {
+    BTreeMap::from([
+        (tag::CLUSTER.to_owned(), cluster_id.to_owned()),
+        (tag::POOL.to_owned(), pool.to_owned()),
+        (tag::SNAPSHOT.to_owned(), naming::snapshot_tag(&snapshot.id)),
+    ])
+}
+
 async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snapshot) -> Result<()> {
     let name = pool.name_any();
-    let tags: Tags = BTreeMap::from([
-        (tag::CLUSTER.to_owned(), ctx.config.cluster_id.clone()),
-        (tag::POOL.to_owned(), name.clone()),
-        (tag::SNAPSHOT.to_owned(), snapshot.id.clone()),
-    ]);
+    let tags = spare_tags(&ctx.config.cluster_id, &name, snapshot);
     let request = RestoreRequest {
         id: id.to_owned(),
         snapshot_id: snapshot.id.clone(),
@@ -477,6 +482,35 @@ mod tests {
         let p = plan("p", &spec(1, 2), &snap("s2"), &members, 0, now());
         assert_eq!(p.restore, Vec::<String>::new(), "two claimed databases fill maxSize 2");
         assert_eq!(p.delete, vec!["fe-p-old-spare".to_owned()]);
+    }
+
+    /// The nightly automated snapshot is usually the newest, and its id starts with
+    /// `rds:`, which RDS refuses at the start of a tag value: every restore from it
+    /// would fail. The tag carries `automated:` instead, and such a spare is fresh.
+    #[test]
+    fn spares_of_an_automated_snapshot_carry_tag_values_rds_accepts() {
+        let automated = snap("rds:integration-db-2026-11-28-03-00");
+        let tags = spare_tags("prod", "p", &automated);
+        for value in tags.values() {
+            assert!(
+                !value.starts_with("rds:") && !value.starts_with("aws:"),
+                "RDS refuses tag value {value:?}"
+            );
+        }
+        assert_eq!(
+            naming::snapshot_from_tag(&tags[tag::SNAPSHOT]),
+            automated.id,
+            "the tag still names the snapshot"
+        );
+        let spare = db(
+            &naming::pool_database_id("p", &automated.id, 0),
+            &tags[tag::SNAPSHOT],
+            DatabaseStatus::Available,
+            None,
+        );
+        let p = plan("p", &spec(1, 5), &automated, &[spare], 0, now());
+        assert!(p.restore.is_empty() && p.delete.is_empty(), "{p:?}");
+        assert_eq!(p.counts.warm, 1);
     }
 
     #[test]

@@ -168,7 +168,10 @@ pub fn next_status(
         db.id = Some(database.id.clone());
         db.endpoint = database.endpoint.clone();
         db.port = database.port;
-        db.snapshot = database.tags.get(tag::SNAPSHOT).cloned();
+        db.snapshot = database
+            .tags
+            .get(tag::SNAPSHOT)
+            .map(|v| crate::naming::snapshot_from_tag(v));
     }
 
     let instance = instance_readiness(observed.instance);
