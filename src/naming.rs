@@ -85,6 +85,11 @@ pub fn launch_token(uid: &str, attempt: u32) -> String {
     format!("fe-{}-{attempt}", short_hash(&[uid], 40))
 }
 
+/// The attempt a launch token was made for (the inverse of [`launch_token`]).
+pub fn launch_attempt(token: &str) -> Option<u32> {
+    token.strip_prefix("fe-")?.rsplit_once('-')?.1.parse().ok()
+}
+
 /// SSM parameter holding an environment's database credentials. Keyed by uid so a
 /// re-created environment of the same name never reads its predecessor's.
 pub fn database_parameter(prefix: &str, cluster_id: &str, uid: &str) -> String {
@@ -122,6 +127,11 @@ mod tests {
         assert!(is_valid_rds_identifier(&id));
         assert!(is_valid_rds_identifier(&pool_database_id("---", "s", 3)));
         assert!(launch_token("0b3c4f8e-1d2a-4c5b-9e8f-7a6b5c4d3e2f", 12).len() <= 64);
+        assert_eq!(
+            launch_attempt(&launch_token("0b3c4f8e-1d2a-4c5b-9e8f-7a6b5c4d3e2f", 12)),
+            Some(12)
+        );
+        assert_eq!(launch_attempt("not-a-token"), None);
     }
 
     fn dns_subdomain() -> impl Strategy<Value = String> {

@@ -14,7 +14,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
-use crate::api::{DEFAULT_CLASS_ANNOTATION, FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
+use crate::api::{FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
 use crate::cloud::Cloud;
 use crate::cloud::aws::AwsCloud;
 use crate::config::{Config, LogFormat};
@@ -221,7 +221,8 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers, classes: Wri
     let store = envs.store();
     let envs = envs
         .watches_stream(class_events, move |class| {
-            let is_default = class.annotations().get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true");
+            // Environments that name it, or name none while it is (or was) the default.
+            let is_default = class.is_default();
             let name = class.name_any();
             store
                 .state()

@@ -21,6 +21,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::controller::Action;
 use kube::runtime::reflector;
 use support::cluster;
 use support::control_plane::ControlPlane;
@@ -206,6 +207,28 @@ impl Harness {
         Ok(())
     }
 
+    /// One reconcile of the environment alone, and what it asked for next.
+    async fn reconcile(&self, name: &str) -> Action {
+        self.ctx.inventory.refresh().await.unwrap();
+        let env = self.get(name).await.expect("environment exists");
+        environment::reconcile(Arc::new(env), self.ctx.clone()).await.unwrap()
+    }
+
+    async fn patch_spec(&self, name: &str, spec: serde_json::Value) {
+        let patch = kube::api::Patch::Merge(serde_json::json!({ "spec": spec }));
+        self.envs()
+            .patch(name, &kube::api::PatchParams::default(), &patch)
+            .await
+            .unwrap();
+    }
+
+    async fn ready_reason(&self, name: &str) -> String {
+        let status = self.get(name).await.unwrap().status.unwrap_or_default();
+        conditions::find(&status.conditions, READY)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
+    }
+
     /// Steps until `done`, restarting after every error (a crash or a fault).
     async fn drive(&mut self, name: &str, mut done: impl AsyncFnMut(&Self) -> bool) {
         for _ in 0..60 {
@@ -247,6 +270,23 @@ impl Harness {
             })
             .count()
     }
+}
+
+/// When a reconcile asked to run again (kube's `Action` shows it only in `Debug`).
+fn requeue_after(action: &Action) -> Option<Duration> {
+    let debug = format!("{action:?}");
+    let inner = debug.split("Some(").nth(1)?.split(')').next()?;
+    let split = inner.find(|c: char| c.is_alphabetic())?;
+    let (value, unit) = inner.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    let seconds = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "µs" => value / 1e6,
+        "ns" => value / 1e9,
+        _ => panic!("unit {unit} in {debug}"),
+    };
+    Some(Duration::from_secs_f64(seconds))
 }
 
 async fn create(h: &Harness, env: FeatureEnvironment) -> String {
@@ -746,4 +786,169 @@ async fn ttl_expiry_deletes_the_environment_and_its_resources() {
     h.drive("short", async |h| h.get("short").await.is_none()).await;
     assert_eq!(h.instances_of(&uid), 0);
     assert_eq!(h.databases_claimed_by(&uid), 0);
+}
+
+/// A spec edit the class refuses after launch (here a TTL over the maximum) neither
+/// keeps the environment alive past the expiry it had nor fails it for good: it is
+/// `Failed` while the edit stands, `Ready` again once undone, and deleted at its
+/// expiry either way. Before, the refusal came before the expiry check and waited
+/// only for a change, so the instance and database ran on forever.
+#[tokio::test]
+async fn an_edit_the_class_refuses_after_launch_does_not_outlive_the_ttl() {
+    let mut h = Harness::new(seeded_fake(11), (1, 5)).await;
+    let mut env = cluster::environment("edited", "standard");
+    env.spec.ttl = Some("12s".into());
+    let uid = create(&h, env).await;
+    h.drive("edited", async |h| h.phase("edited").await == Some(Phase::Ready))
+        .await;
+    let expires: Timestamp = h
+        .get("edited")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .expires_at
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    h.patch_spec("edited", serde_json::json!({"ttl": "100h"})).await;
+    let until_expiry = Duration::try_from(expires.duration_since(Timestamp::now())).unwrap();
+    let action = h.reconcile("edited").await;
+    assert_eq!(h.phase("edited").await, Some(Phase::Failed));
+    assert_eq!(h.ready_reason("edited").await, "TTLExceedsMaximum");
+    let wake = requeue_after(&action).expect("the refusal must not wait only for an edit");
+    assert!(
+        wake <= until_expiry,
+        "looked at again by the expiry: {wake:?} > {until_expiry:?}"
+    );
+
+    // Undone: Ready again (a spec problem is not a failure for good).
+    h.patch_spec("edited", serde_json::json!({"ttl": "12s"})).await;
+    h.reconcile("edited").await;
+    assert_eq!(h.phase("edited").await, Some(Phase::Ready));
+
+    // Refused again, and left so: deleted at the expiry it had, resources with it.
+    h.patch_spec("edited", serde_json::json!({"ttl": "100h"})).await;
+    h.reconcile("edited").await;
+    assert_eq!(h.phase("edited").await, Some(Phase::Failed));
+    tokio::time::sleep(Duration::try_from(expires.duration_since(Timestamp::now())).unwrap_or_default()).await;
+    h.drive("edited", async |h| h.get("edited").await.is_none()).await;
+    assert_eq!(h.instances_of(&uid), 0);
+    assert_eq!(h.databases_claimed_by(&uid), 0);
+}
+
+/// A tag CI has not pushed yet is looked at again on a timer (no watch would tell
+/// us when it appears), and the environment proceeds once it is there. Before, it
+/// waited for an edit of the environment that never came.
+#[tokio::test]
+async fn an_image_pushed_after_the_environment_was_applied_is_picked_up() {
+    let mut h = Harness::new(seeded_fake(12), (1, 5)).await;
+    let mut env = cluster::environment("early", "standard");
+    env.spec.services[0].image = format!("{ECR}/payments:pr-999");
+    create(&h, env).await;
+    h.reconcile("early").await; // adds the finalizer
+    let action = h.reconcile("early").await;
+    assert_eq!(h.ready_reason("early").await, "ImageNotFound");
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert_eq!(h.fake.call_count("RunInstances"), 0);
+
+    h.fake.add_registry_image(
+        &format!("{ECR}/payments"),
+        "pr-999",
+        &format!("sha256:{}", "c".repeat(64)),
+    );
+    // The digest cache (10 s) may still hold the miss; the next timed look finds it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    h.drive("early", async |h| h.phase("early").await == Some(Phase::Ready))
+        .await;
+    let images = h.get("early").await.unwrap().status.unwrap().images;
+    assert!(images.iter().any(|i| i.image.ends_with(&"c".repeat(64))), "{images:?}");
+}
+
+/// An environment that names no class belongs to the default class, and counts
+/// against that class's `maxPerNamespace` only. Before, the count assumed a
+/// class-less environment belonged to whichever class was being admitted.
+#[tokio::test]
+async fn a_defaulted_environment_counts_against_the_default_class_only() {
+    let mut h = Harness::new(seeded_fake(13), (0, 5)).await;
+    let mut capped = cluster::class("capped", None);
+    capped.metadata.annotations = None;
+    capped.spec.max_per_namespace = Some(1);
+    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
+    classes.create(&PostParams::default(), &capped).await.unwrap();
+    // The class store sees the new class before the next reconcile.
+    for _ in 0..50 {
+        if h.ctx.classes.state().iter().any(|c| c.name_any() == "capped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut defaulted = cluster::environment("defaulted", "standard");
+    defaulted.spec.class_name = None;
+    create(&h, defaulted).await;
+    create(&h, cluster::environment("first", "capped")).await;
+    create(&h, cluster::environment("second", "capped")).await;
+    for name in ["defaulted", "first", "second"] {
+        h.step(name).await.unwrap();
+        h.step(name).await.unwrap();
+    }
+    let token = async |name: &str| h.get(name).await.unwrap().status.unwrap_or_default().launch_token;
+    assert!(token("defaulted").await.is_some(), "defaulted admitted");
+    assert!(
+        token("first").await.is_some(),
+        "the defaulted one does not count against capped"
+    );
+    assert_eq!(token("second").await, None, "capped still caps");
+    assert_eq!(h.ready_reason("second").await, "NamespaceLimitReached");
+}
+
+/// An instance terminated by someone else is noticed at the next pass and replaced
+/// (new launch token, same database); three lost in a row fail the environment
+/// instead. Before, the status stayed as it was until the TTL.
+#[tokio::test]
+async fn a_lost_instance_is_replaced_and_three_in_a_row_fail() {
+    use featureenv_operator::cloud::Compute;
+    let mut h = Harness::new(seeded_fake(14), (1, 5)).await;
+    let uid = create(&h, cluster::environment("lost", "standard")).await;
+    h.drive("lost", async |h| h.phase("lost").await == Some(Phase::Ready))
+        .await;
+    let status = h.get("lost").await.unwrap().status.unwrap();
+    let first = status.instance.unwrap().id.unwrap();
+    let database = status.database.unwrap().id.unwrap();
+
+    h.fake.terminate_instance(&first).await.unwrap();
+    h.reconcile("lost").await;
+    assert_eq!(h.ready_reason("lost").await, "InstanceLost");
+    assert_eq!(h.get("lost").await.unwrap().status.unwrap().lost_instances, 1);
+    h.drive("lost", async |h| h.phase("lost").await == Some(Phase::Ready))
+        .await;
+    let status = h.get("lost").await.unwrap().status.unwrap();
+    let second = status.instance.clone().unwrap().id.unwrap();
+    assert_ne!(second, first, "a replacement");
+    assert_eq!(status.database.unwrap().id.unwrap(), database, "the database is kept");
+    assert_eq!(status.lost_instances, 0, "reset once Ready");
+    assert_eq!(h.instances_of(&uid), 1);
+    let live = h.fake.live_instances();
+    let parameter = featureenv_operator::naming::database_parameter("/featureenv", CLUSTER, &uid);
+    assert_eq!(
+        h.fake.parameter_tags(&parameter).get(tag::INSTANCE),
+        Some(&live[0].instance.arn),
+        "the parameter is bound to the replacement"
+    );
+
+    // Lost again and again before it is ever Ready.
+    for loss in 1..=3 {
+        let live = h.fake.live_instances();
+        assert_eq!(live.len(), 1, "loss {loss}");
+        h.fake.terminate_instance(&live[0].instance.id).await.unwrap();
+        h.reconcile("lost").await; // notices
+        h.reconcile("lost").await; // replaces, unless it gave up
+    }
+    let status = h.get("lost").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(h.ready_reason("lost").await, "InstanceLost");
+    assert_eq!(h.instances_of(&uid), 0, "no fourth instance");
+    assert_eq!(h.fake.call_count("RunInstances"), 4);
 }

@@ -206,3 +206,71 @@ impl Default for Readiness {
 fn default_readiness_timeout() -> String {
     "20m".to_owned()
 }
+
+impl FeatureEnvironmentClass {
+    /// Whether this class is used by environments that name none.
+    pub fn is_default(&self) -> bool {
+        kube::ResourceExt::annotations(self)
+            .get(super::DEFAULT_CLASS_ANNOTATION)
+            .is_some_and(|v| v == "true")
+    }
+
+    /// The class of an environment whose `spec.className` is `named`, among
+    /// `classes`: the named one, or else the default class. The one rule for it, used
+    /// by the reconcile, the per-namespace count and the class watch. Should several
+    /// classes claim to be the default, the first by name wins, so every replica and
+    /// every pass picks the same one.
+    pub fn of<'a, C>(named: Option<&str>, classes: impl IntoIterator<Item = &'a C>) -> Option<&'a C>
+    where
+        C: std::ops::Deref<Target = FeatureEnvironmentClass> + 'a,
+    {
+        let mut classes = classes.into_iter();
+        match named {
+            Some(name) => classes.find(|c| kube::ResourceExt::name_any(&***c) == name),
+            None => classes
+                .filter(|c| c.is_default())
+                .min_by_key(|c| kube::ResourceExt::name_any(&***c)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn named(name: &str, default: bool) -> Arc<FeatureEnvironmentClass> {
+        let mut class = crate::test_fixtures::class();
+        class.metadata.name = Some(name.into());
+        class.metadata.annotations =
+            default.then(|| BTreeMap::from([(super::super::DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())]));
+        Arc::new(class)
+    }
+
+    #[test]
+    fn a_named_class_or_the_default_one() {
+        let classes = [named("large", false), named("standard", true)];
+        let name = |c: Option<&Arc<FeatureEnvironmentClass>>| c.map(|c| c.metadata.name.clone().unwrap());
+        assert_eq!(
+            name(FeatureEnvironmentClass::of(Some("large"), &classes)),
+            Some("large".into())
+        );
+        assert_eq!(
+            name(FeatureEnvironmentClass::of(None, &classes)),
+            Some("standard".into())
+        );
+        assert_eq!(name(FeatureEnvironmentClass::of(Some("premium"), &classes)), None);
+        let no_default = [named("large", false)];
+        assert_eq!(name(FeatureEnvironmentClass::of(None, &no_default)), None);
+    }
+
+    #[test]
+    fn of_two_default_classes_the_first_by_name_wins_in_any_order() {
+        let ab = [named("b", true), named("a", true)];
+        let ba = [named("a", true), named("b", true)];
+        for classes in [&ab, &ba] {
+            let class = FeatureEnvironmentClass::of(None, classes).unwrap();
+            assert_eq!(class.metadata.name.as_deref(), Some("a"));
+        }
+    }
+}

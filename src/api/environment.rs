@@ -127,6 +127,10 @@ pub struct FeatureEnvironmentStatus {
     pub launch_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<InstanceStatus>,
+    /// Instances terminated or gone without the operator deleting them, in a row
+    /// (reset once the environment is Ready). Each is replaced until three.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_instances: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
     /// URLs from the class's endpoint templates.
@@ -135,6 +139,10 @@ pub struct FeatureEnvironmentStatus {
     /// What was actually deployed, digests where the registry allows.
     #[serde(default)]
     pub images: Vec<DeployedImage>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The environment's instance.

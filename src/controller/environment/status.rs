@@ -118,6 +118,17 @@ pub fn render_endpoints(
         .collect()
 }
 
+/// Failure reasons that stay once reached: the environment keeps its resources for
+/// debugging until it is deleted or expires. Any other reason of a `Failed` phase
+/// (a spec or class the environment no longer satisfies) clears once fixed.
+pub const STICKY_FAILURES: [&str; 3] = ["BootstrapFailed", "BootstrapTimeout", "InstanceLost"];
+
+/// Whether the environment failed for good (see [`STICKY_FAILURES`]).
+pub fn failed_for_good(status: &FeatureEnvironmentStatus) -> bool {
+    status.phase == Phase::Failed
+        && conditions::find(&status.conditions, READY).is_some_and(|c| STICKY_FAILURES.contains(&c.reason.as_str()))
+}
+
 /// Inputs to [`next_status`] besides the observations.
 pub struct StatusInputs<'a> {
     pub generation: Option<i64>,
@@ -130,8 +141,7 @@ pub struct StatusInputs<'a> {
 }
 
 /// The next status: phase, the three conditions, instance details, endpoints and
-/// readiness timestamps. `Failed` is sticky: a failed environment stays failed (and
-/// keeps its resources for debugging) until it is deleted or expires.
+/// readiness timestamps. A failure in [`STICKY_FAILURES`] stays.
 pub fn next_status(
     current: &FeatureEnvironmentStatus,
     observed: &Observed<'_>,
@@ -214,7 +224,7 @@ pub fn next_status(
             at.checked_add(SignedDuration::try_from(inputs.readiness_timeout).unwrap_or(SignedDuration::MAX));
         deadline.is_ok_and(|d| now >= d)
     });
-    let already_failed = current.phase == Phase::Failed;
+    let already_failed = failed_for_good(current);
     let ready = instance.is_ok() && database.is_ok();
     let with_console = |message: String| match &observed.console_tail {
         Some(tail) if !tail.is_empty() => format!("{message}; console output:\n{tail}"),
@@ -240,6 +250,7 @@ pub fn next_status(
         );
     } else if ready {
         status.phase = Phase::Ready;
+        status.lost_instances = 0;
         if status.ready_at.is_none() {
             status.ready_at = Some(now.to_string());
         }
@@ -287,7 +298,9 @@ pub fn next_status(
     status
 }
 
-/// Status for an environment that cannot be provisioned as specified.
+/// Status for an environment that cannot be provisioned as specified: `Pending`
+/// before launch, `Failed` after (until the spec or class is fixed, or it expires;
+/// a failure for good keeps its reason).
 pub fn invalid_status(
     current: &FeatureEnvironmentStatus,
     reason: &str,
@@ -297,6 +310,9 @@ pub fn invalid_status(
 ) -> FeatureEnvironmentStatus {
     let mut status = current.clone();
     status.observed_generation = generation;
+    if failed_for_good(current) {
+        return status;
+    }
     let launched = status.instance.as_ref().is_some_and(|i| i.id.is_some());
     status.phase = if launched { Phase::Failed } else { Phase::Pending };
     set_condition(
@@ -480,6 +496,49 @@ mod tests {
         assert_eq!(
             conditions::find(&s.conditions, INSTANCE_READY).unwrap().reason,
             "Bootstrapping"
+        );
+    }
+
+    /// A launched environment whose spec went bad is Failed until the spec is fixed;
+    /// then it is Ready again (a bootstrap failure, by contrast, stays).
+    #[test]
+    fn a_failure_from_an_invalid_spec_clears_once_fixed() {
+        let endpoints = BTreeMap::new();
+        let i = instance(InstanceState::Running, Some(tag::BOOTSTRAP_COMPLETE));
+        let db = database(DatabaseStatus::Available);
+        let observed = Observed {
+            instance: Some(&i),
+            database: Some(DatabaseObservation::Claimed {
+                database: &db,
+                credentials_ready: true,
+            }),
+            console_tail: None,
+        };
+        let ready = next_status(
+            &Default::default(),
+            &observed,
+            &inputs("2026-11-28T10:05:00Z", &endpoints),
+        );
+        let t = "2026-11-28T10:06:00Z".parse().unwrap();
+        let invalid = invalid_status(&ready, "TTLExceedsMaximum", "spec.ttl: 100h", Some(2), t);
+        assert_eq!(invalid.phase, Phase::Failed);
+        let fixed = next_status(&invalid, &observed, &inputs("2026-11-28T10:07:00Z", &endpoints));
+        assert_eq!(fixed.phase, Phase::Ready);
+
+        let mut failed = ready.clone();
+        failed.phase = Phase::Failed;
+        set_condition(
+            &mut failed.conditions,
+            ConditionUpdate::new(READY, false, "BootstrapFailed", "x"),
+            Some(1),
+            t,
+        );
+        let still = next_status(&failed, &observed, &inputs("2026-11-28T10:07:00Z", &endpoints));
+        assert_eq!(still.phase, Phase::Failed);
+        let invalid = invalid_status(&failed, "TTLExceedsMaximum", "spec.ttl: 100h", Some(2), t);
+        assert_eq!(
+            conditions::find(&invalid.conditions, READY).unwrap().reason,
+            "BootstrapFailed"
         );
     }
 

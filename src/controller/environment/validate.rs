@@ -1,7 +1,8 @@
 //! Validation of an environment against its class — what a schema cannot see: an
 //! unknown class, a disallowed instance type, a TTL over the class maximum, an
 //! image reference that does not parse. Yields everything the reconcile needs, or a
-//! reason and a message naming the field. Pure.
+//! problem: a reason, a message naming the field, and when to look again. Also the
+//! expiry, which must be known even when nothing else is valid. Pure.
 
 use std::time::Duration;
 
@@ -18,15 +19,64 @@ use crate::api::image_ref::ImageReference;
 pub struct Invalid {
     pub reason: &'static str,
     pub message: String,
+    pub retry: Retry,
+}
+
+/// When a problem is looked at again (besides at the environment's expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Only an edit of the environment or of its class can fix it, and both
+    /// trigger a reconcile.
+    OnChange,
+    /// The cause lies where no watch reaches (a registry, the AMIs, other
+    /// environments): look again after this long.
+    After(Duration),
 }
 
 impl Invalid {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    /// A problem of the spec or of the class.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             reason,
             message: message.into(),
+            retry: Retry::OnChange,
         }
     }
+
+    /// A problem whose cause lies outside the watched objects.
+    pub fn outside(reason: &'static str, message: impl Into<String>, retry_after: Duration) -> Self {
+        Self {
+            retry: Retry::After(retry_after),
+            ..Self::new(reason, message)
+        }
+    }
+}
+
+/// When the environment expires, whatever else is wrong with it: creation + TTL as
+/// resolved under its class when that succeeds; else the expiry last recorded (an
+/// edit the class refuses, or a class deleted after launch, neither extends nor ends
+/// the environment); else creation + `spec.ttl` when it parses. `None` only for an
+/// environment that never got anywhere and names no TTL of its own: it has made
+/// nothing that could outlive it.
+pub fn expires_at(
+    resolved: Result<&Resolved, &Invalid>,
+    recorded: Option<&str>,
+    spec_ttl: Option<&str>,
+    created: Timestamp,
+) -> Option<Timestamp> {
+    if let Ok(r) = resolved {
+        return Some(r.expires_at);
+    }
+    if let Some(at) = recorded.and_then(|t| t.parse().ok()) {
+        return Some(at);
+    }
+    let ttl = parse_duration(spec_ttl?).ok()?;
+    Some(after(created, ttl))
+}
+
+fn after(t: Timestamp, d: Duration) -> Timestamp {
+    t.checked_add(SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX))
+        .unwrap_or(Timestamp::MAX)
 }
 
 /// A service to deploy: baseline image or the override under test.
@@ -146,9 +196,7 @@ pub fn resolve(
         }
     }
 
-    let expires_at = created
-        .checked_add(SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX))
-        .unwrap_or(Timestamp::MAX);
+    let expires_at = after(created, ttl);
     Ok(Resolved {
         class_name,
         instance_type,
@@ -239,6 +287,35 @@ mod tests {
         let err = resolve(&spec, Some(&class()), t0()).unwrap_err();
         assert_eq!(err.reason, "DuplicateService");
         assert!(err.message.contains("spec.services[1].name"));
+    }
+
+    /// An environment whose spec or class went bad after launch still expires: at the
+    /// expiry recorded while it was valid, not never.
+    #[test]
+    fn expiry_does_not_depend_on_a_valid_spec() {
+        let spec = FeatureEnvironmentSpec {
+            ttl: Some("100h".into()),
+            ..environment_spec()
+        };
+        let invalid = resolve(&spec, Some(&class()), t0()).unwrap_err();
+        let recorded = "2026-11-28T18:00:00Z";
+        assert_eq!(
+            expires_at(Err(&invalid), Some(recorded), spec.ttl.as_deref(), t0()),
+            Some(recorded.parse().unwrap())
+        );
+        // Never resolved (the class was missing from the start): the TTL it names.
+        let no_class = resolve(&spec, None, t0()).unwrap_err();
+        assert_eq!(
+            expires_at(Err(&no_class), None, Some("2h"), t0()),
+            Some("2026-11-28T12:00:00Z".parse().unwrap())
+        );
+        assert_eq!(expires_at(Err(&no_class), None, None, t0()), None);
+        // Valid: the resolution wins over what was recorded (raising the TTL extends).
+        let valid = resolve(&environment_spec(), Some(&class()), t0()).unwrap();
+        assert_eq!(
+            expires_at(Ok(&valid), Some(recorded), None, t0()),
+            Some(valid.expires_at)
+        );
     }
 
     #[test]

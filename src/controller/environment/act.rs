@@ -1,0 +1,307 @@
+//! The changes an environment's reconcile makes, each idempotent so a pass cut off
+//! anywhere can run again: admission (the launch token, persisted before any
+//! launch), launching and replacing the instance, claiming the database and handing
+//! out its credentials, binding the credentials parameter to the instance. I/O.
+
+use jiff::Timestamp;
+use kube::Api;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use super::dereference;
+use super::report::patch_status;
+use super::validate::{Invalid, Resolved};
+use super::{Identity, LOSSES_BEFORE_FAILING};
+use crate::api::conditions::{ConditionUpdate, READY, set_condition};
+use crate::api::environment::{DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase};
+use crate::api::{FeatureEnvironment, FeatureEnvironmentClass};
+use crate::bootstrap::{self, BootstrapSpec};
+use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
+use crate::controller::claim::{ClaimOutcome, claim_database, hand_out_credentials};
+use crate::controller::{Context, Result};
+use crate::naming;
+
+/// Lines of console output quoted in a failure message.
+const CONSOLE_TAIL_LINES: usize = 20;
+
+/// Admits a new environment against its class's per-namespace cap and, if
+/// admitted, persists its launch token (before RunInstances, so a restarted
+/// operator looks the instance up instead of launching a second one). Counting and
+/// writing happen under one lock, so concurrent reconciles cannot all see room for
+/// one more; the lock covers only these two API server calls, never a cloud call.
+pub async fn admit(
+    ctx: &Context,
+    api: &Api<FeatureEnvironment>,
+    env: &FeatureEnvironment,
+    id: &Identity,
+    class: &FeatureEnvironmentClass,
+    resolved: &Resolved,
+    status: &mut FeatureEnvironmentStatus,
+) -> Result<Result<(), Invalid>> {
+    let _admission = ctx.admissions.lock().await;
+    if let Some(max) = class.spec.max_per_namespace {
+        let admitted = dereference::admitted_in_class(ctx, &id.namespace, &id.uid, &resolved.class_name).await?;
+        if admitted >= max as usize {
+            let message = format!(
+                "class {} allows {max} environments per namespace; {admitted} exist",
+                resolved.class_name
+            );
+            // Room appears when another environment goes; no watch tells us.
+            let retry = std::time::Duration::from_secs(30);
+            return Ok(Err(Invalid::outside("NamespaceLimitReached", message, retry)));
+        }
+    }
+    status.launch_token = Some(naming::launch_token(&id.uid, 0));
+    status.phase = Phase::Provisioning;
+    patch_status(api, &id.name, status).await?;
+    drop(_admission);
+    let ami = status
+        .instance
+        .as_ref()
+        .and_then(|i| i.ami_id.clone())
+        .unwrap_or_default();
+    let message = format!("launching {} from {ami}", resolved.instance_type);
+    ctx.event(env, EventType::Normal, "Provisioning", message).await;
+    Ok(Ok(()))
+}
+
+/// The instance was terminated or vanished without us: say so, and prepare a
+/// replacement under a new launch token (the old one would return the lost
+/// instance) with a fresh readiness deadline, keeping the database. After
+/// [`LOSSES_BEFORE_FAILING`] losses in a row the environment is `Failed` instead.
+/// Returns the status to persist before the replacement is launched.
+pub async fn replace_lost_instance(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    id: &Identity,
+    status: &FeatureEnvironmentStatus,
+    lost: &str,
+    state: &str,
+    now: Timestamp,
+) -> FeatureEnvironmentStatus {
+    let mut next = status.clone();
+    next.lost_instances += 1;
+    let losses = next.lost_instances;
+    warn!(environment = %id.key, instance_id = lost, state, losses, "instance lost");
+    let mut message = format!("instance {lost} is {state} (not deleted by the operator)");
+    if losses >= LOSSES_BEFORE_FAILING {
+        message.push_str(&format!("; lost {losses} instances in a row, not replacing it"));
+        next.phase = Phase::Failed;
+        let update = ConditionUpdate::new(READY, false, "InstanceLost", message.clone());
+        set_condition(&mut next.conditions, update, env.metadata.generation, now);
+        ctx.event(env, EventType::Warning, "InstanceLost", message).await;
+        return next;
+    }
+    message.push_str("; launching a replacement");
+    let attempt = status
+        .launch_token
+        .as_deref()
+        .and_then(naming::launch_attempt)
+        .map_or(1, |a| a + 1);
+    next.launch_token = Some(naming::launch_token(&id.uid, attempt));
+    let ami = next.instance.as_ref().and_then(|i| i.ami_id.clone());
+    next.instance = Some(InstanceStatus {
+        ami_id: ami,
+        ..Default::default()
+    });
+    next.launched_at = None;
+    next.ready_at = None;
+    next.endpoints.clear();
+    next.phase = Phase::Provisioning;
+    let update = ConditionUpdate::new(READY, false, "InstanceLost", message.clone());
+    set_condition(&mut next.conditions, update, env.metadata.generation, now);
+    ctx.event(env, EventType::Warning, "InstanceLost", message).await;
+    next
+}
+
+/// The environment's instance: the one observed, or one launched now.
+pub async fn instance(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    id: &Identity,
+    class: &FeatureEnvironmentClass,
+    resolved: &Resolved,
+    status: &FeatureEnvironmentStatus,
+    observed: Option<Instance>,
+) -> Result<Instance> {
+    if let Some(instance) = observed {
+        return Ok(instance);
+    }
+    let request = launch_request(ctx, env, id, class, resolved, status);
+    let instance = ctx.cloud.compute.launch_instance(&request).await?;
+    info!(environment = %id.key, instance_id = %instance.id, "launched instance");
+    ctx.inventory.record_instance(instance.clone());
+    let message = format!("launched instance {}", instance.id);
+    ctx.event(env, EventType::Normal, "Launched", message).await;
+    Ok(instance)
+}
+
+fn launch_request(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    id: &Identity,
+    class: &FeatureEnvironmentClass,
+    resolved: &Resolved,
+    status: &FeatureEnvironmentStatus,
+) -> LaunchRequest {
+    let spec = BootstrapSpec {
+        environment: id.key.clone(),
+        region: ctx.config.region.clone().unwrap_or_default(),
+        services: status
+            .images
+            .iter()
+            .map(|i| bootstrap::ServiceImage {
+                name: i.name.clone(),
+                image: i.image.clone(),
+            })
+            .collect(),
+        addons: resolved.addons.iter().map(|a| a.as_str().to_owned()).collect(),
+        database_parameter: resolved.database_pool.as_ref().map(|_| parameter_name(ctx, &id.uid)),
+        database_wait_seconds: resolved.readiness_timeout.as_secs(),
+    };
+    let mut tags: Tags = class.spec.instance.tags.clone();
+    // Descriptive only, and AWS refuses tag values over 256 characters (a 63-character
+    // namespace with a 192-character name would make 267).
+    let name_tag: String = format!("featureenv-{}-{}", id.namespace, id.name)
+        .chars()
+        .take(256)
+        .collect();
+    tags.insert("Name".into(), name_tag);
+    tags.insert(tag::CLUSTER.into(), ctx.config.cluster_id.clone());
+    tags.insert(tag::ENVIRONMENT.into(), id.key.clone());
+    tags.insert(tag::UID.into(), id.uid.clone());
+    if let Some(owner) = &env.spec.owner {
+        tags.insert("featureenv.io/owner".into(), owner.clone());
+    }
+    LaunchRequest {
+        client_token: status.launch_token.clone().expect("token persisted before launch"),
+        image_id: status
+            .instance
+            .as_ref()
+            .and_then(|i| i.ami_id.clone())
+            .unwrap_or_default(),
+        instance_type: resolved.instance_type.clone(),
+        subnet_id: class.spec.instance.subnet_ids.first().cloned().unwrap_or_default(),
+        security_group_ids: class.spec.instance.security_group_ids.clone(),
+        instance_profile: class.spec.instance.instance_profile.clone(),
+        root_volume_gib: class.spec.instance.root_volume_gib,
+        user_data: bootstrap::render_user_data(&spec),
+        tags,
+    }
+}
+
+/// Where the environment's database stands after this pass.
+pub enum DbOutcome {
+    Claimed {
+        database: Database,
+        secret_name: String,
+        credentials_ready: bool,
+    },
+    Exhausted(String),
+    /// Tagged a spare; the next inventory poll confirms it.
+    Claiming,
+}
+
+/// Claims a database from the class's pool (if it has one) and, once the claim is
+/// confirmed and the database available, hands out its credentials exactly once.
+pub async fn database(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    id: &Identity,
+    resolved: &Resolved,
+    status: &FeatureEnvironmentStatus,
+) -> Result<Option<DbOutcome>> {
+    let Some(pool) = &resolved.database_pool else {
+        return Ok(None);
+    };
+    let mut database = match claim_database(ctx, pool, &id.uid, &id.key).await? {
+        ClaimOutcome::Exhausted => return Ok(Some(DbOutcome::Exhausted(pool.clone()))),
+        ClaimOutcome::Pending => return Ok(Some(DbOutcome::Claiming)),
+        ClaimOutcome::Claimed(db) => db,
+    };
+    let secret_name = naming::database_secret(&id.name);
+    let already = status
+        .database
+        .as_ref()
+        .is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()))
+        || ctx.has_handed_out_credentials(&id.uid, &database.id);
+    let credentials_ready = already || database.status == DatabaseStatus::Available;
+    if !already && credentials_ready {
+        hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
+        ctx.credentials_handed_out(&id.uid, &database.id);
+        let message = format!("claimed database {} from pool {pool}", database.id);
+        ctx.event(env, EventType::Normal, "DatabaseClaimed", message).await;
+        // RDS applies the new password asynchronously; until the next Describe says
+        // otherwise, treat the database as modifying.
+        database.status = DatabaseStatus::Modifying;
+        ctx.inventory.record_database(database.clone());
+    }
+    Ok(Some(DbOutcome::Claimed {
+        database,
+        secret_name,
+        credentials_ready,
+    }))
+}
+
+/// Records the handed-out credentials' Secret and parameter in the status.
+pub fn record_database(ctx: &Context, id: &Identity, status: &mut FeatureEnvironmentStatus, outcome: &DbOutcome) {
+    if let DbOutcome::Claimed {
+        secret_name,
+        credentials_ready,
+        ..
+    } = outcome
+    {
+        let field = status.database.get_or_insert_with(DatabaseStatusField::default);
+        field.secret_name = Some(secret_name.clone());
+        field.credentials_ready = *credentials_ready;
+        field.parameter_name = Some(parameter_name(ctx, &id.uid));
+    }
+}
+
+/// The instance profile lets an instance read only the parameter tagged with its own
+/// ARN (docs/instance-profile-policy.json): tag it once the credentials are in it. An
+/// instance that was Ready once has read it already; nothing to do after a restart.
+pub async fn bind_parameter(
+    ctx: &Context,
+    id: &Identity,
+    status: &FeatureEnvironmentStatus,
+    instance: &Instance,
+    database: &Option<DbOutcome>,
+) -> Result<()> {
+    let handed_out = matches!(
+        database,
+        Some(DbOutcome::Claimed {
+            credentials_ready: true,
+            ..
+        })
+    );
+    if !handed_out || status.ready_at.is_some() || ctx.has_bound_parameter(&id.uid, &instance.id) {
+        return Ok(());
+    }
+    let tags = Tags::from([(tag::INSTANCE.to_owned(), instance.arn.clone())]);
+    ctx.cloud
+        .parameters
+        .tag_parameter(&parameter_name(ctx, &id.uid), &tags)
+        .await?;
+    ctx.parameter_bound(&id.uid, &instance.id);
+    Ok(())
+}
+
+pub fn parameter_name(ctx: &Context, uid: &str) -> String {
+    naming::database_parameter(&ctx.config.ssm_prefix, &ctx.config.cluster_id, uid)
+}
+
+/// The last lines of the instance's console, quoted when bootstrap failed or timed out.
+pub async fn console_tail(ctx: &Context, instance_id: &str) -> Option<String> {
+    match ctx.cloud.compute.console_output(instance_id).await {
+        Ok(Some(output)) => {
+            let lines: Vec<&str> = output.lines().collect();
+            Some(lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n"))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            warn!(instance_id, error = %e, "reading console output failed");
+            None
+        }
+    }
+}
