@@ -952,3 +952,73 @@ async fn a_lost_instance_is_replaced_and_three_in_a_row_fail() {
     assert_eq!(h.instances_of(&uid), 0, "no fourth instance");
     assert_eq!(h.fake.call_count("RunInstances"), 4);
 }
+
+/// A Secret already named `<name>-db` that is not the environment's is left as it
+/// is: no forced apply takes its fields, no owner reference has Kubernetes delete it
+/// with the environment, and no password is rotated. DatabaseReady says why, an
+/// Event names it, and once it is gone the credentials are handed out.
+#[tokio::test]
+async fn a_foreign_secret_of_the_credentials_name_is_not_taken_over() {
+    use std::collections::BTreeMap;
+    let mut h = Harness::new(seeded_fake(15), (1, 5)).await;
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let mut foreign = Secret::default();
+    foreign.metadata.name = Some("taken-db".into());
+    foreign.string_data = Some(BTreeMap::from([("token".to_owned(), "someone else's".to_owned())]));
+    secrets.create(&PostParams::default(), &foreign).await.unwrap();
+    let before = secrets.get("taken-db").await.unwrap();
+
+    create(&h, cluster::environment("taken", "standard")).await;
+    for _ in 0..6 {
+        h.step("taken").await.unwrap();
+        h.boot_instances();
+    }
+    let status = h.get("taken").await.unwrap().status.unwrap();
+    let db = conditions::find(&status.conditions, DATABASE_READY).unwrap();
+    assert_eq!(db.reason, "SecretConflict");
+    assert!(db.message.contains("taken-db"), "{}", db.message);
+    assert_eq!(
+        conditions::find(&status.conditions, READY).unwrap().reason,
+        "SecretConflict"
+    );
+    let after = secrets.get("taken-db").await.unwrap();
+    assert_eq!(after.data, before.data, "data untouched");
+    assert!(after.metadata.owner_references.is_none(), "no owner reference added");
+    assert!(h.fake.parameter_names().is_empty(), "no credentials parameter written");
+    let claimed = h
+        .fake
+        .databases()
+        .into_iter()
+        .find(|d| d.database.tags.contains_key(tag::CLAIMED_BY));
+    let spare_password = claimed.expect("the database stays claimed").master_password;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let conflicts: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("SecretConflict"))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "one Event, not one per pass");
+    assert!(conflicts[0].series.is_none(), "emitted once: {:?}", conflicts[0].series);
+    assert!(conflicts[0].note.as_deref().unwrap_or_default().contains("taken-db"));
+
+    secrets.delete("taken-db", &DeleteParams::default()).await.unwrap();
+    h.drive("taken", async |h| h.phase("taken").await == Some(Phase::Ready))
+        .await;
+    let handed = secrets.get("taken-db").await.unwrap();
+    let password = String::from_utf8(handed.data.unwrap()["password"].0.clone()).unwrap();
+    let claimed = h
+        .fake
+        .databases()
+        .into_iter()
+        .find(|d| d.database.tags.contains_key(tag::CLAIMED_BY));
+    let rotated = claimed.unwrap().master_password;
+    assert_eq!(
+        rotated.as_deref(),
+        Some(password.as_str()),
+        "rotated only once the Secret was free"
+    );
+    assert_ne!(rotated, spare_password);
+}

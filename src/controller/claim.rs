@@ -206,11 +206,17 @@ pub async fn hand_out_credentials(
     env: &FeatureEnvironment,
     database: &Database,
     parameter: &str,
-) -> Result<String> {
+) -> Result<HandOut> {
     let namespace = env.namespace().ok_or(Error::InvalidObject("metadata.namespace"))?;
     let secret_name = naming::database_secret(&env.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing = secrets.get_opt(&secret_name).await?;
+    // A forced apply would take the fields over, and the owner reference we add
+    // would have Kubernetes delete someone else's Secret with the environment.
+    if let Some(foreign) = existing.as_ref().filter(|s| !owned_by(s, env)) {
+        warn!(namespace, secret = %foreign.name_any(), "a Secret of that name exists and is not this environment's");
+        return Ok(HandOut::ForeignSecret(secret_name));
+    }
     let password = existing
         .as_ref()
         .filter(|s| secret_value(s, "dbInstanceIdentifier").as_deref() == Some(database.id.as_str()))
@@ -265,7 +271,22 @@ pub async fn hand_out_credentials(
         .put_secret_parameter(parameter, &value.to_string(), &param_tags)
         .await?;
     ctx.cloud.databases.set_master_password(&database.id, &password).await?;
-    Ok(secret_name)
+    Ok(HandOut::Done)
+}
+
+/// What handing out a database's credentials came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandOut {
+    Done,
+    /// A Secret of the name the credentials go to exists and belongs to someone
+    /// else: nothing was written, nothing rotated.
+    ForeignSecret(String),
+}
+
+/// Whether the environment owns the Secret (it wrote it, with an owner reference).
+fn owned_by(secret: &Secret, env: &FeatureEnvironment) -> bool {
+    let uid = env.uid();
+    secret.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
 }
 
 fn secret_value(secret: &Secret, key: &str) -> Option<String> {

@@ -17,7 +17,7 @@ use crate::api::environment::{DatabaseStatus as DatabaseStatusField, FeatureEnvi
 use crate::api::{FeatureEnvironment, FeatureEnvironmentClass};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
-use crate::controller::claim::{ClaimOutcome, claim_database, hand_out_credentials};
+use crate::controller::claim::{ClaimOutcome, HandOut, claim_database, hand_out_credentials};
 use crate::controller::{Context, Result};
 use crate::naming;
 
@@ -200,6 +200,29 @@ pub enum DbOutcome {
     Exhausted(String),
     /// Tagged a spare; the next inventory poll confirms it.
     Claiming,
+    /// Claimed, but the credentials' Secret name is taken by a Secret that is not
+    /// the environment's; nothing handed out until it is gone.
+    SecretConflict {
+        database: Database,
+        secret: String,
+    },
+}
+
+/// An Event the first time a pass finds the Secret name taken.
+async fn announce_secret_conflict(
+    ctx: &Context,
+    env: &FeatureEnvironment,
+    status: &FeatureEnvironmentStatus,
+    secret: &str,
+) {
+    let reported = crate::api::conditions::find(&status.conditions, crate::api::conditions::DATABASE_READY)
+        .is_some_and(|c| c.reason == "SecretConflict");
+    if !reported {
+        let message = format!(
+            "Secret {secret} exists and is not this environment's; the database credentials are not written until it is deleted"
+        );
+        ctx.event(env, EventType::Warning, "SecretConflict", message).await;
+    }
 }
 
 /// Claims a database from the class's pool (if it has one) and, once the claim is
@@ -227,7 +250,11 @@ pub async fn database(
         || ctx.has_handed_out_credentials(&id.uid, &database.id);
     let credentials_ready = already || database.status == DatabaseStatus::Available;
     if !already && credentials_ready {
-        hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
+        let handed = hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
+        if let HandOut::ForeignSecret(secret) = handed {
+            announce_secret_conflict(ctx, env, status, &secret).await;
+            return Ok(Some(DbOutcome::SecretConflict { database, secret }));
+        }
         ctx.credentials_handed_out(&id.uid, &database.id);
         let message = format!("claimed database {} from pool {pool}", database.id);
         ctx.event(env, EventType::Normal, "DatabaseClaimed", message).await;

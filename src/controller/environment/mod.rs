@@ -247,5 +247,9 @@ fn observation(outcome: &DbOutcome) -> DatabaseObservation<'_> {
         },
         DbOutcome::Exhausted(pool) => DatabaseObservation::PoolExhausted { pool: pool.clone() },
         DbOutcome::Claiming => DatabaseObservation::Claiming,
+        DbOutcome::SecretConflict { database, secret } => DatabaseObservation::SecretConflict {
+            database,
+            secret: secret.clone(),
+        },
     }
 }

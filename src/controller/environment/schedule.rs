@@ -14,6 +14,9 @@ use crate::api::environment::{FeatureEnvironmentStatus, Phase};
 const AT_WORST: Duration = Duration::from_secs(300);
 /// How often an environment waiting for a pool spare looks again.
 const POOL_WAIT: Duration = Duration::from_secs(5);
+/// How often an environment whose Secret name is taken looks again (deleting a
+/// Secret triggers no reconcile).
+const SECRET_WAIT: Duration = Duration::from_secs(30);
 
 fn until(t: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or_default()
@@ -45,6 +48,9 @@ pub fn next_wake(
     }
     if matches!(database, Some(DbOutcome::Exhausted(_))) {
         wake = wake.min(POOL_WAIT);
+    }
+    if matches!(database, Some(DbOutcome::SecretConflict { .. })) {
+        wake = wake.min(SECRET_WAIT);
     }
     if matches!(database, Some(DbOutcome::Claiming)) {
         // The confirming poll triggers this environment; this is the fallback for a

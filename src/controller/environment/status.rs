@@ -29,6 +29,11 @@ pub enum DatabaseObservation<'a> {
         pool: String,
     },
     Claiming,
+    /// Claimed, but `secret` is someone else's Secret: credentials not handed out.
+    SecretConflict {
+        database: &'a Database,
+        secret: String,
+    },
 }
 
 /// Why an environment is not ready, in a stable reason and a message.
@@ -65,6 +70,12 @@ pub fn database_readiness(database: Option<&DatabaseObservation<'_>>) -> Result<
     match database {
         None => Ok(()),
         Some(DatabaseObservation::Claiming) => nr("Claiming", "claiming a database from the pool".into()),
+        Some(DatabaseObservation::SecretConflict { secret, .. }) => nr(
+            "SecretConflict",
+            format!(
+                "Secret {secret} exists and is not this environment's; delete or rename it to get the database credentials"
+            ),
+        ),
         Some(DatabaseObservation::PoolExhausted { pool }) => nr(
             "PoolExhausted",
             format!("RdsPool {pool} has no available spare; waiting for one"),
@@ -173,7 +184,9 @@ pub fn next_status(
         }
         status.endpoints = render_endpoints(inputs.endpoints, i, inputs.namespace, inputs.name);
     }
-    if let Some(DatabaseObservation::Claimed { database, .. }) = &observed.database {
+    if let Some(DatabaseObservation::Claimed { database, .. } | DatabaseObservation::SecretConflict { database, .. }) =
+        &observed.database
+    {
         let db = status.database.get_or_insert_with(Default::default);
         db.id = Some(database.id.clone());
         db.endpoint = database.endpoint.clone();
@@ -283,7 +296,7 @@ pub fn next_status(
         let nr = match (instance, database) {
             // The bootstrap script waits for the database parameter, so while the pool
             // has no spare, that is what holds the instance up too.
-            (Err(_), Err(db)) if db.reason == "PoolExhausted" => db,
+            (Err(_), Err(db)) if db.reason == "PoolExhausted" || db.reason == "SecretConflict" => db,
             (Err(i), _) => i,
             (Ok(()), Err(db)) => db,
             (Ok(()), Ok(())) => unreachable!("not ready means one half is not ready"),
