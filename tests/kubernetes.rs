@@ -1,7 +1,8 @@
 //! What the operator relies on the real API server for, checked against the real
 //! kube-apiserver and etcd (tests/support/control_plane.rs): how RBAC authorizes a
 //! server-side apply that creates a Secret, that `kubectl explain` shows the CRDs'
-//! documentation, that `kubectl wait` sees the Ready condition, and that the control
+//! documentation, that `kubectl wait` sees the Ready condition, that the CRDs'
+//! transition rules refuse edits of immutable fields, and that the control
 //! plane leaves no process behind, even when its owner is SIGKILLed.
 
 mod support;
@@ -257,4 +258,45 @@ async fn control_plane_leaves_no_process_behind() {
         assert!(Instant::now() < deadline, "orphaned after SIGKILL: {pids:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `spec.className` and `spec.instanceType` cannot change after creation (set,
+/// changed or removed): the API server refuses the edit with a message naming the
+/// field. Other fields stay editable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_and_instance_type_are_immutable() {
+    use featureenv_operator::api::FeatureEnvironment;
+    let (_plane, admin) = cluster::cluster().await;
+    cluster::namespace(&admin, "team").await;
+    let envs: Api<FeatureEnvironment> = Api::namespaced(admin.clone(), "team");
+    envs.create(&PostParams::default(), &cluster::environment("pinned", "standard"))
+        .await
+        .expect("created");
+    let edit = async |spec: serde_json::Value| {
+        let patch = Patch::Merge(serde_json::json!({ "spec": spec }));
+        envs.patch("pinned", &PatchParams::default(), &patch).await
+    };
+    for (spec, field) in [
+        (serde_json::json!({"className": "premium"}), "spec.className"),
+        (serde_json::json!({"className": null}), "spec.className"),
+        (serde_json::json!({"instanceType": "t3.2xlarge"}), "spec.instanceType"),
+        (serde_json::json!({"instanceType": null}), "spec.instanceType"),
+    ] {
+        match edit(spec.clone()).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{spec}: {status:?}");
+                assert!(
+                    status.message.contains(&format!("{field} is immutable")),
+                    "{spec}: {}",
+                    status.message
+                );
+            }
+            other => panic!("{spec}: the edit was not refused: {other:?}"),
+        }
+    }
+    let edited = edit(serde_json::json!({"ttl": "2h", "owner": "bob@example.com"}))
+        .await
+        .expect("other fields stay editable");
+    assert_eq!(edited.spec.ttl.as_deref(), Some("2h"));
+    assert_eq!(edited.spec.class_name.as_deref(), Some("standard"));
 }

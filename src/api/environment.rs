@@ -35,9 +35,24 @@ use super::schema;
         .message("metadata.name: at most 192 characters, so that <namespace>/<name> fits an AWS tag value (256)")
 )]
 #[serde(rename_all = "camelCase")]
+// What an environment runs on is decided at launch; changing it would mean a new
+// instance. Transition rules refuse the edit at admission, naming the field, rather
+// than accepting a change the operator would silently not apply.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.className) == has(oldSelf.className) && (!has(self.className) || self.className == oldSelf.className)",
+        "message": "spec.className is immutable; delete and re-create the environment to change its class",
+        "fieldPath": ".className",
+    },
+    {
+        "rule": "has(self.instanceType) == has(oldSelf.instanceType) && (!has(self.instanceType) || self.instanceType == oldSelf.instanceType)",
+        "message": "spec.instanceType is immutable; delete and re-create the environment to change its instance type",
+        "fieldPath": ".instanceType",
+    },
+]))]
 pub struct FeatureEnvironmentSpec {
     /// The FeatureEnvironmentClass; empty means the class annotated
-    /// `featureenv.io/is-default-class: "true"`.
+    /// `featureenv.io/is-default-class: "true"`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
     /// Lifetime from creation (Go duration); defaults to the class's `ttl.default`
@@ -54,7 +69,7 @@ pub struct FeatureEnvironmentSpec {
     #[serde(default)]
     #[schemars(transform = schema::keyed_by_name)]
     pub services: Vec<ServiceOverride>,
-    /// EC2 instance type; must be in the class's `instance.allowedTypes`.
+    /// EC2 instance type; must be in the class's `instance.allowedTypes`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
 }
