@@ -40,6 +40,7 @@ async fn lifecycle() {
     .await;
     // The pool fills its warm spare before anything claims it.
     stack.wait_for_warm(1, READY_TIMEOUT).await;
+    support::fixtures::argocd_fixture(&stack.pools(), "integration", "rdspool-warm.json").await;
     // hack/seed_aws.py makes a private subnet; moto then assigns no public IP. Make it
     // public here, as an account with internet-facing environments would have it.
     stack
@@ -67,6 +68,7 @@ async fn lifecycle() {
     let status = env.status.clone().expect("status");
     assert_eq!(status.phase.as_str(), "Ready");
     assert!(status.ready_at.is_some() && status.expires_at.is_some(), "{status:?}");
+    support::fixtures::argocd_fixture(&stack.environments(NS), "payments-pr-123", "environment-Ready.json").await;
     let instance = status.instance.clone().expect("status.instance");
     let instance_id = instance.id.clone().expect("status.instance.id");
     assert_eq!(
@@ -336,6 +338,8 @@ async fn bad_input() {
         let phase = env.status.as_ref().map(|s| s.phase.as_str()).unwrap_or_default();
         assert!(matches!(phase, "Failed" | "Pending"), "{name}: phase {phase}");
         println!("{name}: phase={phase} Ready=False reason={reason} message={message}");
+        let fixture = format!("environment-{reason}.json");
+        support::fixtures::argocd_fixture(&stack.environments(NS), name, &fixture).await;
         uids.push(env.metadata.uid.expect("uid"));
     }
     // A few poll intervals later, still nothing was made for any of them.
@@ -1023,6 +1027,7 @@ async fn pool() {
     stack.apply_ok(&stack.environment_yaml(NS, "p3", "")).await;
     let message = stack.wait_ready_reason(NS, "p3", "PoolExhausted", READY_TIMEOUT).await;
     println!("p3 waits: {message}");
+    support::fixtures::argocd_fixture(&stack.environments(NS), "p3", "environment-PoolExhausted.json").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         stack.our_databases().await.len(),

@@ -1022,3 +1022,19 @@ async fn a_foreign_secret_of_the_credentials_name_is_not_taken_over() {
     );
     assert_ne!(rotated, spare_password);
 }
+
+/// The seeded snapshots (2026-11-27/28) are older than the pool's maxSnapshotAge
+/// (26h): the pool says so in a condition, which Argo CD shows as Degraded
+/// (tests/argocd reads the object recorded here).
+#[tokio::test]
+async fn a_pool_restoring_from_a_stale_snapshot_says_so() {
+    let mut h = Harness::new(seeded_fake(16), (1, 5)).await;
+    create(&h, cluster::environment("any", "standard")).await;
+    h.step("any").await.unwrap();
+    let pools: Api<RdsPool> = Api::all(h.client.clone());
+    let pool = pools.get("integration").await.unwrap();
+    let fresh = conditions::find(&pool.status.unwrap().conditions, "SnapshotFresh").cloned().unwrap();
+    assert_eq!((fresh.status.as_str(), fresh.reason.as_str()), ("False", "SnapshotTooOld"));
+    assert!(fresh.message.contains("integration-db-new"), "{}", fresh.message);
+    support::fixtures::argocd_fixture(&pools, "integration", "rdspool-SnapshotTooOld.json").await;
+}

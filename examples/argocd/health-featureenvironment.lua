@@ -1,12 +1,31 @@
 -- Argo CD health check for featureenv.io/FeatureEnvironment.
 --   Ready                 -> Healthy      (message: the API endpoint, or the Ready message)
---   Pending, Provisioning -> Progressing  (message: the Ready condition's reason and message)
 --   Failed                -> Degraded     (message: the Ready condition's reason and message)
+--   Ready=False with a reason the spec cannot get past by waiting (a missing class,
+--   a TTL over the class maximum, an image not in its registry, the namespace's cap,
+--   a Secret in the way, ...) -> Degraded, whatever the phase
+--   Pending, Provisioning -> Progressing  (message: the Ready condition's reason and message)
 --   Terminating           -> Progressing
 --   no status yet, or status older than the spec -> Progressing
 --   any other phase       -> Unknown
 -- Argo CD sets the global `obj` to the live object and uses the table this returns.
 local hs = {}
+
+-- The reasons the operator writes when an environment cannot be provisioned as it
+-- stands (tests/argocd checks this list against the operator's source).
+local unsatisfiable = {
+  ClassNotFound = true,
+  InvalidClass = true,
+  InvalidTTL = true,
+  TTLExceedsMaximum = true,
+  InstanceTypeNotAllowed = true,
+  InvalidImage = true,
+  DuplicateService = true,
+  ImageNotFound = true,
+  NoMatchingImage = true,
+  NamespaceLimitReached = true,
+  SecretConflict = true,
+}
 
 local function condition(conditionType)
   if obj.status == nil or obj.status.conditions == nil then
@@ -60,6 +79,12 @@ local observed = obj.status.observedGeneration
 if generation ~= nil and observed ~= nil and observed < generation then
   hs.status = "Progressing"
   hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+if ready ~= nil and ready.status == "False" and unsatisfiable[ready.reason] then
+  hs.status = "Degraded"
+  hs.message = describe(ready, phase)
   return hs
 end
 

@@ -1,6 +1,7 @@
 -- Argo CD health check for featureenv.io/RdsPool.
 --   a condition `Degraded=True`, or a condition with status False whose reason names a
---   failure (contains Failed, Error, NotFound or Invalid)  -> Degraded (its message)
+--   failure (contains Failed, Error, NotFound, Invalid or TooOld: restoring spares from
+--   a stale snapshot, SnapshotTooOld, needs someone to act) -> Degraded (its message)
 --   status older than the spec, or no status yet           -> Progressing
 --   status.warm >= spec.warm (default 1)                    -> Healthy
 --   otherwise                                               -> Progressing ("w/n warm spares ...")
@@ -15,6 +16,7 @@ local function failureReason(reason)
     or string.find(reason, "Error", 1, true) ~= nil
     or string.find(reason, "NotFound", 1, true) ~= nil
     or string.find(reason, "Invalid", 1, true) ~= nil
+    or string.find(reason, "TooOld", 1, true) ~= nil
 end
 
 local function describe(c)

@@ -3,6 +3,9 @@ and the pull-request ApplicationSet with the chart it deploys."""
 
 from __future__ import annotations
 
+import json
+import re
+
 from pathlib import Path
 from typing import Any
 
@@ -36,35 +39,70 @@ def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
             "lastTransitionTime": "2026-11-28T10:00:00Z", "observedGeneration": 1}
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def fixture(name: str) -> dict[str, Any]:
+    """An object the operator wrote in a test run (tests/support/fixtures.rs records them
+    and fails the run when the committed one no longer matches what it writes)."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+def ready_message(obj: dict[str, Any]) -> str:
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    return f"{ready['reason']}: {ready['message']}"
+
+
+@pytest.mark.parametrize(
+    "name, status",
+    [
+        ("environment-ClassNotFound.json", "Degraded"),
+        ("environment-TTLExceedsMaximum.json", "Degraded"),
+        ("environment-InstanceTypeNotAllowed.json", "Degraded"),
+        ("environment-ImageNotFound.json", "Degraded"),
+        ("environment-PoolExhausted.json", "Progressing"),
+    ],
+)
+def test_featureenvironment_health_of_recorded_objects(name: str, status: str, tmp_path: Path) -> None:
+    obj = fixture(name)
+    assert run_health(FE_SCRIPT, obj, tmp_path) == (status, ready_message(obj))
+
+
+def test_a_ready_environment_is_healthy_at_its_url(tmp_path: Path) -> None:
+    obj = fixture("environment-Ready.json")
+    url = obj["status"]["endpoints"]["api"]
+    assert run_health(FE_SCRIPT, obj, tmp_path) == ("Healthy", f"Ready at {url}")
+
+
+def test_a_recorded_environment_is_progressing_while_its_status_is_stale(tmp_path: Path) -> None:
+    obj = fixture("environment-ClassNotFound.json")
+    obj["metadata"]["generation"] = obj["status"]["observedGeneration"] + 1
+    generation = obj["metadata"]["generation"]
+    assert run_health(FE_SCRIPT, obj, tmp_path) == (
+        "Progressing", f"Waiting for the operator to observe generation {generation}")
+
+
+def test_every_reason_the_operator_refuses_with_is_degraded() -> None:
+    """The script's list of unsatisfiable reasons is every reason the operator's
+    validation, dereference and admission refuse with, plus SecretConflict."""
+    source = "\n".join(p.read_text() for p in (REPO / "src" / "controller").rglob("*.rs"))
+    refused = set(re.findall(r'Invalid::(?:new|outside)\(\s*"([A-Za-z]+)"', source))
+    assert {"ClassNotFound", "TTLExceedsMaximum", "ImageNotFound", "NamespaceLimitReached"} <= refused, refused
+    listed = set(re.findall(r"^  ([A-Za-z]+) = true,$", FE_SCRIPT.read_text(), re.M))
+    assert listed == refused | {"SecretConflict"}
+
+
 @pytest.mark.parametrize(
     "obj, status, message",
     [
-        (fe("Ready", conditions=[cond("Ready", "True", "Ready", "environment is ready")],
-            endpoints={"api": "http://54.1.2.3/", "dashboard": "http://54.1.2.3:30000/"}),
-         "Healthy", "Ready at http://54.1.2.3/"),
-        (fe("Ready", conditions=[cond("Ready", "True", "Ready", "environment is ready")]),
-         "Healthy", "Ready: environment is ready"),
-        (fe("Pending", conditions=[cond("Ready", "False", "PoolExhausted", "pool integration is at maxSize 20")]),
-         "Progressing", "PoolExhausted: pool integration is at maxSize 20"),
-        (fe("Provisioning", conditions=[cond("InstanceReady", "False", "WaitingForBootstrap", "booting"),
-                                        cond("Ready", "False", "WaitingForBootstrap", "instance i-0abc is bootstrapping")]),
-         "Progressing", "WaitingForBootstrap: instance i-0abc is bootstrapping"),
-        (fe("Provisioning"), "Progressing", "Provisioning"),
-        (fe("Failed", conditions=[cond("Ready", "False", "BootstrapFailed", "instance reported featureenv.io/bootstrap=failed")]),
-         "Degraded", "BootstrapFailed: instance reported featureenv.io/bootstrap=failed"),
-        (fe("Failed", conditions=[cond("Ready", "False", "UnknownClass", 'class "gold" not found')]),
-         "Degraded", 'UnknownClass: class "gold" not found'),
         (fe("Failed"), "Degraded", "Failed"),
-        (fe("Terminating", conditions=[cond("Ready", "False", "Terminating", "terminating instance i-0abc")]),
-         "Progressing", "Terminating: terminating instance i-0abc"),
         (fe("Terminating"), "Progressing", "Terminating: removing the instance and database"),
         (fe(None), "Progressing", "Waiting for the operator to pick up the environment"),
-        (fe("Ready", generation=2, observed=1), "Progressing", "Waiting for the operator to observe generation 2"),
+        (fe("Provisioning"), "Progressing", "Provisioning"),
         (fe("Hibernating"), "Unknown", "Unknown phase Hibernating"),
     ],
-    ids=["ready-endpoint", "ready-no-endpoint", "pending", "provisioning", "provisioning-no-condition",
-         "failed-bootstrap", "failed-unknown-class", "failed-no-condition", "terminating",
-         "terminating-no-condition", "no-status", "stale-generation", "unknown-phase"],
+    ids=["failed-no-condition", "terminating-no-condition", "no-status", "provisioning-no-condition",
+         "unknown-phase"],
 )
 def test_featureenvironment_health(obj: dict[str, Any], status: str, message: str, tmp_path: Path) -> None:
     assert run_health(FE_SCRIPT, obj, tmp_path) == (status, message)
@@ -106,6 +144,14 @@ def test_rdspool_health(obj: dict[str, Any], status: str, message: str, tmp_path
     assert run_health(POOL_SCRIPT, obj, tmp_path) == (status, message)
 
 
+def test_recorded_pools(tmp_path: Path) -> None:
+    warm = fixture("rdspool-warm.json")
+    assert run_health(POOL_SCRIPT, warm, tmp_path)[0] == "Healthy"
+    stale = fixture("rdspool-SnapshotTooOld.json")
+    too_old = next(c for c in stale["status"]["conditions"] if c["reason"] == "SnapshotTooOld")
+    assert run_health(POOL_SCRIPT, stale, tmp_path) == ("Degraded", f"SnapshotTooOld: {too_old['message']}")
+
+
 def test_lua_literals_escape_strings() -> None:
     assert to_lua({"a": 'x"y\\z\n', "b": [1, True, None], "c": None}) == '{["a"] = "x\\"y\\\\z\\n", ["b"] = {1, true, nil}}'
 
@@ -142,6 +188,18 @@ def test_applicationset_one_environment_per_pull_request() -> None:
     values = source["helm"]["valuesObject"]
     assert values["tag"] == "{{ .head_sha }}"
     assert values["ttl"]
+
+
+def test_applicationset_leaves_expiry_to_the_operator() -> None:
+    """No self-heal (it would re-create an environment the TTL deleted within seconds,
+    and revert a TTL extended with kubectl), and spec.ttl out of the diff and the sync."""
+    appset = yaml.safe_load((ARGOCD / "applicationset-pull-requests.yaml").read_text())
+    app = appset["spec"]["template"]["spec"]
+    assert app["syncPolicy"]["automated"].get("selfHeal", False) is False
+    assert "RespectIgnoreDifferences=true" in app["syncPolicy"]["syncOptions"]
+    ignored = [d for d in app["ignoreDifferences"] if d["kind"] == "FeatureEnvironment"]
+    assert ignored and ignored[0]["group"] == "featureenv.io"
+    assert "/spec/ttl" in ignored[0]["jsonPointers"]
 
 
 def test_pr_environment_chart_renders_a_featureenvironment() -> None:

@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod fixtures;
 pub mod moto;
 pub mod stack;
