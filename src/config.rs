@@ -57,6 +57,15 @@ pub struct Config {
     /// Inventory poll interval when everything is stable.
     #[arg(long, env = "FEATUREENV_SLOW_POLL_INTERVAL", default_value = "60s", value_parser = duration_arg)]
     pub slow_poll_interval: Duration,
+    /// The longest any AWS request may take, retries included (each attempt gets a
+    /// third of it).
+    #[arg(long, env = "FEATUREENV_AWS_OPERATION_TIMEOUT", default_value = "30s", value_parser = duration_arg)]
+    pub aws_operation_timeout: Duration,
+    /// How old the inventory's last successful description may be before `/readyz`
+    /// fails and readiness timeouts stop counting (what the operator sees of AWS is
+    /// then too old to judge an environment by).
+    #[arg(long, env = "FEATUREENV_INVENTORY_STALE_AFTER", default_value = "3m", value_parser = duration_arg)]
+    pub inventory_stale_after: Duration,
     /// How often the janitor looks for orphaned cloud resources.
     #[arg(long, env = "FEATUREENV_JANITOR_INTERVAL", default_value = "5m", value_parser = duration_arg)]
     pub janitor_interval: Duration,
@@ -94,6 +103,8 @@ impl Config {
             region: Some("us-east-1".into()),
             fast_poll_interval: Duration::from_millis(200),
             slow_poll_interval: Duration::from_secs(5),
+            aws_operation_timeout: Duration::from_secs(30),
+            inventory_stale_after: Duration::from_secs(3),
             janitor_interval: Duration::from_secs(1),
             janitor_grace_period: Duration::from_secs(1),
             http_addr: "127.0.0.1:0".parse().unwrap(),

@@ -1,5 +1,6 @@
 //! The HTTP server: `/metrics` (Prometheus text), `/healthz` (the process is alive)
-//! and `/readyz` (stand-by, or leading with a first cloud description). Does I/O.
+//! and `/readyz` (stand-by, or leading with a cloud description no older than the
+//! staleness bound). Does I/O.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     inventory: Arc<Inventory>,
     health: Arc<Health>,
+    stale_after: std::time::Duration,
 ) -> std::io::Result<Server> {
     let app = Router::new()
         .route(
@@ -45,7 +47,8 @@ pub async fn serve(
             "/readyz",
             get(move || {
                 let ready = health.standby.load(Ordering::SeqCst)
-                    || (health.leading.load(Ordering::SeqCst) && inventory.is_ready());
+                    || (health.leading.load(Ordering::SeqCst)
+                        && inventory.is_fresh(std::time::Instant::now(), stale_after));
                 async move {
                     if ready {
                         (StatusCode::OK, "ok").into_response()

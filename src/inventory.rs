@@ -209,6 +209,16 @@ impl Inventory {
         self.read(|s| s.refreshed_at.is_some())
     }
 
+    /// Whether the last description began within `bound` of `now`. A stale view
+    /// must not be taken for the truth: `/readyz` reports it, and no readiness
+    /// timeout is counted against an environment while it lasts.
+    pub fn is_fresh(&self, now: std::time::Instant, bound: Duration) -> bool {
+        self.read(|s| {
+            s.described_at
+                .is_some_and(|at| now.saturating_duration_since(at) <= bound)
+        })
+    }
+
     /// Describes everything once (two batched calls) and triggers the owners of
     /// whatever changed.
     pub async fn refresh(&self) -> CloudResult<()> {
@@ -312,17 +322,22 @@ impl Inventory {
         self.wake.notify_one();
     }
 
-    /// The poll loop. Errors keep the previous description and retry at the fast
-    /// interval; they are reported through `on_error`.
+    /// The poll loop. Errors keep the previous description and retry with
+    /// jittered exponential backoff (see [`retry_delay`]); they are reported
+    /// through `on_error`.
     pub async fn run(self: Arc<Self>, fast: Duration, slow: Duration, on_error: impl Fn(&crate::cloud::CloudError)) {
+        let mut failures = 0;
         loop {
             let interval = match self.refresh().await {
-                Ok(()) if self.in_transition() => fast,
-                Ok(()) => slow,
+                Ok(()) => {
+                    failures = 0;
+                    if self.in_transition() { fast } else { slow }
+                }
                 Err(e) => {
-                    warn!(error = %e, "inventory refresh failed");
+                    failures += 1;
+                    warn!(error = %e, failures, "inventory refresh failed");
                     on_error(&e);
-                    fast
+                    retry_delay(failures, fast, slow, &mut rand::rng())
                 }
             };
             tokio::select! {
@@ -335,10 +350,60 @@ impl Inventory {
     }
 }
 
+/// How long the poll waits after its `failures`-th failure in a row: from the fast
+/// interval, doubling each time, never longer than the slow interval, and jittered
+/// over the upper half so that a throttled account is not hit again in lockstep.
+/// (Retrying every fast interval is what keeps an account throttled.)
+pub fn retry_delay(failures: u32, fast: Duration, slow: Duration, rng: &mut impl rand::Rng) -> Duration {
+    let base = fast
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20)))
+        .min(slow.max(fast));
+    base.mul_f64(rng.random_range(0.5..=1.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cloud::Tags;
+
+    #[test]
+    fn failed_polls_back_off_with_jitter_up_to_the_slow_interval() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (fast, slow) = (Duration::from_secs(2), Duration::from_secs(60));
+        for (failures, most) in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (40, 60)] {
+            let d = retry_delay(failures, fast, slow, &mut rng);
+            let most = Duration::from_secs(most);
+            assert!(d <= most && d >= most / 2, "failure {failures}: {d:?}");
+        }
+        let spread: BTreeSet<Duration> = (0..20).map(|_| retry_delay(4, fast, slow, &mut rng)).collect();
+        assert!(spread.len() > 1, "jittered");
+    }
+
+    /// Under sustained throttling the poll backs off instead of retrying every fast
+    /// interval, and returns to its pace once a poll succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_poll_backs_off_and_recovers() {
+        use crate::cloud::fake::{FakeCloud, FaultKind, Trigger};
+        let fake = FakeCloud::new(1);
+        fake.fail("DescribeInstances", Trigger::Always, FaultKind::Throttled);
+        let (inventory, _triggers) = Inventory::new(Cloud::from(fake.clone()), "c");
+        let (fast, slow) = (Duration::from_secs(1), Duration::from_secs(30));
+        let poll = tokio::spawn(inventory.clone().run(fast, slow, |_| {}));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let throttled = fake.call_count("DescribeInstances");
+        // Every second would be 120; backing off (1, 2, 4, 8, 16, then 30 s, each
+        // at least halved) gives 5..=12.
+        assert!(
+            (5..=12).contains(&throttled),
+            "{throttled} polls in 120 s of throttling"
+        );
+        assert!(!inventory.is_ready());
+        fake.clear_faults();
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert!(inventory.is_ready(), "a poll succeeded within the capped delay");
+        poll.abort();
+    }
 
     fn instance(id: &str, env: &str, state: InstanceState, tags: &[(&str, &str)]) -> Instance {
         let mut t: Tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();

@@ -53,7 +53,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let client = Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
-    let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone()).await);
+    let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone(), config.aws_operation_timeout).await);
     let cloud = Cloud {
         compute: aws.clone(),
         databases: aws.clone(),
@@ -72,7 +72,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let health = Arc::new(Health::default());
 
-    let server = http::serve(config.http_addr, metrics.clone(), inventory.clone(), health.clone()).await?;
+    let server = http::serve(
+        config.http_addr,
+        metrics.clone(),
+        inventory.clone(),
+        health.clone(),
+        config.inventory_stale_after,
+    )
+    .await?;
     info!(addr = %server.local_addr, cluster_id = %config.cluster_id, "serving /metrics, /healthz, /readyz");
 
     let shutdown = shutdown_signal();

@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_ec2::types::{HttpTokensState, InstanceAttributeName, InstanceMetadataEndpointState};
 use base64::Engine as _;
@@ -18,7 +19,10 @@ use support::moto::{ACCOUNT, MotoServer, REGION, RecordingObserver};
 
 fn adapter(moto: &MotoServer) -> (AwsCloud, Arc<RecordingObserver>) {
     let observer = Arc::new(RecordingObserver::default());
-    (AwsCloud::new(moto.sdk_config(), observer.clone()), observer)
+    (
+        AwsCloud::new(moto.sdk_config(), observer.clone(), Duration::from_secs(30)),
+        observer,
+    )
 }
 
 /// The adapter with small page sizes, so a few resources span several pages.
@@ -742,4 +746,42 @@ async fn rds_listings_follow_markers_across_pages() {
         "{:?}",
         observer.calls()
     );
+}
+
+/// An endpoint that accepts connections and never answers (an overloaded or
+/// half-partitioned service): every request ends within the operation timeout with
+/// an error that is retried, instead of holding its reconcile forever.
+#[tokio::test]
+async fn a_request_to_an_endpoint_that_never_answers_times_out() {
+    use featureenv_operator::cloud::Compute;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ))
+        .load()
+        .await;
+    let observer = Arc::new(RecordingObserver::default());
+    let cloud = AwsCloud::new(&config, observer, Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(20), cloud.list_instances("c"))
+        .await
+        .expect("the adapter's own timeout ends the request, not the test's");
+    let waited = started.elapsed();
+    let error = result.expect_err("nothing answered");
+    assert!(error.to_string().contains("timed out"), "{error}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    silent.abort();
 }

@@ -77,6 +77,10 @@ async fn aws_adapter_states_refuse_what_rds_refuses() {
     moto.create_source_database("integration-db").await;
     moto.create_snapshot("integration-db", "snap-1").await;
     let strict = StrictLayer::start(&moto).await;
-    let cloud = AwsCloud::new(&strict.config, Arc::new(support::moto::RecordingObserver::default()));
+    let cloud = AwsCloud::new(
+        &strict.config,
+        Arc::new(support::moto::RecordingObserver::default()),
+        std::time::Duration::from_secs(30),
+    );
     states_refuse_what_rds_refuses(&cloud, "snap-1", "moto behind the strict layer").await;
 }

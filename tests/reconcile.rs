@@ -1033,8 +1033,58 @@ async fn a_pool_restoring_from_a_stale_snapshot_says_so() {
     h.step("any").await.unwrap();
     let pools: Api<RdsPool> = Api::all(h.client.clone());
     let pool = pools.get("integration").await.unwrap();
-    let fresh = conditions::find(&pool.status.unwrap().conditions, "SnapshotFresh").cloned().unwrap();
-    assert_eq!((fresh.status.as_str(), fresh.reason.as_str()), ("False", "SnapshotTooOld"));
+    let fresh = conditions::find(&pool.status.unwrap().conditions, "SnapshotFresh")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (fresh.status.as_str(), fresh.reason.as_str()),
+        ("False", "SnapshotTooOld")
+    );
     assert!(fresh.message.contains("integration-db-new"), "{}", fresh.message);
     support::fixtures::argocd_fixture(&pools, "integration", "rdspool-SnapshotTooOld.json").await;
+}
+
+/// While the inventory cannot describe AWS (here: DescribeInstances throttled for
+/// longer than the staleness bound, 3 s in tests), an environment is not failed for
+/// a readiness timeout judged on that old view; once the view is fresh it goes
+/// Ready. Before, the stale view showed the instance still pending and the timeout
+/// failed it for good.
+#[tokio::test]
+async fn a_stale_view_of_aws_does_not_time_an_environment_out() {
+    use featureenv_operator::cloud::fake::{FaultKind, Trigger};
+    let mut h = Harness::new(seeded_fake(17), (1, 5)).await;
+    let mut quick = cluster::class("quick", Some("integration"));
+    quick.metadata.annotations = None;
+    quick.spec.readiness.timeout = "2s".into();
+    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
+    classes.create(&PostParams::default(), &quick).await.unwrap();
+    for _ in 0..50 {
+        if h.ctx.classes.state().iter().any(|c| c.name_any() == "quick") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    create(&h, cluster::environment("slow-view", "quick")).await;
+    for _ in 0..4 {
+        h.step("slow-view").await.unwrap();
+        h.fake.finish_transitions();
+    }
+    assert_eq!(h.phase("slow-view").await, Some(Phase::Provisioning));
+    assert_eq!(h.fake.live_instances().len(), 1, "launched, not booted");
+
+    h.fake.fail("DescribeInstances", Trigger::Always, FaultKind::Throttled);
+    h.boot_instances(); // booted meanwhile; the operator cannot see it
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(h.ctx.inventory.refresh().await.is_err());
+    let env = h.get("slow-view").await.unwrap();
+    environment::reconcile(Arc::new(env), h.ctx.clone()).await.unwrap();
+    assert_eq!(
+        h.phase("slow-view").await,
+        Some(Phase::Provisioning),
+        "no timeout on a stale view"
+    );
+
+    h.fake.clear_faults();
+    h.drive("slow-view", async |h| h.phase("slow-view").await == Some(Phase::Ready))
+        .await;
 }

@@ -61,7 +61,12 @@ where
     let committed: Value = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_else(|| panic!("{} missing: record it with FEATUREENV_RECORD_FIXTURES=1", path.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{} missing: record it with FEATUREENV_RECORD_FIXTURES=1",
+                path.display()
+            )
+        });
     assert_eq!(
         health_view(&committed),
         health_view(&live),

@@ -57,31 +57,56 @@ pub struct AwsCloud {
     root_devices: Arc<tokio::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
+/// How long one attempt of a request may take before it is retried (the SDK's
+/// standard retry policy decides whether).
+const ATTEMPT_TIMEOUT_SHARE: u32 = 3;
+
+/// Bounds on every request: the whole operation (all attempts) within
+/// `operation`, each attempt within a third of it. Without them a request to an
+/// endpoint that accepts and never answers waits forever, holding its reconcile.
+fn timeouts(operation: std::time::Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(operation.min(std::time::Duration::from_secs(5)))
+        .operation_attempt_timeout(operation / ATTEMPT_TIMEOUT_SHARE)
+        .operation_timeout(operation)
+        .build()
+}
+
 impl AwsCloud {
-    pub fn new(config: &aws_config::SdkConfig, observer: Arc<dyn CallObserver>) -> Self {
+    /// Clients from `config`, every request bounded by `operation_timeout`.
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        observer: Arc<dyn CallObserver>,
+        operation_timeout: std::time::Duration,
+    ) -> Self {
         let attempts = |service| attempts::FailedAttempts {
             service,
             observer: observer.clone(),
         };
+        let timeouts = timeouts(operation_timeout);
         Self {
             ec2: aws_sdk_ec2::Client::from_conf(
                 aws_sdk_ec2::config::Builder::from(config)
                     .interceptor(attempts("ec2"))
+                    .timeout_config(timeouts.clone())
                     .build(),
             ),
             rds: aws_sdk_rds::Client::from_conf(
                 aws_sdk_rds::config::Builder::from(config)
                     .interceptor(attempts("rds"))
+                    .timeout_config(timeouts.clone())
                     .build(),
             ),
             ssm: aws_sdk_ssm::Client::from_conf(
                 aws_sdk_ssm::config::Builder::from(config)
                     .interceptor(attempts("ssm"))
+                    .timeout_config(timeouts.clone())
                     .build(),
             ),
             ecr: aws_sdk_ecr::Client::from_conf(
                 aws_sdk_ecr::config::Builder::from(config)
                     .interceptor(attempts("ecr"))
+                    .timeout_config(timeouts)
                     .build(),
             ),
             region: config.region().map(|r| r.to_string()),
@@ -93,12 +118,16 @@ impl AwsCloud {
 
     /// Loads the standard AWS configuration chain (environment, profile, IMDS, IRSA),
     /// which also honours `AWS_ENDPOINT_URL` — how tests point us at moto.
-    pub async fn from_env(region: Option<String>, observer: Arc<dyn CallObserver>) -> Self {
+    pub async fn from_env(
+        region: Option<String>,
+        observer: Arc<dyn CallObserver>,
+        operation_timeout: std::time::Duration,
+    ) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region));
         }
-        Self::new(&loader.load().await, observer)
+        Self::new(&loader.load().await, observer, operation_timeout)
     }
 
     /// The region requests go to (what instance ARNs are built with); the SDK

@@ -214,6 +214,9 @@ async fn settle(
         now,
         expires_at: resolved.expires_at,
         readiness_timeout: resolved.readiness_timeout,
+        cloud_view_fresh: ctx
+            .inventory
+            .is_fresh(std::time::Instant::now(), ctx.config.inventory_stale_after),
         endpoints: &class.spec.endpoints,
         namespace: &id.namespace,
         name: &id.name,

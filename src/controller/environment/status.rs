@@ -146,6 +146,9 @@ pub struct StatusInputs<'a> {
     pub now: Timestamp,
     pub expires_at: Timestamp,
     pub readiness_timeout: std::time::Duration,
+    /// Whether what the inventory shows of AWS is recent enough to judge by; while
+    /// it is not, no readiness timeout is counted (the instance may well be ready).
+    pub cloud_view_fresh: bool,
     pub endpoints: &'a BTreeMap<String, String>,
     pub namespace: &'a str,
     pub name: &'a str,
@@ -232,11 +235,12 @@ pub fn next_status(
     );
 
     let launched_at: Option<Timestamp> = status.launched_at.as_deref().and_then(|t| t.parse().ok());
-    let timed_out = launched_at.is_some_and(|at| {
-        let deadline =
-            at.checked_add(SignedDuration::try_from(inputs.readiness_timeout).unwrap_or(SignedDuration::MAX));
-        deadline.is_ok_and(|d| now >= d)
-    });
+    let timed_out = inputs.cloud_view_fresh
+        && launched_at.is_some_and(|at| {
+            let deadline =
+                at.checked_add(SignedDuration::try_from(inputs.readiness_timeout).unwrap_or(SignedDuration::MAX));
+            deadline.is_ok_and(|d| now >= d)
+        });
     let already_failed = failed_for_good(current);
     let ready = instance.is_ok() && database.is_ok();
     let with_console = |message: String| match &observed.console_tail {
@@ -385,6 +389,7 @@ mod tests {
             now: now.parse().unwrap(),
             expires_at: "2026-11-28T18:00:00Z".parse().unwrap(),
             readiness_timeout: std::time::Duration::from_secs(20 * 60),
+            cloud_view_fresh: true,
             endpoints,
             namespace: "team",
             name: "pr-1",
