@@ -167,6 +167,15 @@ pub fn next_status(
     status.observed_generation = generation;
     status.expires_at = Some(inputs.expires_at.to_string());
 
+    record_observations(&mut status, observed, inputs);
+    let (instance, database) = set_half_conditions(&mut status, observed, generation, now);
+    decide_phase(&mut status, current, observed, inputs, instance, database);
+    status
+}
+
+/// Copies what was observed of the instance and the database into the status.
+fn record_observations(status: &mut FeatureEnvironmentStatus, observed: &Observed<'_>, inputs: &StatusInputs<'_>) {
+    let now = inputs.now;
     if let Some(i) = observed.instance {
         let ami = status
             .instance
@@ -199,7 +208,15 @@ pub fn next_status(
             .get(tag::SNAPSHOT)
             .map(|v| crate::naming::snapshot_from_tag(v));
     }
+}
 
+/// Sets InstanceReady and DatabaseReady; returns both halves' readiness.
+fn set_half_conditions(
+    status: &mut FeatureEnvironmentStatus,
+    observed: &Observed<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> (Result<(), NotReady>, Result<(), NotReady>) {
     let instance = instance_readiness(observed.instance);
     let database = database_readiness(observed.database.as_ref());
     let cond = |r: &Result<(), NotReady>, type_, ok_reason: &str, ok_message: &str| match r {
@@ -233,7 +250,32 @@ pub fn next_status(
         generation,
         now,
     );
+    (instance, database)
+}
 
+/// What holds a provisioning environment up, for its Ready condition.
+fn holding_up(instance: Result<(), NotReady>, database: Result<(), NotReady>) -> NotReady {
+    match (instance, database) {
+        // The bootstrap script waits for the database parameter, so while the pool has
+        // no spare, or the credentials cannot be written, that holds the instance up too.
+        (Err(_), Err(db)) if db.reason == "PoolExhausted" || db.reason == "SecretConflict" => db,
+        (Err(i), _) => i,
+        (Ok(()), Err(db)) => db,
+        (Ok(()), Ok(())) => unreachable!("not ready means one half is not ready"),
+    }
+}
+
+/// Sets the phase and the Ready condition from both halves, the readiness deadline
+/// and whether the environment already failed for good.
+fn decide_phase(
+    status: &mut FeatureEnvironmentStatus,
+    current: &FeatureEnvironmentStatus,
+    observed: &Observed<'_>,
+    inputs: &StatusInputs<'_>,
+    instance: Result<(), NotReady>,
+    database: Result<(), NotReady>,
+) {
+    let (generation, now) = (inputs.generation, inputs.now);
     let launched_at: Option<Timestamp> = status.launched_at.as_deref().and_then(|t| t.parse().ok());
     let timed_out = inputs.cloud_view_fresh
         && launched_at.is_some_and(|at| {
@@ -279,16 +321,10 @@ pub fn next_status(
         );
     } else if timed_out && status.ready_at.is_none() {
         status.phase = Phase::Failed;
-        let waiting = instance
-            .as_ref()
-            .err()
-            .or(database.as_ref().err())
-            .map(|nr| nr.message.clone())
-            .unwrap_or_default();
-        let message = format!(
-            "not ready within {} ({waiting})",
-            crate::api::duration::format_duration(inputs.readiness_timeout)
-        );
+        let waiting = instance.as_ref().err().or(database.as_ref().err());
+        let waiting = waiting.map(|nr| nr.message.clone()).unwrap_or_default();
+        let limit = crate::api::duration::format_duration(inputs.readiness_timeout);
+        let message = format!("not ready within {limit} ({waiting})");
         set_condition(
             &mut status.conditions,
             ConditionUpdate::new(READY, false, "BootstrapTimeout", with_console(message)),
@@ -297,14 +333,7 @@ pub fn next_status(
         );
     } else {
         status.phase = Phase::Provisioning;
-        let nr = match (instance, database) {
-            // The bootstrap script waits for the database parameter, so while the pool
-            // has no spare, that is what holds the instance up too.
-            (Err(_), Err(db)) if db.reason == "PoolExhausted" || db.reason == "SecretConflict" => db,
-            (Err(i), _) => i,
-            (Ok(()), Err(db)) => db,
-            (Ok(()), Ok(())) => unreachable!("not ready means one half is not ready"),
-        };
+        let nr = holding_up(instance, database);
         set_condition(
             &mut status.conditions,
             ConditionUpdate::new(READY, false, nr.reason, nr.message),
@@ -312,7 +341,6 @@ pub fn next_status(
             now,
         );
     }
-    status
 }
 
 /// Status for an environment that cannot be provisioned as specified: `Pending`

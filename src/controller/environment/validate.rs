@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::api::class::{Addon, FeatureEnvironmentClass};
+use crate::api::class::{Addon, FeatureEnvironmentClass, FeatureEnvironmentClassSpec};
 use crate::api::duration::parse_duration;
 use crate::api::environment::FeatureEnvironmentSpec;
 use crate::api::image_ref::ImageReference;
@@ -121,6 +121,36 @@ pub fn resolve(
     let class_name = kube::ResourceExt::name_any(class);
     let cs = &class.spec;
 
+    let ttl = ttl_of(spec, cs, &class_name)?;
+    let readiness_timeout = parse_duration(&cs.readiness.timeout).map_err(|e| {
+        Invalid::new(
+            "InvalidClass",
+            format!("class {class_name}: spec.readiness.timeout: {e}"),
+        )
+    })?;
+
+    let instance_type = instance_type_of(spec, cs, &class_name)?;
+    let services = services_of(spec, cs, &class_name)?;
+
+    let expires_at = after(created, ttl);
+    Ok(Resolved {
+        class_name,
+        instance_type,
+        ttl,
+        expires_at,
+        readiness_timeout,
+        services,
+        addons: cs.addons.clone(),
+        database_pool: cs.database_pool.clone(),
+    })
+}
+
+/// `spec.ttl`, or the class default, within the class maximum.
+fn ttl_of(
+    spec: &FeatureEnvironmentSpec,
+    cs: &FeatureEnvironmentClassSpec,
+    class_name: &str,
+) -> Result<Duration, Invalid> {
     let max = parse_duration(&cs.ttl.max)
         .map_err(|e| Invalid::new("InvalidClass", format!("class {class_name}: spec.ttl.max: {e}")))?;
     let default = parse_duration(&cs.ttl.default)
@@ -139,13 +169,15 @@ pub fn resolve(
             ),
         ));
     }
-    let readiness_timeout = parse_duration(&cs.readiness.timeout).map_err(|e| {
-        Invalid::new(
-            "InvalidClass",
-            format!("class {class_name}: spec.readiness.timeout: {e}"),
-        )
-    })?;
+    Ok(ttl)
+}
 
+/// `spec.instanceType`, or the class's, among the types the class allows.
+fn instance_type_of(
+    spec: &FeatureEnvironmentSpec,
+    cs: &FeatureEnvironmentClassSpec,
+    class_name: &str,
+) -> Result<String, Invalid> {
     let instance_type = spec
         .instance_type
         .clone()
@@ -164,7 +196,15 @@ pub fn resolve(
             ),
         ));
     }
+    Ok(instance_type)
+}
 
+/// The class's baseline services with the environment's images under test in place.
+fn services_of(
+    spec: &FeatureEnvironmentSpec,
+    cs: &FeatureEnvironmentClassSpec,
+    class_name: &str,
+) -> Result<Vec<ServiceImage>, Invalid> {
     let mut services = Vec::new();
     for (i, base) in cs.services.iter().enumerate() {
         let reference = format!("{}:{}", base.repository, base.tag);
@@ -195,18 +235,7 @@ pub fn resolve(
             None => services.push(entry),
         }
     }
-
-    let expires_at = after(created, ttl);
-    Ok(Resolved {
-        class_name,
-        instance_type,
-        ttl,
-        expires_at,
-        readiness_timeout,
-        services,
-        addons: cs.addons.clone(),
-        database_pool: cs.database_pool.clone(),
-    })
+    Ok(services)
 }
 
 #[cfg(test)]
