@@ -1088,3 +1088,35 @@ async fn a_stale_view_of_aws_does_not_time_an_environment_out() {
     h.drive("slow-view", async |h| h.phase("slow-view").await == Some(Phase::Ready))
         .await;
 }
+
+/// The pool gives up a surplus spare only if the spare, read when it is about to be
+/// deleted, is still unclaimed: here both spares are claimed (as by another replica)
+/// after the last poll, and warm is lowered. Before, the pool deleted a claimed
+/// database on the strength of its last poll.
+#[tokio::test]
+async fn the_pool_never_deletes_a_spare_claimed_since_its_last_poll() {
+    use featureenv_operator::cloud::Databases;
+    let mut h = Harness::new(seeded_fake(18), (2, 5)).await;
+    for _ in 0..6 {
+        h.step("nothing").await.unwrap();
+        h.fake.finish_transitions();
+    }
+    let spares = h.fake.databases();
+    assert_eq!(spares.len(), 2, "two warm spares");
+    h.ctx.inventory.refresh().await.unwrap();
+    for spare in &spares {
+        let claim = std::collections::BTreeMap::from([(tag::CLAIMED_BY.to_owned(), "another-uid".to_owned())]);
+        h.fake.tag_database(&spare.database.arn, &claim).await.unwrap();
+    }
+    let pools: Api<RdsPool> = Api::all(h.client.clone());
+    let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"warm": 0}}));
+    let pool = pools.patch("integration", &Default::default(), &patch).await.unwrap();
+    // No poll in between: the inventory still shows both unclaimed.
+    pool::reconcile(Arc::new(pool), h.ctx.clone()).await.unwrap();
+    assert_eq!(
+        h.fake.call_count("DeleteDBInstance"),
+        0,
+        "claimed databases are never deleted"
+    );
+    assert_eq!(h.fake.databases().len(), 2);
+}

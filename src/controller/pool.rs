@@ -13,7 +13,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, Error, FIELD_MANAGER, Result, instrumented};
 use crate::api::conditions::{ConditionUpdate, SNAPSHOT_FRESH, WARM, set_condition};
@@ -251,15 +251,7 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
     for id in &plan.restore {
         restore_spare(&ctx, &pool, id, &snapshot).await?;
     }
-    for id in &plan.delete {
-        match ctx.cloud.databases.delete_database(id).await {
-            Ok(()) => info!(pool = %name, database = %id, "deleting spare"),
-            Err(e) if e.is_not_found() => {}
-            Err(CloudError::InvalidState { .. }) => {} // already deleting
-            Err(e) => return Err(e.into()),
-        }
-        ctx.inventory.wake();
-    }
+    delete_spares(&ctx, &name, &plan.delete).await?;
     reset_spare_passwords(&ctx, &name, &members, &plan.delete).await?;
 
     // Status (pure) and one patch.
@@ -282,6 +274,32 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
         ctx.config.slow_poll_interval.as_secs().clamp(1, 30)
     };
     Ok(Action::requeue(Duration::from_secs(wake)))
+}
+
+/// Deletes the spares the plan gave up, each only if a read made now still shows it
+/// unclaimed: the plan worked from the inventory, which may predate a claim (by
+/// another replica during a Lease hand-over, or by a leader cut off from the API
+/// server). One DescribeDBInstances per deletion; deletions are rare.
+async fn delete_spares(ctx: &Context, pool: &str, ids: &[String]) -> Result<()> {
+    for id in ids {
+        match ctx.cloud.databases.get_database(id).await? {
+            None => continue,
+            Some(d) if d.status == DatabaseStatus::Deleting => continue,
+            Some(d) if d.tags.contains_key(tag::CLAIMED_BY) => {
+                warn!(pool, database = %id, "spare claimed since the last poll; keeping it");
+                continue;
+            }
+            Some(_) => {}
+        }
+        match ctx.cloud.databases.delete_database(id).await {
+            Ok(()) => info!(pool, database = %id, "deleting spare"),
+            Err(e) if e.is_not_found() => {}
+            Err(CloudError::InvalidState { .. }) => {} // already deleting
+            Err(e) => return Err(e.into()),
+        }
+        ctx.inventory.wake();
+    }
+    Ok(())
 }
 
 /// The snapshot spares are restored from. Pool reconciles run on every change of a
