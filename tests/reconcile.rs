@@ -222,6 +222,27 @@ impl Harness {
             .unwrap();
     }
 
+    /// The expiry recorded in the environment's status.
+    async fn expires_at(&self, name: &str) -> Timestamp {
+        let status = self.get(name).await.unwrap().status.unwrap();
+        status.expires_at.expect("expiry recorded").parse().unwrap()
+    }
+
+    /// Creates a class and waits until the class store, which reconciles read,
+    /// has it.
+    async fn create_class(&self, class: &FeatureEnvironmentClass) {
+        let classes: Api<FeatureEnvironmentClass> = Api::all(self.client.clone());
+        classes.create(&PostParams::default(), class).await.unwrap();
+        let name = class.name_any();
+        for _ in 0..50 {
+            if self.ctx.classes.state().iter().any(|c| c.name_any() == name) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("class {name} never reached the store");
+    }
+
     async fn ready_reason(&self, name: &str) -> String {
         let status = self.get(name).await.unwrap().status.unwrap_or_default();
         conditions::find(&status.conditions, READY)
@@ -772,16 +793,7 @@ async fn ttl_expiry_deletes_the_environment_and_its_resources() {
     let uid = create(&h, env).await;
     h.drive("short", async |h| h.phase("short").await == Some(Phase::Ready))
         .await;
-    let expires: Timestamp = h
-        .get("short")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .expires_at
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expires = h.expires_at("short").await;
     tokio::time::sleep(Duration::try_from(expires.duration_since(Timestamp::now())).unwrap_or_default()).await;
     h.drive("short", async |h| h.get("short").await.is_none()).await;
     assert_eq!(h.instances_of(&uid), 0);
@@ -801,16 +813,7 @@ async fn an_edit_the_class_refuses_after_launch_does_not_outlive_the_ttl() {
     let uid = create(&h, env).await;
     h.drive("edited", async |h| h.phase("edited").await == Some(Phase::Ready))
         .await;
-    let expires: Timestamp = h
-        .get("edited")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .expires_at
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expires = h.expires_at("edited").await;
 
     h.patch_spec("edited", serde_json::json!({"ttl": "100h"})).await;
     let until_expiry = Duration::try_from(expires.duration_since(Timestamp::now())).unwrap();
@@ -875,15 +878,7 @@ async fn a_defaulted_environment_counts_against_the_default_class_only() {
     let mut capped = cluster::class("capped", None);
     capped.metadata.annotations = None;
     capped.spec.max_per_namespace = Some(1);
-    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
-    classes.create(&PostParams::default(), &capped).await.unwrap();
-    // The class store sees the new class before the next reconcile.
-    for _ in 0..50 {
-        if h.ctx.classes.state().iter().any(|c| c.name_any() == "capped") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.create_class(&capped).await;
 
     let mut defaulted = cluster::environment("defaulted", "standard");
     defaulted.spec.class_name = None;
@@ -1056,14 +1051,7 @@ async fn a_stale_view_of_aws_does_not_time_an_environment_out() {
     let mut quick = cluster::class("quick", Some("integration"));
     quick.metadata.annotations = None;
     quick.spec.readiness.timeout = "2s".into();
-    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
-    classes.create(&PostParams::default(), &quick).await.unwrap();
-    for _ in 0..50 {
-        if h.ctx.classes.state().iter().any(|c| c.name_any() == "quick") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    h.create_class(&quick).await;
     create(&h, cluster::environment("slow-view", "quick")).await;
     for _ in 0..4 {
         h.step("slow-view").await.unwrap();
