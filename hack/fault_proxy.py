@@ -28,7 +28,11 @@ least-privilege test). Each request goes through, in this order:
 
 stdout's first line is the bound address `127.0.0.1:PORT` (so --listen 127.0.0.1:0
 works). Every request is logged (to --log, default stderr) as one JSON line:
-  {"ts": ..., "service": "ec2", "action": "RunInstances", "status": 200, "fault": null}
+  {"ts": ..., "received": ..., "agent": "op-a", "service": "ec2", "action": "RunInstances",
+   "status": 200, "fault": null}
+`ts` is when the answer was logged, `received` when the request arrived (both Unix
+seconds); `agent` is the caller's SDK app id (`app/<id>` in its user agent, set by
+AWS_SDK_UA_APP_ID), or null;
 `service` comes from the Authorization header's credential scope, `action` from the
 form body's `Action=` or the `X-Amz-Target` header (text after the last dot);
 `fault` is null for forwarded requests, else "throttle" | "error" | "drop"
@@ -173,11 +177,28 @@ class Proxy(ThreadingHTTPServer):
         self.world = world or World(None)
 
     def record(self, service: str, action: str, status: int | None, fault: str | None, **extra: Any) -> None:
-        entry = {"ts": round(time.time(), 3), "service": service, "action": action, "status": status, "fault": fault}
+        request = getattr(_current, "request", {})
+        entry = {
+            "ts": round(time.time(), 3), **request,
+            "service": service, "action": action, "status": status, "fault": fault,
+        }
         line = json.dumps({**entry, **extra})
         with self.log_lock:
             self.log.write(line + "\n")
             self.log.flush()
+
+
+# The request each handler thread is serving (ThreadingHTTPServer: one thread per
+# connection, its requests one after another), for `Proxy.record`.
+_current = threading.local()
+
+
+def app_id(user_agent: str) -> str | None:
+    """The SDK app id in a user agent (`... app/<id> ...`), if any."""
+    for part in user_agent.split():
+        if part.startswith("app/"):
+            return part[len("app/"):]
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -218,6 +239,8 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
+        agent = app_id(self.headers.get("x-amz-user-agent", "") + " " + self.headers.get("User-Agent", ""))
+        _current.request = {"received": round(time.time(), 3), "agent": agent}
         body = self._read_body()
         service = service_of(self.headers)
         action = action_of(self.headers, body)

@@ -83,8 +83,18 @@ pub struct Config {
     pub lease_namespace: String,
     #[arg(long, env = "FEATUREENV_LEASE_NAME", default_value = "featureenv-operator")]
     pub lease_name: String,
+    /// How long stand-bys wait for a silent leader before taking over.
     #[arg(long, env = "FEATUREENV_LEASE_DURATION", default_value = "15s", value_parser = duration_arg)]
     pub lease_duration: Duration,
+    /// How long after the start of its last successful renewal the leader may still
+    /// act; then it stops and exits. Shorter than the lease duration (default: two
+    /// thirds of it).
+    #[arg(long, env = "FEATUREENV_LEASE_RENEW_DEADLINE", value_parser = duration_arg)]
+    pub lease_renew_deadline: Option<Duration>,
+    /// How often the leader renews and stand-bys look (default: a fifth of the lease
+    /// duration, at most 2s).
+    #[arg(long, env = "FEATUREENV_LEASE_RETRY_PERIOD", value_parser = duration_arg)]
+    pub lease_retry_period: Option<Duration>,
     /// This replica's identity in the Lease (defaults to the host name).
     #[arg(long, env = "POD_NAME")]
     pub holder_id: Option<String>,
@@ -112,6 +122,8 @@ impl Config {
             lease_namespace: "default".into(),
             lease_name: "featureenv-operator".into(),
             lease_duration: Duration::from_secs(15),
+            lease_renew_deadline: None,
+            lease_retry_period: None,
             holder_id: None,
             ssm_prefix: "/featureenv".into(),
             log_format: LogFormat::Text,

@@ -1,7 +1,8 @@
 //! `featureenv-operator run`: wires the configuration, clients, inventory,
 //! controllers, janitor, HTTP server and leader election together. Stand-by
-//! replicas serve health and metrics but do not act; a replica that loses the Lease
-//! exits so it can never act beside the new leader. Does I/O.
+//! replicas serve health and metrics but do not act (their fence is closed); a
+//! replica that loses the Lease, or cannot renew it before its deadline, exits so it
+//! can never act beside the new leader. Does I/O.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +20,9 @@ use crate::cloud::Cloud;
 use crate::cloud::aws::AwsCloud;
 use crate::config::{Config, LogFormat};
 use crate::controller::{Context, environment, pool};
+use crate::fence::Fence;
 use crate::inventory::{Inventory, Triggers};
+use crate::leader::{Elector, LeaseTiming};
 use crate::metrics::Metrics;
 use crate::{http, janitor};
 
@@ -53,7 +56,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     ));
     let client = Client::try_from(kube_config).context("connecting to the Kubernetes API")?;
     let metrics = Arc::new(Metrics::new());
-    let aws = Arc::new(AwsCloud::from_env(config.region.clone(), metrics.clone(), config.aws_operation_timeout).await);
+    let timing = LeaseTiming::from_config(&config).map_err(anyhow::Error::msg)?;
+    // A replica that elects a leader may call AWS only while it leads.
+    let fence = if config.leader_election {
+        Fence::closed()
+    } else {
+        Fence::open()
+    };
+    let aws = Arc::new(
+        AwsCloud::from_env(
+            config.region.clone(),
+            metrics.clone(),
+            config.aws_operation_timeout,
+            fence.clone(),
+        )
+        .await,
+    );
     let cloud = Cloud {
         compute: aws.clone(),
         databases: aws.clone(),
@@ -87,44 +105,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     if config.leader_election {
         let holder = config.holder_id.clone().unwrap_or_else(hostname);
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-            .with_namespace(&config.lease_namespace)
-            .with_identity(&holder)
-            .with_duration(config.lease_duration.as_secs().max(2))
-            .with_grace((config.lease_duration.as_secs() / 3).max(1))
-            .build()
-            .await
-            .context("creating the lease manager")?;
-        let (mut leader, lease_task) = manager.watch().await;
+        let mut elector = Elector::new(
+            client.clone(),
+            &config.lease_namespace,
+            &config.lease_name,
+            &holder,
+            timing,
+            fence,
+        );
         health.standby.store(true, Ordering::SeqCst);
-        info!(holder = %holder, lease = %config.lease_name, "waiting for leadership");
-        loop {
-            if *leader.borrow_and_update() {
-                break;
-            }
-            tokio::select! {
-                changed = leader.changed() => changed.context("lease manager stopped")?,
-                () = &mut shutdown => {
-                    drop(leader);
-                    let _ = lease_task.await;
-                    return Ok(());
-                }
-            }
+        info!(holder = %holder, lease = %config.lease_name, ?timing, "waiting for leadership");
+        tokio::select! {
+            () = elector.acquire() => {}
+            () = &mut shutdown => return Ok(()),
         }
-        info!(holder = %holder, "acquired leadership");
         health.standby.store(false, Ordering::SeqCst);
         health.leading.store(true, Ordering::SeqCst);
         let mut controllers = tokio::spawn(run_controllers(ctx, triggers, class_writer));
         tokio::select! {
-            _ = async { while leader.changed().await.is_ok() { if !*leader.borrow() { break; } } } => {
+            lost = elector.hold() => {
+                // The fence closed at the deadline already; stop the tasks too, and
+                // exit so the replica restarts as a candidate.
                 controllers.abort();
-                anyhow::bail!("lost leadership; exiting so only the new leader acts");
+                return Err(lost).context("lost leadership; exiting so only the new leader acts");
             }
             () = &mut shutdown => {
                 controllers.abort();
-                drop(leader);
-                // Releases the lease so a stand-by takes over at once.
-                let _ = lease_task.await;
+                // Closes the fence and hands the Lease over so a stand-by takes over at once.
+                elector.release().await;
             }
             result = &mut controllers => { result.context("controllers panicked")?; }
         }

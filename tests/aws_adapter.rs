@@ -15,12 +15,18 @@ use featureenv_operator::cloud::{
     CloudError, Compute, DatabaseStatus, Databases, Image, ImageSelectorTerm, InstanceState, LaunchRequest, Parameters,
     Registry, RestoreRequest, Tags, tag,
 };
+use featureenv_operator::fence::Fence;
 use support::moto::{ACCOUNT, MotoServer, REGION, RecordingObserver};
 
 fn adapter(moto: &MotoServer) -> (AwsCloud, Arc<RecordingObserver>) {
     let observer = Arc::new(RecordingObserver::default());
     (
-        AwsCloud::new(moto.sdk_config(), observer.clone(), Duration::from_secs(30)),
+        AwsCloud::new(
+            moto.sdk_config(),
+            observer.clone(),
+            Duration::from_secs(30),
+            Fence::open(),
+        ),
         observer,
     )
 }
@@ -771,7 +777,7 @@ async fn a_request_to_an_endpoint_that_never_answers_times_out() {
         .load()
         .await;
     let observer = Arc::new(RecordingObserver::default());
-    let cloud = AwsCloud::new(&config, observer, Duration::from_secs(2));
+    let cloud = AwsCloud::new(&config, observer, Duration::from_secs(2), Fence::open());
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(Duration::from_secs(20), cloud.list_instances("c"))
         .await
@@ -783,5 +789,53 @@ async fn a_request_to_an_endpoint_that_never_answers_times_out() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
         "{waited:?}"
     );
+    silent.abort();
+}
+
+/// A closed fence (a leader past its renew deadline, or a stand-by) keeps every
+/// request from leaving: nothing reaches the endpoint. Opened, the same request
+/// goes out.
+#[tokio::test]
+async fn no_request_leaves_while_the_fence_is_closed() {
+    use featureenv_operator::cloud::Compute;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            held.push(socket);
+        }
+    });
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ))
+        .load()
+        .await;
+    let fence = Fence::closed();
+    fence.open_until(std::time::Instant::now() + Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cloud = AwsCloud::new(
+        &config,
+        Arc::new(RecordingObserver::default()),
+        Duration::from_secs(1),
+        fence.clone(),
+    );
+    let error = cloud.list_instances("c").await.expect_err("fenced");
+    assert!(error.to_string().contains("fenced"), "{error}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), accepted.recv())
+            .await
+            .is_err(),
+        "a fenced request reached the endpoint"
+    );
+    fence.open_until(std::time::Instant::now() + Duration::from_secs(3600));
+    let error = cloud.list_instances("c").await.expect_err("nothing answers");
+    assert!(!error.to_string().contains("fenced"), "{error}");
+    assert!(accepted.try_recv().is_ok(), "an open fence let nothing through");
     silent.abort();
 }

@@ -81,6 +81,7 @@ async fn aws_adapter_states_refuse_what_rds_refuses() {
         &strict.config,
         Arc::new(support::moto::RecordingObserver::default()),
         std::time::Duration::from_secs(30),
+        featureenv_operator::fence::Fence::open(),
     );
     states_refuse_what_rds_refuses(&cloud, "snap-1", "moto behind the strict layer").await;
 }

@@ -2,19 +2,23 @@
 //! kube-apiserver and etcd (tests/support/control_plane.rs): how RBAC authorizes a
 //! server-side apply that creates a Secret, that `kubectl explain` shows the CRDs'
 //! documentation, that `kubectl wait` sees the Ready condition, that the CRDs'
-//! transition rules refuse edits of immutable fields, and that the control
-//! plane leaves no process behind, even when its owner is SIGKILLed.
+//! transition rules refuse edits of immutable fields, that leader election fences
+//! a leader cut off from it, and that the control plane leaves no process behind,
+//! even when its owner is SIGKILLed.
 
 mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use featureenv_operator::fence::Fence;
+use featureenv_operator::leader::{Elector, LeaseTiming, Lost};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use support::cluster;
 use support::control_plane::{self, ControlPlane};
+use support::partition::Partition;
 
 fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("valid object")
@@ -299,4 +303,120 @@ async fn class_and_instance_type_are_immutable() {
         .expect("other fields stay editable");
     assert_eq!(edited.spec.ttl.as_deref(), Some("2h"));
     assert_eq!(edited.spec.class_name.as_deref(), Some("standard"));
+}
+
+fn lease_timing() -> LeaseTiming {
+    LeaseTiming {
+        duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(400),
+    }
+}
+
+fn elector(client: kube::Client, identity: &str, fence: std::sync::Arc<Fence>) -> Elector {
+    Elector::new(client, "default", "featureenv-test", identity, lease_timing(), fence)
+}
+
+/// Fencing (issue 11, item 4): a leader cut off from the API server stops acting —
+/// its fence closes and `hold` returns — within the renew deadline of the cut, and
+/// the stand-by takes over only after that, about a lease duration after the last
+/// renewal it saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_leader_stops_before_the_stand_by_takes_over() {
+    let plane = ControlPlane::start().await;
+    let partition = Partition::start(&plane.address()).await;
+    let via_proxy = plane
+        .client_via(&format!("https://{}", partition.addr), "featureenv-test-leader-a")
+        .await;
+    let direct = plane.client_with_agent("featureenv-test-leader-b").await;
+    let timing = lease_timing();
+
+    let fence_a = Fence::closed();
+    let mut a = elector(via_proxy, "a", fence_a.clone());
+    a.acquire().await;
+    assert!(fence_a.is_open());
+    let a_lost = tokio::spawn(async move {
+        let why = a.hold().await;
+        (Instant::now(), why)
+    });
+    let fence_b = Fence::closed();
+    let b_acquired = tokio::spawn({
+        let fence_b = fence_b.clone();
+        async move {
+            let mut b = elector(direct, "b", fence_b);
+            b.acquire().await;
+            (Instant::now(), b)
+        }
+    });
+    // A renews: B waits however long that goes on.
+    tokio::time::sleep(timing.duration * 2).await;
+    assert!(!b_acquired.is_finished(), "b took a Lease a renewed");
+    assert!(fence_a.is_open() && !fence_b.is_open());
+
+    let cut = Instant::now();
+    partition.cut();
+    let (a_stopped, why) = tokio::time::timeout(timing.duration * 2, a_lost)
+        .await
+        .expect("a noticed it was cut off")
+        .unwrap();
+    assert!(matches!(why, Lost::DeadlinePassed(_)), "{why}");
+    assert!(!fence_a.is_open(), "a's fence is still open after it stopped");
+    let (b_took, _b) = tokio::time::timeout(timing.duration * 3, b_acquired)
+        .await
+        .expect("b took over")
+        .unwrap();
+    println!(
+        "cut-off leader stopped {:?} after the cut (deadline {:?}); stand-by took over {:?} after the cut (lease {:?})",
+        a_stopped - cut,
+        timing.renew_deadline,
+        b_took - cut,
+        timing.duration
+    );
+    assert!(
+        a_stopped - cut <= timing.renew_deadline + Duration::from_millis(100),
+        "a acted {:?} past the cut",
+        a_stopped - cut
+    );
+    assert!(a_stopped < b_took, "b took over before a stopped");
+    assert!(fence_b.is_open());
+    assert!(
+        b_took - cut <= timing.duration + timing.retry_period + Duration::from_millis(500),
+        "takeover took {:?}",
+        b_took - cut
+    );
+}
+
+/// A leader that shuts down hands the Lease over: the stand-by takes it within about
+/// a retry period instead of waiting out the lease duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_taken_at_once() {
+    let plane = ControlPlane::start().await;
+    let client = plane.client_with_agent("featureenv-test-leader").await;
+    let timing = lease_timing();
+    let fence_a = Fence::closed();
+    let mut a = elector(client.clone(), "a", fence_a.clone());
+    a.acquire().await;
+    let fence_b = Fence::closed();
+    let b_acquired = tokio::spawn({
+        let fence_b = fence_b.clone();
+        async move {
+            elector(client, "b", fence_b).acquire().await;
+            Instant::now()
+        }
+    });
+    tokio::time::sleep(timing.retry_period * 2).await;
+    assert!(!b_acquired.is_finished());
+    let released = Instant::now();
+    a.release().await;
+    assert!(!fence_a.is_open(), "a released the Lease but may still act");
+    let took = tokio::time::timeout(timing.duration, b_acquired)
+        .await
+        .expect("b took over")
+        .unwrap();
+    assert!(
+        took - released <= timing.retry_period + Duration::from_millis(300),
+        "took {:?} after the release",
+        took - released
+    );
+    assert!(fence_b.is_open());
 }

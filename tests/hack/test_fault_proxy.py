@@ -150,3 +150,20 @@ def test_fault_rate_is_roughly_respected(seeded: dict[str, Any], moto_endpoint: 
     assert set(kinds) == {"throttle", "error", "drop"}
     assert all(e["service"] == "ssm" and e["action"] == "GetParameter" for e in entries)
     assert all(e["status"] == 200 for e in entries if not e["fault"])
+
+
+def test_log_names_the_caller_and_when_its_request_arrived(
+    seeded: dict[str, Any], moto_endpoint: str, proxy_log: Path
+) -> None:
+    """The partition e2e test tells the operators' calls apart by their SDK app id."""
+    proc, url = start_proxy(moto_endpoint, 0.0, proxy_log)
+    try:
+        named = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                             aws_secret_access_key="testing", config=NO_RETRY.merge(Config(user_agent_appid="op-a")))
+        named.describe_images(Owners=["self"])
+        clients(url)["ec2"].describe_images(Owners=["self"])
+    finally:
+        stop(proc)
+    entries = read_log(proxy_log)
+    assert [e["agent"] for e in entries] == ["op-a", None]
+    assert all(e["received"] <= e["ts"] for e in entries)

@@ -85,7 +85,7 @@ def test_instance_metadata_tags_refuse_slash_keys_and_log_the_refusal(layer: dic
     assert rejected[0] == {**rejected[0], "service": "ec2", "action": "RunInstances", "status": 400, "fault": None,
                            "rejected": "InvalidParameterValue", "rule": "ec2.tags.imds-key"}
     forwarded = [e for e in entries if not e.get("rejected")]
-    assert forwarded and all(set(e) == {"ts", "service", "action", "status", "fault"} for e in forwarded)
+    assert forwarded and all(set(e) == {"ts", "received", "agent", "service", "action", "status", "fault"} for e in forwarded)
 
 
 def test_instances_launched_behind_the_layer_are_learned_from_describe(

@@ -231,9 +231,15 @@ impl ControlPlane {
     }
 
     fn admin_kubeconfig_yaml(&self) -> String {
+        self.admin_kubeconfig_yaml_via(&self.server())
+    }
+
+    /// The admin kubeconfig, reaching the API server at `server` (a proxy in front
+    /// of it; the serving certificate names 127.0.0.1, so any local port will do).
+    fn admin_kubeconfig_yaml_via(&self, server: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         kubeconfig_yaml(
-            &self.server(),
+            server,
             &self.ca_pem,
             "admin",
             &[
@@ -247,6 +253,16 @@ impl ControlPlane {
     /// log tells its requests from the operator's.
     pub async fn client_with_agent(&self, user_agent: &'static str) -> kube::Client {
         client_from_kubeconfig(&self.admin_kubeconfig_yaml(), user_agent).await
+    }
+
+    /// An admin client that reaches the API server through `server` (a proxy).
+    pub async fn client_via(&self, server: &str, user_agent: &'static str) -> kube::Client {
+        client_from_kubeconfig(&self.admin_kubeconfig_yaml_via(server), user_agent).await
+    }
+
+    /// `host:port` the API server listens on.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     /// Writes a kubeconfig at `path` that authenticates as ServiceAccount `namespace/name`

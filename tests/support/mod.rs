@@ -6,4 +6,5 @@ pub mod cluster;
 pub mod control_plane;
 pub mod fixtures;
 pub mod moto;
+pub mod partition;
 pub mod stack;

@@ -340,9 +340,28 @@ impl Stack {
             .collect()
     }
 
-    /// Starts `featureenv-operator run` named `name` (its Lease holder id) and waits for
+    /// Starts `featureenv-operator run` named `name` (its Lease holder id, and the app
+    /// id in its AWS user agent, so the call log tells operators apart) and waits for
     /// its HTTP server. Returns its index. Restarting a killed operator reuses its slot.
     pub async fn start_operator(&mut self, name: &str) -> usize {
+        let kubeconfig = self.operator_kubeconfig.clone();
+        self.start_operator_with(name, &kubeconfig).await
+    }
+
+    /// The operators' kubeconfig, reaching the API server through `proxy` (`host:port`).
+    pub fn operator_kubeconfig_via(&self, proxy: &str) -> PathBuf {
+        let yaml = std::fs::read_to_string(&self.operator_kubeconfig).expect("operator kubeconfig");
+        let server = self.control_plane.server();
+        assert!(yaml.contains(&server), "kubeconfig does not name {server}");
+        let path = self
+            .dir
+            .join(format!("operator-via-{}.kubeconfig", proxy.replace(':', "-")));
+        std::fs::write(&path, yaml.replace(&server, &format!("https://{proxy}"))).expect("write kubeconfig");
+        path
+    }
+
+    /// [`Stack::start_operator`] with another kubeconfig.
+    pub async fn start_operator_with(&mut self, name: &str, kubeconfig: &Path) -> usize {
         let index = match self.operators.iter().position(|o| o.name == name) {
             Some(i) => i,
             None => {
@@ -370,8 +389,9 @@ impl Stack {
         let o = &self.opts;
         let child = Command::new(&o.operator_bin)
             .arg("run")
-            .env("KUBECONFIG", &self.operator_kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_SDK_UA_APP_ID", name)
             .env("AWS_REGION", REGION)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")

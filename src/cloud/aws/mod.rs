@@ -5,6 +5,7 @@ mod attempts;
 mod ec2;
 mod ecr;
 mod errors;
+mod fencing;
 mod rds;
 mod ssm;
 
@@ -19,6 +20,7 @@ use aws_sdk_ec2::primitives::DateTime;
 use jiff::Timestamp;
 
 use crate::cloud::{CallObserver, CloudResult};
+use crate::fence::Fence;
 
 /// Page sizes for the batched Describe calls. The defaults are the services' maxima,
 /// so a stable fleet costs one request per service per poll.
@@ -73,11 +75,13 @@ fn timeouts(operation: std::time::Duration) -> aws_config::timeout::TimeoutConfi
 }
 
 impl AwsCloud {
-    /// Clients from `config`, every request bounded by `operation_timeout`.
+    /// Clients from `config`, every request bounded by `operation_timeout` and sent
+    /// only while `fence` is open.
     pub fn new(
         config: &aws_config::SdkConfig,
         observer: Arc<dyn CallObserver>,
         operation_timeout: std::time::Duration,
+        fence: Arc<Fence>,
     ) -> Self {
         let attempts = |service| attempts::FailedAttempts {
             service,
@@ -88,24 +92,28 @@ impl AwsCloud {
             ec2: aws_sdk_ec2::Client::from_conf(
                 aws_sdk_ec2::config::Builder::from(config)
                     .interceptor(attempts("ec2"))
+                    .interceptor(fencing::Fencing { fence: fence.clone() })
                     .timeout_config(timeouts.clone())
                     .build(),
             ),
             rds: aws_sdk_rds::Client::from_conf(
                 aws_sdk_rds::config::Builder::from(config)
                     .interceptor(attempts("rds"))
+                    .interceptor(fencing::Fencing { fence: fence.clone() })
                     .timeout_config(timeouts.clone())
                     .build(),
             ),
             ssm: aws_sdk_ssm::Client::from_conf(
                 aws_sdk_ssm::config::Builder::from(config)
                     .interceptor(attempts("ssm"))
+                    .interceptor(fencing::Fencing { fence: fence.clone() })
                     .timeout_config(timeouts.clone())
                     .build(),
             ),
             ecr: aws_sdk_ecr::Client::from_conf(
                 aws_sdk_ecr::config::Builder::from(config)
                     .interceptor(attempts("ecr"))
+                    .interceptor(fencing::Fencing { fence: fence.clone() })
                     .timeout_config(timeouts)
                     .build(),
             ),
@@ -122,12 +130,13 @@ impl AwsCloud {
         region: Option<String>,
         observer: Arc<dyn CallObserver>,
         operation_timeout: std::time::Duration,
+        fence: Arc<Fence>,
     ) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region));
         }
-        Self::new(&loader.load().await, observer, operation_timeout)
+        Self::new(&loader.load().await, observer, operation_timeout, fence)
     }
 
     /// The region requests go to (what instance ARNs are built with); the SDK
