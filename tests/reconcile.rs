@@ -651,6 +651,29 @@ async fn spares_do_not_keep_the_source_master_password() {
     assert_ne!(spares[0].master_password, spares[1].master_password);
 }
 
+/// Each spare's master password is replaced once, however many pools there are.
+/// (Each pool's pass used to forget which spares of other pools it had reset, and
+/// reset them again at their next pass: a ModifyDBInstance per spare per pass.)
+#[tokio::test]
+async fn with_two_pools_each_spare_password_is_replaced_once() {
+    let mut h = Harness::new(seeded_fake(10), (2, 5)).await;
+    let pools: Api<RdsPool> = Api::all(h.client.clone());
+    pools
+        .create(&PostParams::default(), &cluster::pool("second", 1, 5))
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        h.step("nobody").await.unwrap();
+        h.fake.finish_transitions();
+    }
+    assert_eq!(h.fake.databases().len(), 3, "two spares and one");
+    assert_eq!(
+        h.fake.call_count("ModifyDBInstance"),
+        3,
+        "one password replacement per spare"
+    );
+}
+
 /// RDS tags are eventually consistent: a Describe that does not show our fresh
 /// `claimed-by` yet is no lost claim. The environment keeps (and re-tags) the same
 /// spare, and never holds a second database.

@@ -124,14 +124,14 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
     // The inventory holds only what Describe returned (and what reconciles recorded
     // after that), so a database in it claimed by us is a confirmed claim.
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
-        if ctx.claims.of(uid).is_some() {
+        if ctx.memory.claims.of(uid).is_some() {
             info!(database = %existing.id, pool, environment, "claim confirmed");
-            ctx.claims.forget(uid);
+            ctx.memory.claims.forget(uid);
         }
-        ctx.set_waiting(pool, uid, false);
+        ctx.memory.set_waiting(pool, uid, false);
         return Ok(ClaimOutcome::Claimed(existing));
     }
-    if let Some((database, tagged)) = ctx.claims.of(uid) {
+    if let Some((database, tagged)) = ctx.memory.claims.of(uid) {
         let described = tagged.is_some_and(|at| ctx.inventory.read(|s| s.described_since(at)));
         if !described {
             ctx.inventory.wake();
@@ -154,19 +154,19 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
             // Another writer's tag won (a stale leader), or the spare went away.
             _ => {
                 warn!(database = %database, pool, environment, "claim lost; picking another spare");
-                ctx.claims.forget(uid);
+                ctx.memory.claims.forget(uid);
             }
         }
     }
 
     let members = ctx.inventory.read(|s| s.pool_members(pool));
-    let Some(candidate) = ctx.claims.reserve(&members, uid) else {
+    let Some(candidate) = ctx.memory.claims.reserve(&members, uid) else {
         // Record the demand before waking the pool, so it restores a spare for us.
-        ctx.set_waiting(pool, uid, true);
+        ctx.memory.set_waiting(pool, uid, true);
         ctx.inventory.notify_pool(pool);
         return Ok(ClaimOutcome::Exhausted);
     };
-    ctx.set_waiting(pool, uid, false);
+    ctx.memory.set_waiting(pool, uid, false);
     tag_spare(ctx, pool, &candidate, uid, environment).await
 }
 
@@ -179,7 +179,7 @@ async fn tag_spare(ctx: &Context, pool: &str, spare: &Database, uid: &str, envir
     ]);
     let result = ctx.cloud.databases.tag_database(&spare.arn, &tags).await;
     // Even a failed call may have landed: the next description decides either way.
-    ctx.claims.tagged(&spare.id, Instant::now());
+    ctx.memory.claims.tagged(&spare.id, Instant::now());
     ctx.inventory.wake();
     // The pool counts the spare as claimed from now on; let it restore a replacement.
     ctx.inventory.notify_pool(pool);

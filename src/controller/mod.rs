@@ -6,10 +6,10 @@
 mod cache;
 pub mod claim;
 pub mod environment;
+mod memory;
 pub mod pool;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
@@ -39,26 +39,11 @@ pub struct Context {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Spares this process tagged as claimed and the inventory does not yet show.
-    pub claims: claim::PendingClaims,
+    /// What this process remembers between reconciles (see `memory`).
+    pub memory: memory::Memory,
     /// Held while an environment is checked against its class's `maxPerNamespace`
     /// and, if admitted, its launch token is written.
     pub(crate) admissions: tokio::sync::Mutex<()>,
-    /// Consecutive failures per object, for backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// Environments waiting for a spare, per pool: the pool restores one for each.
-    pool_demand: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
-    /// `uid/database` pairs whose credentials this process has handed out. A
-    /// reconcile may run on a cached object whose status does not show that yet;
-    /// this keeps it from rotating the password again (on RDS each rotation is a
-    /// ModifyDBInstance that resets the master credentials for a while).
-    credentials_handed_out: Mutex<std::collections::HashSet<String>>,
-    /// `uid/instance` pairs whose database parameter this process has tagged with the
-    /// instance's ARN (the only instance the instance profile lets read it).
-    parameters_bound: Mutex<std::collections::HashSet<String>>,
-    /// Pool spares whose master password this process has replaced (see
-    /// `pool::reset_spare_passwords`).
-    pub(crate) spares_reset: Mutex<std::collections::HashSet<String>>,
     /// Newest snapshot per pool source, for the slow poll interval.
     pub(crate) snapshots: cache::TtlCache<crate::cloud::Snapshot>,
     /// Newest image per class selector, for the slow poll interval (AMIs are baked
@@ -94,83 +79,9 @@ impl Context {
             cloud,
             inventory,
             metrics,
-            claims: claim::PendingClaims::default(),
+            memory: memory::Memory::default(),
             admissions: tokio::sync::Mutex::new(()),
-            failures: Mutex::default(),
-            pool_demand: Mutex::default(),
-            credentials_handed_out: Mutex::default(),
-            parameters_bound: Mutex::default(),
-            spares_reset: Mutex::default(),
         }
-    }
-
-    /// Records whether environment `uid` is waiting for a spare of `pool`.
-    pub fn set_waiting(&self, pool: &str, uid: &str, waiting: bool) {
-        let mut demand = self.pool_demand.lock().expect("pool demand lock poisoned");
-        let entry = demand.entry(pool.to_owned()).or_default();
-        if waiting {
-            entry.insert(uid.to_owned());
-        } else {
-            entry.remove(uid);
-        }
-    }
-
-    /// Records that the credentials of `database` were handed out to `uid`.
-    pub fn credentials_handed_out(&self, uid: &str, database: &str) {
-        self.credentials_handed_out
-            .lock()
-            .expect("credentials lock poisoned")
-            .insert(format!("{uid}/{database}"));
-    }
-
-    /// Whether this process handed out the credentials of `database` to `uid`.
-    pub fn has_handed_out_credentials(&self, uid: &str, database: &str) -> bool {
-        self.credentials_handed_out
-            .lock()
-            .expect("credentials lock poisoned")
-            .contains(&format!("{uid}/{database}"))
-    }
-
-    /// Forgets what was handed out to a deleted environment.
-    pub fn forget_credentials(&self, uid: &str) {
-        let prefix = format!("{uid}/");
-        self.credentials_handed_out
-            .lock()
-            .expect("credentials lock poisoned")
-            .retain(|k| !k.starts_with(&prefix));
-        self.parameters_bound
-            .lock()
-            .expect("parameters lock poisoned")
-            .retain(|k| !k.starts_with(&prefix));
-    }
-
-    /// Records that `uid`'s database parameter carries `instance`'s ARN.
-    pub fn parameter_bound(&self, uid: &str, instance: &str) {
-        self.parameters_bound
-            .lock()
-            .expect("parameters lock poisoned")
-            .insert(format!("{uid}/{instance}"));
-    }
-
-    /// Whether this process tagged `uid`'s database parameter with `instance`'s ARN.
-    pub fn has_bound_parameter(&self, uid: &str, instance: &str) -> bool {
-        self.parameters_bound
-            .lock()
-            .expect("parameters lock poisoned")
-            .contains(&format!("{uid}/{instance}"))
-    }
-
-    /// Forgets a deleted environment's demand on every pool.
-    pub fn clear_waiting(&self, uid: &str) {
-        for waiting in self.pool_demand.lock().expect("pool demand lock poisoned").values_mut() {
-            waiting.remove(uid);
-        }
-    }
-
-    /// How many environments wait for a spare of `pool`.
-    pub fn pool_demand(&self, pool: &str) -> u32 {
-        let demand = self.pool_demand.lock().expect("pool demand lock poisoned");
-        demand.get(pool).map_or(0, |w| w.len() as u32)
     }
 
     /// Publishes a Kubernetes Event about `obj`; failures are logged, never fatal.
@@ -275,17 +186,7 @@ pub fn retry_delay(error: &Error, attempt: u32, fast_poll: Duration, rng: &mut i
 
 /// Shared `error_policy`: count, log, and choose the backoff.
 pub fn error_policy<K: Resource>(obj: Arc<K>, error: &Error, ctx: Arc<Context>, controller: &'static str) -> Action {
-    let key = format!(
-        "{controller}/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    );
-    let attempt = {
-        let mut failures = ctx.failures.lock().expect("failures lock poisoned");
-        let n = failures.entry(key).or_default();
-        *n += 1;
-        *n
-    };
+    let attempt = ctx.memory.failed(&memory_key(obj.as_ref()));
     ctx.metrics.reconcile_error(controller, error.category());
     let delay = retry_delay(error, attempt, ctx.config.fast_poll_interval, &mut rand::rng());
     if error.is_cleanup_pending() {
@@ -311,14 +212,18 @@ where
     let result = reconcile.await;
     ctx.metrics.reconciled(controller, started.elapsed());
     if result.is_ok() {
-        let key = format!(
-            "{controller}/{}/{}",
-            obj.namespace().unwrap_or_default(),
-            obj.name_any()
-        );
-        ctx.failures.lock().expect("failures lock poisoned").remove(&key);
+        ctx.memory.succeeded(&memory_key(obj.as_ref()));
     }
     result
+}
+
+/// The key process memory files an object under: its uid (what a deletion
+/// forgets), else its namespace and name.
+fn memory_key<K: Resource>(obj: &K) -> String {
+    obj.meta()
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
 }
 
 #[cfg(test)]

@@ -60,36 +60,14 @@ pub fn plan(
     waiting: u32,
     now: Timestamp,
 ) -> PoolPlan {
-    let live: Vec<&Database> = members
-        .iter()
-        .filter(|d| d.status != DatabaseStatus::Deleting)
-        .collect();
-    let claimed = live.iter().filter(|d| d.tags.contains_key(tag::CLAIMED_BY)).count() as u32;
-    let spares: Vec<&Database> = live
-        .iter()
-        .copied()
-        .filter(|d| !d.tags.contains_key(tag::CLAIMED_BY))
-        .collect();
-    let failed: Vec<&Database> = spares
-        .iter()
-        .copied()
-        .filter(|d| d.status == DatabaseStatus::Failed)
-        .collect();
-    let healthy: Vec<&Database> = spares
-        .iter()
-        .copied()
-        .filter(|d| d.status != DatabaseStatus::Failed)
-        .collect();
-    let too_old = spec
-        .max_snapshot_age
-        .as_deref()
-        .and_then(|a| parse_duration(a).ok())
-        .is_some_and(|max| Duration::try_from(now.duration_since(snapshot.created_at)).unwrap_or_default() > max);
-    let (fresh, stale): (Vec<&Database>, Vec<&Database>) = healthy
-        .into_iter()
-        .partition(|d| d.tags.get(tag::SNAPSHOT) == Some(&naming::snapshot_tag(&snapshot.id)));
+    let Members {
+        claimed,
+        failed,
+        fresh,
+        stale,
+    } = Members::sort(members, snapshot);
     let fresh_available = fresh.iter().filter(|d| d.status == DatabaseStatus::Available).count() as u32;
-    let creating = fresh.iter().filter(|d| d.status != DatabaseStatus::Available).count() as u32;
+    let creating = fresh.len() as u32 - fresh_available;
 
     let mut delete: Vec<String> = failed.iter().map(|d| d.id.clone()).collect();
     // Surplus fresh spares (warm was lowered): drop the newest-numbered ones.
@@ -99,7 +77,7 @@ pub fn plan(
     let surplus = (fresh.len() as u32).saturating_sub(target) as usize;
     delete.extend(fresh_sorted.iter().rev().take(surplus).map(|d| d.id.clone()));
 
-    let total = claimed + spares.len() as u32 - failed.len() as u32 - surplus as u32;
+    let total = claimed + (fresh.len() + stale.len()) as u32 - surplus as u32;
     let need = target.saturating_sub(fresh.len() as u32 - surplus as u32);
     // Signed: the pool can be over its cap for a moment (a spare claimed while a stale
     // one is still listed), and each stale spare deleted must first pay that back
@@ -118,23 +96,67 @@ pub fn plan(
         }
     }
     let to_restore = need.min(u32::try_from(room.max(0)).unwrap_or(0));
-    let used: BTreeSet<&str> = members.iter().map(|d| d.id.as_str()).collect();
-    let restore = (0u32..)
-        .map(|slot| naming::pool_database_id(pool, &snapshot.id, slot))
-        .filter(|id| !used.contains(id.as_str()))
-        .take(to_restore as usize)
-        .collect();
     PoolPlan {
-        restore,
+        restore: free_ids(pool, snapshot, members, to_restore),
         delete,
         counts: PoolCounts {
             warm: fresh_available.min(spec.warm),
             claimed,
             creating,
             stale: stale.len() as u32,
-            snapshot_too_old: too_old,
+            snapshot_too_old: snapshot_too_old(spec, snapshot, now),
         },
     }
+}
+
+/// A pool's databases that are not being deleted, by what the plan does with them.
+struct Members<'a> {
+    claimed: u32,
+    /// Unclaimed and failed: deleted.
+    failed: Vec<&'a Database>,
+    /// Unclaimed, restored from the newest snapshot.
+    fresh: Vec<&'a Database>,
+    /// Unclaimed, restored from an older snapshot.
+    stale: Vec<&'a Database>,
+}
+
+impl<'a> Members<'a> {
+    fn sort(members: &'a [Database], snapshot: &Snapshot) -> Self {
+        let live = members.iter().filter(|d| d.status != DatabaseStatus::Deleting);
+        let (claimed, spares): (Vec<&Database>, Vec<&Database>) =
+            live.partition(|d| d.tags.contains_key(tag::CLAIMED_BY));
+        let (failed, healthy): (Vec<&Database>, Vec<&Database>) =
+            spares.into_iter().partition(|d| d.status == DatabaseStatus::Failed);
+        let newest = naming::snapshot_tag(&snapshot.id);
+        let (fresh, stale) = healthy
+            .into_iter()
+            .partition(|d| d.tags.get(tag::SNAPSHOT) == Some(&newest));
+        Self {
+            claimed: claimed.len() as u32,
+            failed,
+            fresh,
+            stale,
+        }
+    }
+}
+
+/// Whether the newest snapshot itself is older than the pool's `maxSnapshotAge`.
+fn snapshot_too_old(spec: &RdsPoolSpec, snapshot: &Snapshot, now: Timestamp) -> bool {
+    spec.max_snapshot_age
+        .as_deref()
+        .and_then(|a| parse_duration(a).ok())
+        .is_some_and(|max| Duration::try_from(now.duration_since(snapshot.created_at)).unwrap_or_default() > max)
+}
+
+/// The first `count` database ids of the pool's slots for `snapshot` that no member
+/// uses.
+fn free_ids(pool: &str, snapshot: &Snapshot, members: &[Database], count: u32) -> Vec<String> {
+    let used: BTreeSet<&str> = members.iter().map(|d| d.id.as_str()).collect();
+    (0u32..)
+        .map(|slot| naming::pool_database_id(pool, &snapshot.id, slot))
+        .filter(|id| !used.contains(id.as_str()))
+        .take(count as usize)
+        .collect()
 }
 
 /// The pool's status from its plan. Pure.
@@ -241,10 +263,13 @@ async fn apply(pool: Arc<RdsPool>, ctx: Arc<Context>) -> Result<Action> {
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
     };
-    let members = ctx.claims.apply_to(ctx.inventory.read(|s| s.pool_members(&name)));
+    let members = ctx
+        .memory
+        .claims
+        .apply_to(ctx.inventory.read(|s| s.pool_members(&name)));
 
     // Plan (pure).
-    let waiting = ctx.pool_demand(&name);
+    let waiting = ctx.memory.pool_demand(&name);
     let plan = plan(&name, &pool.spec, &snapshot, &members, waiting, now);
 
     // Act.
@@ -366,17 +391,7 @@ async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snaps
 /// unclaimed spare gets a random one nobody keeps; a claim sets its own later. Done
 /// once per spare per process: after a restart, once more (harmless).
 async fn reset_spare_passwords(ctx: &Context, pool: &str, members: &[Database], deleting: &[String]) -> Result<()> {
-    let due: Vec<&Database> = {
-        let mut reset = ctx.spares_reset.lock().expect("spares lock poisoned");
-        // Identifiers come back after a delete: forget the ones that are gone.
-        reset.retain(|id| members.iter().any(|m| &m.id == id));
-        members
-            .iter()
-            .filter(|d| d.status == DatabaseStatus::Available && !d.tags.contains_key(tag::CLAIMED_BY))
-            .filter(|d| !deleting.contains(&d.id) && !reset.contains(&d.id))
-            .collect()
-    };
-    for spare in due {
+    for spare in ctx.memory.spares_to_reset(pool, members, deleting) {
         match ctx
             .cloud
             .databases
@@ -385,10 +400,7 @@ async fn reset_spare_passwords(ctx: &Context, pool: &str, members: &[Database], 
         {
             Ok(()) => {
                 info!(pool, database = %spare.id, "replaced the restored master password of a spare");
-                ctx.spares_reset
-                    .lock()
-                    .expect("spares lock poisoned")
-                    .insert(spare.id.clone());
+                ctx.memory.spare_reset(pool, &spare.id);
             }
             // Busy (still backing up, or being modified): the next pass tries again.
             Err(CloudError::InvalidState { .. }) => {}

@@ -10,11 +10,11 @@ use tracing::{info, warn};
 
 use super::dereference;
 use super::report::patch_status;
-use super::validate::{Invalid, Resolved};
-use super::{Identity, LOSSES_BEFORE_FAILING};
+use super::validate::Invalid;
+use super::{Identity, LOSSES_BEFORE_FAILING, Pass};
+use crate::api::FeatureEnvironment;
 use crate::api::conditions::{ConditionUpdate, READY, set_condition};
 use crate::api::environment::{DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase};
-use crate::api::{FeatureEnvironment, FeatureEnvironmentClass};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
 use crate::controller::claim::{ClaimOutcome, HandOut, claim_database, hand_out_credentials};
@@ -30,14 +30,18 @@ const CONSOLE_TAIL_LINES: usize = 20;
 /// writing happen under one lock, so concurrent reconciles cannot all see room for
 /// one more; the lock covers only these two API server calls, never a cloud call.
 pub async fn admit(
-    ctx: &Context,
+    pass: &Pass<'_>,
     api: &Api<FeatureEnvironment>,
-    env: &FeatureEnvironment,
-    id: &Identity,
-    class: &FeatureEnvironmentClass,
-    resolved: &Resolved,
     status: &mut FeatureEnvironmentStatus,
 ) -> Result<Result<(), Invalid>> {
+    let Pass {
+        ctx,
+        env,
+        id,
+        class,
+        resolved,
+        ..
+    } = *pass;
     let _admission = ctx.admissions.lock().await;
     if let Some(max) = class.spec.max_per_namespace {
         let admitted = dereference::admitted_in_class(ctx, &id.namespace, &id.uid, &resolved.class_name).await?;
@@ -116,18 +120,15 @@ pub async fn replace_lost_instance(
 
 /// The environment's instance: the one observed, or one launched now.
 pub async fn instance(
-    ctx: &Context,
-    env: &FeatureEnvironment,
-    id: &Identity,
-    class: &FeatureEnvironmentClass,
-    resolved: &Resolved,
+    pass: &Pass<'_>,
     status: &FeatureEnvironmentStatus,
     observed: Option<Instance>,
 ) -> Result<Instance> {
     if let Some(instance) = observed {
         return Ok(instance);
     }
-    let request = launch_request(ctx, env, id, class, resolved, status);
+    let Pass { ctx, env, id, .. } = *pass;
+    let request = launch_request(pass, status);
     let instance = ctx.cloud.compute.launch_instance(&request).await?;
     info!(environment = %id.key, instance_id = %instance.id, "launched instance");
     ctx.inventory.record_instance(instance.clone());
@@ -136,14 +137,15 @@ pub async fn instance(
     Ok(instance)
 }
 
-fn launch_request(
-    ctx: &Context,
-    env: &FeatureEnvironment,
-    id: &Identity,
-    class: &FeatureEnvironmentClass,
-    resolved: &Resolved,
-    status: &FeatureEnvironmentStatus,
-) -> LaunchRequest {
+fn launch_request(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> LaunchRequest {
+    let Pass {
+        ctx,
+        env,
+        id,
+        class,
+        resolved,
+        ..
+    } = *pass;
     let spec = BootstrapSpec {
         environment: id.key.clone(),
         region: ctx.config.region.clone().unwrap_or_default(),
@@ -227,13 +229,10 @@ async fn announce_secret_conflict(
 
 /// Claims a database from the class's pool (if it has one) and, once the claim is
 /// confirmed and the database available, hands out its credentials exactly once.
-pub async fn database(
-    ctx: &Context,
-    env: &FeatureEnvironment,
-    id: &Identity,
-    resolved: &Resolved,
-    status: &FeatureEnvironmentStatus,
-) -> Result<Option<DbOutcome>> {
+pub async fn database(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Result<Option<DbOutcome>> {
+    let Pass {
+        ctx, env, id, resolved, ..
+    } = *pass;
     let Some(pool) = &resolved.database_pool else {
         return Ok(None);
     };
@@ -247,7 +246,7 @@ pub async fn database(
         .database
         .as_ref()
         .is_some_and(|d| d.credentials_ready && d.id.as_deref() == Some(database.id.as_str()))
-        || ctx.has_handed_out_credentials(&id.uid, &database.id);
+        || ctx.memory.has_handed_out_credentials(&id.uid, &database.id);
     let credentials_ready = already || database.status == DatabaseStatus::Available;
     if !already && credentials_ready {
         let handed = hand_out_credentials(ctx, env, &database, &parameter_name(ctx, &id.uid)).await?;
@@ -255,7 +254,7 @@ pub async fn database(
             announce_secret_conflict(ctx, env, status, &secret).await;
             return Ok(Some(DbOutcome::SecretConflict { database, secret }));
         }
-        ctx.credentials_handed_out(&id.uid, &database.id);
+        ctx.memory.credentials_handed_out(&id.uid, &database.id);
         let message = format!("claimed database {} from pool {pool}", database.id);
         ctx.event(env, EventType::Normal, "DatabaseClaimed", message).await;
         // RDS applies the new password asynchronously; until the next Describe says
@@ -302,7 +301,7 @@ pub async fn bind_parameter(
             ..
         })
     );
-    if !handed_out || status.ready_at.is_some() || ctx.has_bound_parameter(&id.uid, &instance.id) {
+    if !handed_out || status.ready_at.is_some() || ctx.memory.has_bound_parameter(&id.uid, &instance.id) {
         return Ok(());
     }
     let tags = Tags::from([(tag::INSTANCE.to_owned(), instance.arn.clone())]);
@@ -310,7 +309,7 @@ pub async fn bind_parameter(
         .parameters
         .tag_parameter(&parameter_name(ctx, &id.uid), &tags)
         .await?;
-    ctx.parameter_bound(&id.uid, &instance.id);
+    ctx.memory.parameter_bound(&id.uid, &instance.id);
     Ok(())
 }
 

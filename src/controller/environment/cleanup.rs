@@ -47,9 +47,7 @@ pub async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> 
     let message = "instance, database and parameter removed".into();
     ctx.event(env, EventType::Normal, "CleanedUp", message).await;
     ctx.metrics.environment_phase(&id.uid, None);
-    ctx.clear_waiting(&id.uid);
-    ctx.claims.forget(&id.uid);
-    ctx.forget_credentials(&id.uid);
+    ctx.memory.forget(&id.uid);
     Ok(Action::await_change())
 }
 
@@ -91,7 +89,7 @@ async fn delete_databases(ctx: &Context, id: &Identity, current: &FeatureEnviron
         .into_iter()
         .map(|d| d.id)
         .collect();
-    if let Some((db, _)) = ctx.claims.of(&id.uid)
+    if let Some((db, _)) = ctx.memory.claims.of(&id.uid)
         && !databases.contains(&db)
     {
         databases.push(db);

@@ -83,6 +83,18 @@ fn identity(env: &FeatureEnvironment) -> Result<Identity> {
     })
 }
 
+/// What a pass works from once the spec is valid: the object, its class and the
+/// plan validation made of them, at one instant.
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    ctx: &'a Context,
+    env: &'a FeatureEnvironment,
+    id: &'a Identity,
+    class: &'a FeatureEnvironmentClass,
+    resolved: &'a Resolved,
+    now: Timestamp,
+}
+
 /// One pass of the pipeline for an environment that is not being deleted.
 async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
@@ -109,6 +121,14 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         (Ok(_), None) => unreachable!("validation fails without a class"),
     };
 
+    let pass = Pass {
+        ctx,
+        env,
+        id: &id,
+        class: &class,
+        resolved: &resolved,
+        now,
+    };
     let mut status = current.clone();
     status.expires_at = Some(resolved.expires_at.to_string());
     if let Err(invalid) = pin_image_and_digests(ctx, env, &class, &resolved, &mut status).await? {
@@ -125,13 +145,13 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     };
     if observed.is_none()
         && status.launch_token.is_none()
-        && let Err(invalid) = act::admit(ctx, &api, env, &id, &class, &resolved, &mut status).await?
+        && let Err(invalid) = act::admit(&pass, &api, &mut status).await?
     {
         return refuse(invalid).await;
     }
 
-    let launch = act::instance(ctx, env, &id, &class, &resolved, &status, observed);
-    let claim = act::database(ctx, env, &id, &resolved, &status);
+    let launch = act::instance(&pass, &status, observed);
+    let claim = act::database(&pass, &status);
     let (instance, database) = match tokio::join!(launch, claim) {
         (Ok(instance), Ok(database)) => (instance, database),
         (Err(e), _) | (_, Err(e)) => return Err(report::cloud_failure(&api, env, &id, &current, &status, e).await),
@@ -140,10 +160,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     if let Some(outcome) = &database {
         act::record_database(ctx, &id, &mut status, outcome);
     }
-    let next = settle(
-        ctx, env, &id, &class, &resolved, &status, &current, &instance, &database, now,
-    )
-    .await;
+    let next = settle(&pass, &status, &current, &instance, &database).await;
     report::write(ctx, &api, env, &id, &current, &next).await?;
     let fast_poll = ctx.config.fast_poll_interval;
     let timeout = resolved.readiness_timeout;
@@ -196,19 +213,21 @@ async fn pin_image_and_digests(
 
 /// The status this pass arrives at, quoting the console when bootstrap failed or
 /// timed out.
-#[allow(clippy::too_many_arguments)]
 async fn settle(
-    ctx: &Context,
-    env: &FeatureEnvironment,
-    id: &Identity,
-    class: &FeatureEnvironmentClass,
-    resolved: &Resolved,
+    pass: &Pass<'_>,
     status: &FeatureEnvironmentStatus,
     current: &FeatureEnvironmentStatus,
     instance: &Instance,
     database: &Option<DbOutcome>,
-    now: Timestamp,
 ) -> FeatureEnvironmentStatus {
+    let Pass {
+        ctx,
+        env,
+        id,
+        class,
+        resolved,
+        now,
+    } = *pass;
     let inputs = StatusInputs {
         generation: env.metadata.generation,
         now,
