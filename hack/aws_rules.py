@@ -44,6 +44,9 @@ SSM_NAME_CONSTRAINTS = "https://docs.aws.amazon.com/systems-manager/latest/userg
 SSM_TAG = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_Tag.html"
 SSM_ADD_TAGS = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_AddTagsToResource.html"
 SSM_BY_PATH = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_GetParametersByPath.html"
+# Its constraints as botocore ships them (data/ssm/2014-11-06/service-2.json,
+# SendCommandRequest): the API reference in machine-readable form.
+SSM_SEND_COMMAND = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html"
 ECR_DESCRIBE_IMAGES = "https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_DescribeImages.html"
 
 
@@ -135,12 +138,26 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
 
 
+def ssm_instance_ids(call: Call) -> list[str]:
+    """SendCommand's `InstanceIds` (strings only; anything else is the model rule's to refuse)."""
+    ids = call.doc.get("InstanceIds")
+    return [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else []
+
+
 # --- what the rules may ask about the account ---------------------------------------
+
+
+# `Observed.instance_state` of an instance id moto does not know.
+INSTANCE_NOT_FOUND = "not-found"
 
 
 class Observed(Protocol):
     def instance_metadata_tags(self, instance_id: str) -> bool:
         """Whether the instance was launched (or last seen) with InstanceMetadataTags=enabled."""
+
+    def instance_state(self, instance_id: str) -> str | None:
+        """The instance's last known state name (pending, running, ..., terminated),
+        INSTANCE_NOT_FOUND if it is known not to exist, None if nothing is known."""
 
     def db_engine(self, db_id: str) -> str | None:
         """The engine of a DB instance seen in a response, if any."""
@@ -157,6 +174,9 @@ class NothingObserved:
 
     def instance_metadata_tags(self, instance_id: str) -> bool:
         return False
+
+    def instance_state(self, instance_id: str) -> str | None:
+        return None
 
     def db_engine(self, db_id: str) -> str | None:
         return None
@@ -775,6 +795,135 @@ def _ssm_by_path(call: Call, seen: Observed) -> str | None:
             [f"Value '{limit}' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 10"]
         )
     return None
+
+
+SSM_DOCUMENT_NAME = r"^[a-zA-Z0-9_\-.:/]{3,128}$"
+SSM_INSTANCE_ID = r"(^i-(\w{8}|\w{17})$)|(^mi-\w{17}$)"
+SSM_INSTANCE_IDS_MAX = 50
+SSM_COMMENT_MAX = 100
+SSM_TIMEOUT_SECONDS = (30, 2592000)
+
+
+def model_match(pattern: str, text: str) -> bool:
+    """A model pattern as AWS (Java) applies it: the whole value, \\w ASCII-only."""
+    return re.fullmatch(pattern, text, re.ASCII) is not None
+
+
+def aws_list(values: list[Any]) -> str:
+    """A list value as AWS's validation messages print it: [a, b]."""
+    return "[" + ", ".join(str(v) for v in values) + "]"
+
+
+@rule(
+    "ssm.send-command.model", "ssm", ("SendCommand",),
+    "DocumentName required, ^[a-zA-Z0-9_\\-.:/]{3,128}$; InstanceIds at most 50, each "
+    "(^i-(\\w{8}|\\w{17})$)|(^mi-\\w{17}$); Comment at most 100 characters; TimeoutSeconds 30..2592000 "
+    "(botocore's data/ssm/2014-11-06/service-2.json, SendCommandRequest)",
+    "ValidationException", SSM_SEND_COMMAND, "observed (AWS's validation format; the instance id pattern: aws/aws-cli#7048)",
+)
+def _ssm_send_command_model(call: Call, seen: Observed) -> str | None:
+    doc, problems = call.doc, []
+    name = doc.get("DocumentName")
+    if name is None:
+        problems.append("Value null at 'documentName' failed to satisfy constraint: Member must not be null")
+    elif not model_match(SSM_DOCUMENT_NAME, str(name)):
+        problems.append(
+            f"Value '{name}' at 'documentName' failed to satisfy constraint: "
+            f"Member must satisfy regular expression pattern: {SSM_DOCUMENT_NAME}"
+        )
+    ids = doc.get("InstanceIds")
+    if isinstance(ids, list):
+        if len(ids) > SSM_INSTANCE_IDS_MAX:
+            problems.append(
+                f"Value '{aws_list(ids)}' at 'instanceIds' failed to satisfy constraint: "
+                f"Member must have length less than or equal to {SSM_INSTANCE_IDS_MAX}"
+            )
+        if not all(isinstance(i, str) and model_match(SSM_INSTANCE_ID, i) for i in ids):
+            problems.append(
+                f"Value '{aws_list(ids)}' at 'instanceIds' failed to satisfy constraint: Member must satisfy "
+                f"constraint: [Member must satisfy regular expression pattern: {SSM_INSTANCE_ID}]"
+            )
+    comment = doc.get("Comment")
+    if comment is not None and len(str(comment)) > SSM_COMMENT_MAX:
+        problems.append(
+            f"Value '{comment}' at 'comment' failed to satisfy constraint: "
+            f"Member must have length less than or equal to {SSM_COMMENT_MAX}"
+        )
+    timeout = doc.get("TimeoutSeconds")
+    low, high = SSM_TIMEOUT_SECONDS
+    if isinstance(timeout, int) and not isinstance(timeout, bool):
+        if timeout < low:
+            problems.append(
+                f"Value '{timeout}' at 'timeoutSeconds' failed to satisfy constraint: "
+                f"Member must have value greater than or equal to {low}"
+            )
+        elif timeout > high:
+            problems.append(
+                f"Value '{timeout}' at 'timeoutSeconds' failed to satisfy constraint: "
+                f"Member must have value less than or equal to {high}"
+            )
+    return validation_message(problems) if problems else None
+
+
+# The parameters the AWS-owned document AWS-RunShellScript declares (`aws ssm
+# describe-document --name AWS-RunShellScript`): commands (StringList, required),
+# workingDirectory (String), executionTimeout (String, seconds, 1..172800, default 3600).
+RUN_SHELL_SCRIPT = "AWS-RunShellScript"
+RUN_SHELL_SCRIPT_PARAMETERS = {"commands", "workingDirectory", "executionTimeout"}
+EXECUTION_TIMEOUT_MAX = 172800
+SSM_INVALID_PARAMETERS = (
+    "You must specify values for all required parameters in the Amazon Web Services Systems Manager document "
+    "(SSM document). You can only supply values to parameters defined in the SSM document."
+)
+
+
+def execution_timeout_ok(values: Any) -> bool:
+    if not (isinstance(values, list) and len(values) == 1 and isinstance(values[0], str)):
+        return False
+    return bool(re.fullmatch(r"[1-9][0-9]{0,5}", values[0])) and int(values[0]) <= EXECUTION_TIMEOUT_MAX
+
+
+@rule(
+    "ssm.send-command.parameters", "ssm", ("SendCommand",),
+    "AWS-RunShellScript: Parameters has `commands` (a list of strings), may have `workingDirectory` and "
+    "`executionTimeout` (one string, 1..172800 seconds), and nothing else",
+    "InvalidParameters", SSM_SEND_COMMAND, "documented (the exception's text in the API reference)",
+)
+def _ssm_send_command_parameters(call: Call, seen: Observed) -> str | None:
+    if call.doc.get("DocumentName") != RUN_SHELL_SCRIPT:
+        return None
+    parameters = call.doc.get("Parameters")
+    if not isinstance(parameters, dict):
+        return SSM_INVALID_PARAMETERS
+    commands = parameters.get("commands")
+    if not (isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands)):
+        return SSM_INVALID_PARAMETERS
+    if set(parameters) - RUN_SHELL_SCRIPT_PARAMETERS:
+        return SSM_INVALID_PARAMETERS
+    if "executionTimeout" in parameters and not execution_timeout_ok(parameters["executionTimeout"]):
+        return SSM_INVALID_PARAMETERS
+    return None
+
+
+# moto's account (the layer answers for one account; AWS names the caller's).
+MOTO_ACCOUNT_ID = "123456789012"
+# The API reference: "The managed node isn't in a valid state. Valid states are:
+# Running, Pending, Stopped, and Stopping. Invalid states are: Shutting-down and
+# Terminated." An id that does not exist is refused the same way.
+SEND_COMMAND_INVALID_STATES = ("shutting-down", "terminated", INSTANCE_NOT_FOUND)
+
+
+@rule(
+    "ssm.send-command.instance-state", "ssm", ("SendCommand",),
+    "each of InstanceIds exists and is not shutting-down or terminated (states asked of moto just before; "
+    "not modelled: an agent that has not registered yet)",
+    "InvalidInstanceId", SSM_SEND_COMMAND, "observed",
+)
+def _ssm_send_command_instance_state(call: Call, seen: Observed) -> str | None:
+    invalid = [i for i in ssm_instance_ids(call) if seen.instance_state(i) in SEND_COMMAND_INVALID_STATES]
+    if not invalid:
+        return None
+    return f"Instances [[{', '.join(invalid)}]] not in a valid state for account {MOTO_ACCOUNT_ID}"
 
 
 # ECR ---------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ moto's answers:
   * tags written by CreateTags / AddTagsToResource stay invisible (old value, or
     absent) in DescribeInstances / DescribeDBInstances, tag filters included, for
     `tag_lag` seconds: AWS's eventual consistency.
+Also, whatever the timing, it keeps moto's record of an SSM SendCommand true: moto
+5.2.1 records a command sent with InstanceIds and no Targets as sent to *every*
+instance of the region (its ListCommands then shows them all), so the request moto
+gets also carries Targets `instance-id` = those ids (`moto_request`), and the answer
+is given back as AWS gives it (`rewrite`).
 No I/O; the clock is injected (`now`), so tests can drive it.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -29,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aws_rules import (
+    INSTANCE_NOT_FOUND,
     Call,
     Violation,
     ec2_run_tag_specs,
@@ -37,6 +44,7 @@ from aws_rules import (
     query_tags,
     rds_id_from_arn,
     rds_request_tags,
+    ssm_instance_ids,
     values,
 )
 
@@ -204,6 +212,8 @@ class World:
         self.lock = threading.RLock()
         self.launched_at: dict[str, float] = {}
         self.metadata_tags: set[str] = set()
+        # instance id -> state name as moto last gave it (or INSTANCE_NOT_FOUND)
+        self.instance_states: dict[str, str] = {}
         self.dbs: dict[str, Database] = {}
         self.parameter_tags: dict[str, set[str]] = {}
         # resource id (instance id, DB identifier) -> key -> last value seen / pending write
@@ -218,6 +228,10 @@ class World:
     def instance_metadata_tags(self, instance_id: str) -> bool:
         with self.lock:
             return instance_id in self.metadata_tags
+
+    def instance_state(self, instance_id: str) -> str | None:
+        with self.lock:
+            return self.instance_states.get(instance_id)
 
     def db_engine(self, db_id: str) -> str | None:
         with self.lock:
@@ -333,6 +347,7 @@ class World:
                 iid = doc.text(item, "instanceId")
                 if not iid:
                     continue
+                self.instance_states[iid] = doc.text(item, "instanceState/name") or "pending"
                 self.launched_at.setdefault(iid, now)
                 if enabled:
                     self.metadata_tags.add(iid)
@@ -341,8 +356,18 @@ class World:
             # Instances launched behind the layer's back (or before it started).
             doc = parse(body)
             for item in doc.findall(doc.root, "reservationSet/item/instancesSet/item") if doc else []:
+                iid = doc.text(item, "instanceId") or ""
                 if (doc.text(item, "metadataOptions/instanceMetadataTags") or "").lower() == "enabled":
-                    self.metadata_tags.add(doc.text(item, "instanceId") or "")
+                    self.metadata_tags.add(iid)
+                state = doc.text(item, "instanceState/name")
+                if iid and state:
+                    self.instance_states[iid] = state
+        elif call.action in ("TerminateInstances", "StopInstances", "StartInstances"):
+            doc = parse(body)
+            for item in doc.findall(doc.root, "instancesSet/item") if doc else []:
+                iid, state = doc.text(item, "instanceId"), doc.text(item, "currentState/name")
+                if iid and state:
+                    self.instance_states[iid] = state
         elif call.action == "CreateTags" and self.timing:
             for resource in values(call.params, "ResourceId"):
                 self._write_tags(resource, query_tags(call.params, "Tag"), now)
@@ -382,6 +407,27 @@ class World:
                 db.engine = doc.text(element, "Engine") or db.engine
                 tags = {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(element, "TagList/Tag")}
                 db.tag_keys = set(tags)
+
+    def learn_instances(self, ids: list[str], status: int, body: bytes) -> dict[str, dict[str, str]] | None:
+        """Learns the states of `ids` from moto's answer to a DescribeInstances filtered
+        by instance-id (the proxy asks it before a SendCommand): an id missing from a
+        good answer does not exist. The tags of those found; None if the answer says
+        nothing (an error, or not XML)."""
+        doc = parse(body) if status == 200 else None
+        if doc is None:
+            return None
+        found: dict[str, dict[str, str]] = {}
+        with self.lock:
+            for item in doc.findall(doc.root, "reservationSet/item/instancesSet/item"):
+                iid = doc.text(item, "instanceId") or ""
+                if iid not in ids:
+                    continue
+                self.instance_states[iid] = doc.text(item, "instanceState/name") or ""
+                found[iid] = {doc.text(t, "key") or "": doc.text(t, "value") or "" for t in doc.findall(item, "tagSet/item")}
+            for iid in ids:
+                if iid not in found:
+                    self.instance_states[iid] = INSTANCE_NOT_FOUND
+        return found
 
     def _observe_ssm(self, call: Call) -> None:
         if call.action == "PutParameter" and call.doc.get("Tags"):
@@ -425,6 +471,8 @@ class World:
 
     def rewrite(self, call: Call, answer: Answer) -> Answer:
         """moto's answer as AWS would give it at this moment."""
+        if call.service == "ssm" and call.action == "SendCommand" and answer.status == 200:
+            return send_command_answer(call, answer)
         if self.timing is None:
             return answer
         with self.lock:
@@ -573,6 +621,44 @@ class World:
                 container.append(ghost)
                 changed = True
         return Answer(answer.status, answer.headers, doc.bytes()) if changed else answer
+
+
+# --- moto's SendCommand ------------------------------------------------------------------
+
+
+def moto_request(call: Call, body: bytes) -> bytes:
+    """The request body to forward to moto: a SendCommand with InstanceIds and no
+    Targets also gets Targets `instance-id` = the same ids, which moto (5.2.1, which
+    adds every instance matching Targets, and with no Targets matches all) then turns
+    into exactly those instances. Any other request is forwarded as it came."""
+    if call.service != "ssm" or call.action != "SendCommand" or call.doc.get("Targets"):
+        return body
+    ids = ssm_instance_ids(call)
+    if not ids:
+        return body
+    return json.dumps({**call.doc, "Targets": [{"Key": "instance-id", "Values": ids}]}).encode()
+
+
+def send_command_answer(call: Call, answer: Answer) -> Answer:
+    """moto's SendCommand answer as AWS gives it: the Targets and InstanceIds as sent
+    (in order), and a command that has only been requested (Pending, counts 0; moto
+    says Success at once)."""
+    try:
+        doc = json.loads(answer.body)
+        command = doc["Command"]
+    except (ValueError, KeyError, TypeError):
+        return answer
+    if not isinstance(command, dict):
+        return answer
+    ids = ssm_instance_ids(call)
+    targets = call.doc.get("Targets") or []
+    command.update({
+        "InstanceIds": ids, "Targets": targets, "Status": "Pending", "StatusDetails": "Pending",
+        "CompletedCount": 0, "ErrorCount": 0, "DeliveryTimedOutCount": 0,
+    })
+    if not targets:
+        command["TargetCount"] = len(ids)
+    return Answer(answer.status, answer.headers, json.dumps(doc).encode())
 
 
 RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"

@@ -10,7 +10,8 @@ tolerated) and run with `bash`, in the background, in `<instances-dir>/<instance
 
   * only host paths are redirected: the script's log file
     (/var/log/featureenv-bootstrap.log) and /dev/console become `bootstrap.log` and
-    `console.log` in that directory (text substitution of exactly those strings);
+    `console.log` in that directory (text substitution of exactly those strings; a
+    redirection to the console appends, as it cannot truncate a device);
   * PATH is hack/instance/ (stand-ins for minikube, docker, kubectl, logger, and
     recording wrappers for curl and aws) and then the system PATH, so bash, tee, sleep,
     cat ... are real; every stand-in appends its argv to `calls.log` (never stdin);
@@ -33,10 +34,36 @@ The timestamp is taken when the script exits, milliseconds after its tag write (
 script's last command but a log line); the benchmark uses it as "when the bootstrap tag
 was written". `waited` counts from when the instance was first seen running, `exit` is
 128+N for a script killed by signal N, `missing` lists the images a `docker pull`
-could not find. Other stdout lines (`boot`, `killed`, `started`, `stopped`) never
-contain " bootstrap ". Each instance's directory also gets `result.json` (exit, value,
-wall and CPU seconds of the script and what it waited for). Exits 0 on SIGTERM/SIGINT,
-after terminating the running scripts' process groups.
+could not find.
+
+It also plays each booted instance's SSM Agent for Run Command. When some instance is
+its own, each step lists the commands in SSM (ListCommands, all pages: one call with
+moto) and runs every AWS-RunShellScript command not run before on each of its
+InstanceIds that this simulator booted, whose user data has finished and that is still
+running, as the agent does: `"\n".join(Parameters["commands"])` (host paths redirected
+as for the user data, so the log file and the console are the boot's) is written to
+`<instance dir>/commands/<CommandId>/_script.sh` (mode 755) and run as `sh -c
+<that path>` in that directory, its stdout and stderr to `stdout` and `stderr` there,
+with the boot's environment plus the agent's own variables (AWS_SSM_INSTANCE_ID,
+AWS_SSM_REGION_NAME, SSM_COMMAND_ID), in its own process group. One command at a time
+per instance, in the order sent (RequestedDateTime); a command for an instance still
+booting waits for the boot to end. A command not started within its TimeoutSeconds (the
+delivery timeout) never runs (`undelivered` line); one still running after its
+`executionTimeout` parameter (default 3600 s, as the document's), or whose instance
+stops running, is killed with its process group. Commands for instances this simulator
+does not run, and other documents, are ignored. When a command exits, the instance's
+`featureenv.io/services` tag is read back and one line printed:
+
+  <ISO-8601 UTC with ms> command instance=<id> command=<CommandId> exit=<code> services=<tag value|none>
+
+(`result.json` beside `_script.sh`). Caveat: the real agent does not wait for the user
+data, it starts with the instance and runs a command as soon as it is delivered, while
+the user data may still run; this simulator holds such a command back.
+
+Other stdout lines (`boot`, `command`, `killed`, `started`, `stopped`, `undelivered`)
+never contain " bootstrap ". Each instance's directory also gets `result.json` (exit,
+value, wall and CPU seconds of the script and what it waited for). Exits 0 on
+SIGTERM/SIGINT, after terminating the running scripts' process groups.
 """
 
 from __future__ import annotations
@@ -55,6 +82,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -66,6 +94,10 @@ from awsenv import client, iso_now
 CLUSTER_TAG = "featureenv.io/cluster"
 BOOTSTRAP_TAG = "featureenv.io/bootstrap"
 ENVIRONMENT_TAG = "featureenv.io/environment"
+SERVICES_TAG = "featureenv.io/services"
+# The Run Command document the agent plays, and its `executionTimeout` default.
+RUN_SHELL_SCRIPT = "AWS-RunShellScript"
+EXECUTION_TIMEOUT_SECONDS = 3600
 
 HACK = Path(__file__).resolve().parent
 STAND_INS = HACK / "instance"
@@ -111,9 +143,17 @@ def decode_user_data(raw: str | None) -> str:
 
 
 def redirect_host_paths(script: str, directory: Path) -> str:
-    """The script with its log file and /dev/console moved into `directory`; nothing else changes."""
-    return script.replace(SCRIPT_LOG_FILE, str(directory / "bootstrap.log")).replace(
-        SCRIPT_CONSOLE, str(directory / "console.log")
+    """The script with its log file and /dev/console moved into `directory`; nothing else changes.
+
+    The console is a device: opening it for output never truncates it, so a redirection
+    to it (`>/dev/console`, `2>/dev/console`) becomes an append to console.log, and the
+    user data and every command after it all land there."""
+    console = str(directory / "console.log")
+    return (
+        script.replace(SCRIPT_LOG_FILE, str(directory / "bootstrap.log"))
+        .replace(">>" + SCRIPT_CONSOLE, ">>" + console)
+        .replace(">" + SCRIPT_CONSOLE, ">>" + console)
+        .replace(SCRIPT_CONSOLE, console)
     )
 
 
@@ -322,6 +362,33 @@ class Boot:
     thread: threading.Thread | None = None
     timers: list[threading.Timer] = field(default_factory=list)
 
+    def label(self) -> str:
+        return f"instance={self.instance_id}"
+
+
+@dataclass
+class Invocation(Boot):
+    """One Run Command command on one instance: `directory` is the command's own,
+    `instance_dir` the instance's (its logs, calls.log, home)."""
+
+    command_id: str = ""
+    instance_dir: Path = Path()
+    script: str = ""
+    execution_timeout: float = EXECUTION_TIMEOUT_SECONDS
+
+    def label(self) -> str:
+        return f"instance={self.instance_id} command={self.command_id}"
+
+
+def execution_timeout(parameters: dict[str, Any]) -> int:
+    """AWS-RunShellScript's `executionTimeout` (seconds, a one-string list), else its default."""
+    value = parameters.get("executionTimeout") or []
+    try:
+        seconds = int(value[0])
+    except (IndexError, TypeError, ValueError):
+        return EXECUTION_TIMEOUT_SECONDS
+    return seconds if seconds > 0 else EXECUTION_TIMEOUT_SECONDS
+
 
 class Simulator:
     def __init__(
@@ -338,6 +405,7 @@ class Simulator:
         self.endpoint = endpoint
         self.region = region
         self.ec2 = client("ec2", endpoint, region)
+        self.ssm = client("ssm", endpoint, region)
         self.cluster_id = cluster_id
         self.boot_seconds = boot_seconds
         self.script_timeout = script_timeout
@@ -354,11 +422,12 @@ class Simulator:
         aws = real_aws_cli()
         curl = shutil.which("curl", path=self.system_path)
         bash = shutil.which("bash", path=self.system_path)
+        sh = shutil.which("sh", path=self.system_path)
         if not aws:
             raise RuntimeError("the AWS CLI is not installed: pip install awscli")
-        if not curl or not bash:
-            raise RuntimeError("bash and curl are needed on PATH")
-        self.aws, self.curl, self.bash = aws, curl, bash
+        if not curl or not bash or not sh:
+            raise RuntimeError("bash, sh and curl are needed on PATH")
+        self.aws, self.curl, self.bash, self.sh = aws, curl, bash, sh
         self._print_lock = threading.Lock()
         self._out = out or self._stdout
         self.imds = Imds()
@@ -370,6 +439,9 @@ class Simulator:
         self.first_seen: dict[str, float] = {}
         self.boots: dict[str, Boot] = {}  # scripts running
         self.booted: set[str] = set()  # never run an instance's user data twice
+        self.live: set[str] = set()  # the cluster's running instances at the last step
+        self.invocations: dict[str, Invocation] = {}  # instance id -> the command it runs
+        self.invoked: set[tuple[str, str]] = set()  # (command id, instance id) run or given up
         self.stopping = False
 
     def _tell_watchdog(self, line: str) -> None:
@@ -422,12 +494,141 @@ class Simulator:
             self._start(inst, tags.get(ENVIRONMENT_TAG, "-"), first)
         # A stopped or terminated instance stops running its script.
         with self.lock:
-            gone = [b for iid, b in self.boots.items() if iid not in live]
+            self.live = live
+            gone: list[Boot] = [b for iid, b in self.boots.items() if iid not in live]
+            gone += [c for iid, c in self.invocations.items() if iid not in live]
+            for iid in self.booted - live:
+                self.imds.unregister(iid)
         for boot in gone:
             self.kill(boot, "instance-not-running")
         for iid in list(self.first_seen):
             if iid not in live:
                 del self.first_seen[iid]
+        self._deliver_commands()
+
+    # -- Run Command ------------------------------------------------------------------
+
+    def _ours(self, instance_id: str) -> bool:
+        """Whether this simulator runs (or is about to boot) the instance."""
+        return instance_id in self.booted or instance_id in self.first_seen
+
+    def _list_commands(self) -> list[dict[str, Any]]:
+        """Every command in SSM, in the order sent."""
+        commands: list[dict[str, Any]] = []
+        for page in self.ssm.get_paginator("list_commands").paginate():
+            commands.extend(page.get("Commands", []))
+        # ListCommands documents no order; sorted() is stable for equal timestamps.
+        return sorted(commands, key=lambda c: c.get("RequestedDateTime") or datetime.min.replace(tzinfo=timezone.utc))
+
+    def _deliver_commands(self) -> None:
+        """Starts, per instance, the oldest AWS-RunShellScript command it has not run,
+        when it may run one now."""
+        with self.lock:
+            if self.stopping or not (self.booted or self.first_seen):
+                return
+        commands = self._list_commands()
+        now = datetime.now(timezone.utc)
+        waiting: set[str] = set()  # instances with an older command still to run
+        for command in commands:
+            if command.get("DocumentName") != RUN_SHELL_SCRIPT:
+                continue
+            cid = str(command.get("CommandId"))
+            for iid in command.get("InstanceIds") or []:
+                with self.lock:
+                    if (cid, iid) in self.invoked or iid in waiting or not self._ours(iid):
+                        continue
+                    requested = command.get("RequestedDateTime")
+                    timeout = command.get("TimeoutSeconds") or EXECUTION_TIMEOUT_SECONDS
+                    if requested is not None and (now - requested).total_seconds() > timeout:
+                        self.invoked.add((cid, iid))
+                        self.log(f"undelivered instance={iid} command={cid} timeout={timeout}")
+                        continue
+                    waiting.add(iid)
+                    ready = (
+                        iid in self.booted and iid not in self.boots and iid in self.live
+                        and iid not in self.invocations
+                    )
+                    if not ready:
+                        continue
+                    self.invoked.add((cid, iid))
+                    parameters = command.get("Parameters") or {}
+                    directory = self.instances_dir / iid
+                    invocation = Invocation(
+                        iid, "-", directory / "commands" / cid, time.monotonic(), command_id=cid,
+                        instance_dir=directory, script="\n".join(parameters.get("commands") or []),
+                        execution_timeout=execution_timeout(parameters),
+                    )
+                    self.invocations[iid] = invocation
+                invocation.thread = threading.Thread(
+                    target=self._invoke, args=(invocation,), name=f"command-{iid}", daemon=True
+                )
+                invocation.thread.start()
+
+    def _invoke(self, inv: Invocation) -> None:
+        iid = inv.instance_id
+        try:
+            inv.directory.mkdir(parents=True, exist_ok=True)
+            script = inv.directory / "_script.sh"
+            script.write_text(redirect_host_paths(inv.script, inv.instance_dir))
+            script.chmod(0o755)
+            env = {
+                **self._environment(iid, inv.instance_dir),
+                "AWS_SSM_INSTANCE_ID": iid, "AWS_SSM_REGION_NAME": self.region, "SSM_COMMAND_ID": inv.command_id,
+            }
+            with open(inv.directory / "stdout", "wb") as out, open(inv.directory / "stderr", "wb") as err, self.lock:
+                if inv.kill_reason is not None or self.stopping:
+                    return
+                inv.started = time.monotonic()
+                inv.proc = subprocess.Popen(
+                    [self.sh, "-c", str(script)],
+                    cwd=inv.directory,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            self._tell_watchdog(f"+{inv.proc.pid}")
+            timer = threading.Timer(inv.execution_timeout, self.kill, args=(inv, f"timeout-{inv.execution_timeout:g}s"))
+            timer.daemon = True
+            inv.timers.append(timer)
+            timer.start()
+            _, status, usage = os.wait4(inv.proc.pid, 0)
+            exited_at, exited = iso_now(), time.monotonic()
+            inv.proc.returncode = os.waitstatus_to_exitcode(status)
+            for t in inv.timers:
+                t.cancel()
+            self._drain(inv)
+            self._tell_watchdog(f"-{inv.proc.pid}")
+            if self.stopping:
+                return
+            code = inv.proc.returncode if inv.proc.returncode >= 0 else 128 - inv.proc.returncode
+            value = self._tag(iid, SERVICES_TAG)
+            self._out(f"{exited_at} command instance={iid} command={inv.command_id} exit={code} services={value or 'none'}")
+            (inv.directory / "result.json").write_text(
+                json.dumps(
+                    {
+                        "instance": iid,
+                        "command": inv.command_id,
+                        "services": value,
+                        "exit": code,
+                        "killed": inv.kill_reason,
+                        "exited_at": exited_at,
+                        "wall_seconds": round(exited - inv.started, 3),
+                        "cpu_user_seconds": round(usage.ru_utime, 3),
+                        "cpu_system_seconds": round(usage.ru_stime, 3),
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        except Exception as e:  # noqa: BLE001 - one command must not stop the others
+            print(f"{iso_now()} error instance={iid} command={inv.command_id} {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+        finally:
+            with self.lock:
+                if self.invocations.get(iid) is inv:
+                    del self.invocations[iid]
 
     # -- one instance -----------------------------------------------------------------
 
@@ -441,10 +642,11 @@ class Simulator:
         boot.thread = threading.Thread(target=self._boot, args=(boot, inst), name=f"boot-{iid}", daemon=True)
         boot.thread.start()
 
-    def _environment(self, boot: Boot) -> dict[str, str]:
+    def _environment(self, instance_id: str, directory: Path) -> dict[str, str]:
+        """What a script of the instance (its user data, a command) runs with."""
         return {
             "PATH": f"{STAND_INS}{os.pathsep}{self.system_path}",
-            "HOME": str(boot.directory / "home"),
+            "HOME": str(directory / "home"),
             "LANG": "C.UTF-8",
             "TERM": "dumb",
             # The real AWS CLI against the stack, with credentials as an instance
@@ -455,8 +657,8 @@ class Simulator:
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_PAGER": "",
             # For the stand-ins in hack/instance/.
-            "FEATUREENV_SIM_DIR": str(boot.directory),
-            "FEATUREENV_SIM_IMDS": self.imds.url(boot.instance_id),
+            "FEATUREENV_SIM_DIR": str(directory),
+            "FEATUREENV_SIM_IMDS": self.imds.url(instance_id),
             "FEATUREENV_SIM_AWS": self.aws,
             "FEATUREENV_SIM_CURL": self.curl,
             "FEATUREENV_SIM_CACHE": str(self.cache_dir),
@@ -483,7 +685,7 @@ class Simulator:
                 boot.proc = subprocess.Popen(
                     [self.bash, str(script)],
                     cwd=boot.directory,
-                    env=self._environment(boot),
+                    env=self._environment(iid, boot.directory),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -506,7 +708,7 @@ class Simulator:
             if self.stopping:
                 return
             code = boot.proc.returncode if boot.proc.returncode >= 0 else 128 - boot.proc.returncode
-            value = self._bootstrap_tag(iid)
+            value = self._tag(iid, BOOTSTRAP_TAG)
             missing = self._read_lines(boot.directory / "pull-failures")
             line = (
                 f"{exited_at} bootstrap instance={iid} value={value or 'none'} "
@@ -540,7 +742,7 @@ class Simulator:
                 if boot.proc is None and boot.kill_reason is None:
                     self.booted.discard(iid)  # its script never ran: try again next step
         finally:
-            self.imds.unregister(iid)
+            # Metadata stays up for the instance's commands until it stops running (step).
             with self.lock:
                 self.boots.pop(iid, None)
 
@@ -551,7 +753,7 @@ class Simulator:
         except FileNotFoundError:
             return []
 
-    def _bootstrap_tag(self, instance_id: str) -> str | None:
+    def _tag(self, instance_id: str, key: str) -> str | None:
         try:
             r = self.ec2.describe_instances(InstanceIds=[instance_id])
         except ClientError:
@@ -559,7 +761,7 @@ class Simulator:
         for reservation in r.get("Reservations", []):
             for inst in reservation.get("Instances", []):
                 tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-                return tags.get(BOOTSTRAP_TAG)
+                return tags.get(key)
         return None
 
     @staticmethod
@@ -609,7 +811,7 @@ class Simulator:
         if proc is None or proc.returncode is not None:
             return
         if not self.stopping:
-            self.log(f"killed instance={boot.instance_id} reason={reason}")
+            self.log(f"killed {boot.label()} reason={reason}")
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -630,7 +832,7 @@ class Simulator:
         """Terminates every running script (by process group), then stops IMDS."""
         with self.lock:
             self.stopping = True
-            boots = list(self.boots.values())
+            boots: list[Boot] = [*self.boots.values(), *self.invocations.values()]
         for boot in boots:
             self.kill(boot, "shutdown")
         deadline = time.monotonic() + KILL_GRACE_SECONDS + 1

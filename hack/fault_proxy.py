@@ -20,11 +20,16 @@ least-privilege test). Each request goes through, in this order:
    in the same formats. So are requests the emulated state refuses (a second delete of a
    database still `deleting`, a modify of one still `creating`). RunInstances with a
    ClientToken used before is answered as AWS does: the first answer again, or
-   IdempotentParameterMismatch for other parameters.
+   IdempotentParameterMismatch for other parameters. Before an SSM SendCommand the
+   proxy asks moto for its target instances (one DescribeInstances filtered by
+   instance-id, not logged), so a terminated or unknown target is refused.
 3. Timing (--timing fast|realistic|off, scaled by --time-scale; see aws_world.py):
    the request is forwarded unchanged (but for Host) and moto's answer rewritten so that
    instances read `pending`, restores `creating`, deletions `deleting`, and new tags stay
-   invisible for a while.
+   invisible for a while. One exception, whatever the flags: a SendCommand with
+   InstanceIds and no Targets reaches moto with Targets `instance-id` = those ids added
+   (moto 5.2.1 would record it as sent to every instance of the region), and its
+   answer is given back as AWS gives it (see aws_world.moto_request).
 
 stdout's first line is the bound address `127.0.0.1:PORT` (so --listen 127.0.0.1:0
 works). Every request is logged (to --log, default stderr) as one JSON line:
@@ -39,7 +44,10 @@ form body's `Action=` or the `X-Amz-Target` header (text after the last dot);
 (`status` is then the injected status, null for a drop). A request the strict layer
 refused also carries `"rejected": "<AWS error code>"` and `"rule": "<rule id>"`; one
 answered from an earlier RunInstances with the same ClientToken carries
-`"replayed": true`.
+`"replayed": true`. An SSM SendCommand (not faulted) also carries what its IAM
+authorization is decided on: `"region"`, `"document"` (DocumentName), `"instance_ids"`
+(InstanceIds as sent) and `"instance_tags"` ({instance id: its tags in moto just
+before}, for the ids moto knows).
 The random choice uses random.Random(--seed), so a run is reproducible for a given
 request order. Exits 0 on SIGTERM/SIGINT.
 """
@@ -61,10 +69,10 @@ import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aws_rules
-from aws_world import Answer, World, timing_for
+from aws_world import Answer, World, moto_request, timing_for
 
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -81,6 +89,30 @@ def service_of(headers: Any) -> str:
 def region_of(headers: Any) -> str:
     m = CREDENTIAL_SCOPE_RE.search(headers.get("Authorization", "") or "")
     return m.group(1) if m else "us-east-1"
+
+
+ACCESS_KEY_RE = re.compile(r"Credential=([^/]+)/")
+
+
+def access_key_of(headers: Any) -> str:
+    m = ACCESS_KEY_RE.search(headers.get("Authorization", "") or "")
+    return m.group(1) if m else "testing"
+
+
+def describe_instances_request(ids: list[str], region: str, access_key: str) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an EC2 DescribeInstances filtered by instance-id, for moto.
+    moto (started without authentication) reads the region and the account from the
+    credential scope and the access key, not the signature, so none is computed."""
+    form = {"Action": "DescribeInstances", "Version": "2016-11-15", "Filter.1.Name": "instance-id"}
+    form.update({f"Filter.1.Value.{n}": iid for n, iid in enumerate(ids, start=1)})
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        "X-Amz-Date": stamp,
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{stamp[:8]}/{region}/ec2/aws4_request, "
+                         f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
+    }
+    return headers, urlencode(form).encode()
 
 
 def action_of(headers: Any, body: bytes) -> str:
@@ -181,6 +213,7 @@ class Proxy(ThreadingHTTPServer):
         entry = {
             "ts": round(time.time(), 3), **request,
             "service": service, "action": action, "status": status, "fault": fault,
+            **getattr(_current, "detail", {}),
         }
         line = json.dumps({**entry, **extra})
         with self.log_lock:
@@ -189,7 +222,8 @@ class Proxy(ThreadingHTTPServer):
 
 
 # The request each handler thread is serving (ThreadingHTTPServer: one thread per
-# connection, its requests one after another), for `Proxy.record`.
+# connection, its requests one after another), for `Proxy.record`: `request` (when it
+# arrived, who sent it) and `detail` (fields logged for some operations).
 _current = threading.local()
 
 
@@ -241,6 +275,7 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         agent = app_id(self.headers.get("x-amz-user-agent", "") + " " + self.headers.get("User-Agent", ""))
         _current.request = {"received": round(time.time(), 3), "agent": agent}
+        _current.detail = {}
         body = self._read_body()
         service = service_of(self.headers)
         action = action_of(self.headers, body)
@@ -262,6 +297,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         call = aws_rules.parse_call(service, action, region_of(self.headers), body, json_protocol)
         world = self.server.world
+        if service == "ssm" and action == "SendCommand":
+            self._look_up_targets(call)
         violation = (aws_rules.check(call, world) or world.state_violation(call)) if self.server.strict else None
         if violation is not None:
             self._refuse(call, content_type, violation)
@@ -284,6 +321,30 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._forward_and_play(call, body)
 
+    def _look_up_targets(self, call: aws_rules.Call) -> None:
+        """Asks moto for the states and tags of a SendCommand's instances (the world
+        learns the states, the log keeps the tags). Ids the model rule refuses, and a
+        moto that cannot answer, leave the world knowing what it knew."""
+        ids = aws_rules.ssm_instance_ids(call)
+        _current.detail = {
+            "region": call.region, "document": call.doc.get("DocumentName"), "instance_ids": ids,
+            "instance_tags": {},
+        }
+        wellformed = [i for i in ids if aws_rules.model_match(aws_rules.SSM_INSTANCE_ID, i)]
+        if not wellformed or len(ids) > aws_rules.SSM_INSTANCE_IDS_MAX:
+            return
+        headers, body = describe_instances_request(wellformed, call.region, access_key_of(self.headers))
+        try:
+            status, _, payload = self._upstream(headers, body)
+        except (OSError, http.client.HTTPException) as e:
+            sys.stderr.write(f"fault_proxy: could not ask moto for {wellformed}: {e}\n")
+            return
+        tags = self.server.world.learn_instances(wellformed, status, payload)
+        if tags is None:
+            sys.stderr.write(f"fault_proxy: moto did not describe {wellformed} (HTTP {status})\n")
+            return
+        _current.detail["instance_tags"] = tags
+
     def _refuse(self, call: aws_rules.Call, content_type: str, violation: aws_rules.Violation) -> None:
         status, headers, payload = aws_error(
             call.service, call.json_protocol, content_type, violation.status, violation.code, violation.message
@@ -294,7 +355,7 @@ class Handler(BaseHTTPRequestHandler):
     def _forward_and_play(self, call: aws_rules.Call, body: bytes) -> Answer | None:
         """Forwards to moto, learns from its answer, plays AWS's timing over it, sends it."""
         try:
-            status, resp_headers, payload = self._forward(body)
+            status, resp_headers, payload = self._forward(moto_request(call, body))
         except (OSError, http.client.HTTPException) as e:
             self.server.record(call.service, call.action, 502, None)
             self._send(502, {"Content-Type": "text/plain"}, f"fault_proxy: upstream error: {e}".encode())
@@ -313,12 +374,16 @@ class Handler(BaseHTTPRequestHandler):
         return answer
 
     def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        return self._upstream(headers, body, self.command, self.path)
+
+    def _upstream(
+        self, headers: dict[str, str], body: bytes, method: str = "POST", path: str = "/"
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         conn = http.client.HTTPConnection(self.server.upstream_host, self.server.upstream_port, timeout=60)
         try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            headers["Host"] = self.server.upstream_netloc
-            headers["Content-Length"] = str(len(body))
-            conn.request(self.command, self.path, body=body, headers=headers)
+            headers = {**headers, "Host": self.server.upstream_netloc, "Content-Length": str(len(body))}
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP]

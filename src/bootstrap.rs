@@ -1,11 +1,13 @@
-//! User-data rendering: the bash script an environment's instance runs at first boot.
-//! Pure (no I/O); the script itself does the work on the instance.
+//! The bash scripts an environment's instance runs: the user data at first boot,
+//! and a services update sent later through SSM Run Command. Pure (no I/O); the
+//! scripts themselves do the work on the instance.
 //!
 //! Contract with the pre-baked Minikube AMI: `bash`, `curl`, the AWS CLI v2, `docker`,
 //! `kubectl` and `minikube` are installed; a Minikube profile for root is baked in with
 //! every service deployed as `deployment/<name>` (container `<name>`) in the
-//! `default` namespace. The instance profile may pull from ECR, read the environment's
-//! SSM parameter and tag its own instance.
+//! `default` namespace; the SSM agent runs and is registered (a managed node). The
+//! instance profile may pull from ECR, read the environment's SSM parameter and tag
+//! its own instance with the outcome of either script.
 //!
 //! The script carries no secret: the database connection is fetched at boot from the
 //! SSM SecureString named in the spec, straight into the Kubernetes Secret
@@ -86,19 +88,30 @@ fn bash_array(name: &str, values: impl IntoIterator<Item = impl AsRef<str>>) -> 
     format!("readonly -a {name}=({})\n", words.join(" "))
 }
 
+/// What a running instance needs to roll its services to new images (a services
+/// update, sent by SSM Run Command). Nothing secret either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateSpec {
+    /// `<namespace>/<name>` of the FeatureEnvironment, for logs.
+    pub environment: String,
+    pub region: String,
+    /// Every service and the image it must run from now on.
+    pub services: Vec<ServiceImage>,
+    /// Names this update in the outcome tag (`complete:<token>` / `failed:<token>`).
+    pub token: String,
+}
+
 /// Renders the user-data script: data as quoted `readonly` values up front, then a
 /// fixed body (so `shellcheck` on any rendering checks the same logic).
 pub fn render_user_data(spec: &BootstrapSpec) -> String {
-    let registries: BTreeSet<(&str, &str)> = spec.services.iter().filter_map(|s| ecr_registry(&s.image)).collect();
-
-    let mut script = String::new();
-    script.push_str("#!/bin/bash\n");
-    script.push_str("# featureenv-operator bootstrap. Generated; carries no secrets.\n");
-    // -E so the ERR trap also fires inside functions; inherit_errexit so a failing
-    // command inside `$(...)` fails the substitution instead of carrying on.
-    script.push_str("set -Eeuo pipefail\nshopt -s inherit_errexit\n\n");
-    let _ = writeln!(script, "readonly ENVIRONMENT={}", shell_quote(&spec.environment));
-    let _ = writeln!(script, "readonly REGION={}", shell_quote(&spec.region));
+    let mut script = header("bootstrap", &spec.environment, &spec.region, &spec.services);
+    let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::BOOTSTRAP));
+    let _ = writeln!(
+        script,
+        "readonly COMPLETE_VALUE={}",
+        shell_quote(tag::BOOTSTRAP_COMPLETE)
+    );
+    let _ = writeln!(script, "readonly FAILED_VALUE={}", shell_quote(tag::BOOTSTRAP_FAILED));
     let _ = writeln!(
         script,
         "readonly DATABASE_PARAMETER={}",
@@ -111,30 +124,57 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
         "readonly DATABASE_SECRET_KEY={}",
         shell_quote(DATABASE_SECRET_KEY)
     );
-    let _ = writeln!(script, "readonly LOG_FILE={}", shell_quote(LOG_FILE));
-    let _ = writeln!(script, "readonly BOOTSTRAP_TAG={}", shell_quote(tag::BOOTSTRAP));
-    let _ = writeln!(
-        script,
-        "readonly BOOTSTRAP_COMPLETE={}",
-        shell_quote(tag::BOOTSTRAP_COMPLETE)
-    );
-    let _ = writeln!(
-        script,
-        "readonly BOOTSTRAP_FAILED={}",
-        shell_quote(tag::BOOTSTRAP_FAILED)
-    );
-    script.push_str(&bash_array("SERVICE_NAMES", spec.services.iter().map(|s| &s.name)));
-    script.push_str(&bash_array("SERVICE_IMAGES", spec.services.iter().map(|s| &s.image)));
     script.push_str(&bash_array("ADDONS", spec.addons.iter().map(|a| minikube_addon(a))));
-    script.push_str(&bash_array("ECR_HOSTS", registries.iter().map(|(host, _)| host)));
-    script.push_str(&bash_array("ECR_REGIONS", registries.iter().map(|(_, region)| region)));
-    script.push_str(BODY);
+    script.push_str(PRELUDE);
+    script.push_str(BOOTSTRAP);
     script
 }
 
-/// The fixed part of the script. Every value it uses comes from the quoted
-/// declarations above it.
-const BODY: &str = r#"
+/// Renders the script a running instance runs to apply a services update: pull the
+/// new images, roll the deployments, tag itself with the outcome. Same prelude as
+/// the bootstrap (logging, IMDSv2, the ERR trap that tags the failure).
+pub fn render_update_script(spec: &UpdateSpec) -> String {
+    let mut script = header("services update", &spec.environment, &spec.region, &spec.services);
+    let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
+    let _ = writeln!(
+        script,
+        "readonly COMPLETE_VALUE={}",
+        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_COMPLETE, spec.token))
+    );
+    let _ = writeln!(
+        script,
+        "readonly FAILED_VALUE={}",
+        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_FAILED, spec.token))
+    );
+    script.push_str(PRELUDE);
+    script.push_str(UPDATE);
+    script
+}
+
+/// The values both scripts start with: what runs, where, and the services.
+fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage]) -> String {
+    let registries: BTreeSet<(&str, &str)> = services.iter().filter_map(|s| ecr_registry(&s.image)).collect();
+    let mut script = String::new();
+    script.push_str("#!/bin/bash\n");
+    let _ = writeln!(script, "# featureenv-operator {task}. Generated; carries no secrets.");
+    // -E so the ERR trap also fires inside functions; inherit_errexit so a failing
+    // command inside `$(...)` fails the substitution instead of carrying on.
+    script.push_str("set -Eeuo pipefail\nshopt -s inherit_errexit\n\n");
+    let _ = writeln!(script, "readonly TASK={}", shell_quote(task));
+    let _ = writeln!(script, "readonly ENVIRONMENT={}", shell_quote(environment));
+    let _ = writeln!(script, "readonly REGION={}", shell_quote(region));
+    let _ = writeln!(script, "readonly LOG_FILE={}", shell_quote(LOG_FILE));
+    script.push_str(&bash_array("SERVICE_NAMES", services.iter().map(|s| &s.name)));
+    script.push_str(&bash_array("SERVICE_IMAGES", services.iter().map(|s| &s.image)));
+    script.push_str(&bash_array("ECR_HOSTS", registries.iter().map(|(host, _)| host)));
+    script.push_str(&bash_array("ECR_REGIONS", registries.iter().map(|(_, region)| region)));
+    script
+}
+
+/// The fixed part both scripts share: logging, instance metadata, the outcome tag,
+/// the ERR trap, the region, pulling images and rolling deployments. Every value it
+/// uses comes from the quoted declarations above it.
+const PRELUDE: &str = r#"
 # Everything goes to a log file and to the serial console, which the operator reads
 # (GetConsoleOutput) when a bootstrap times out.
 exec > >(tee -a "$LOG_FILE" | logger -t featureenv -s 2>/dev/console) 2>&1
@@ -158,14 +198,14 @@ instance_id() {
 }
 
 # The operator learns the outcome from this tag in its batched DescribeInstances.
-tag_bootstrap() {
+tag_outcome() {
   local id
   id="$(instance_id)" || return
   if [[ -z "$id" ]]; then
     log "instance metadata gave no instance id"
     return 1
   fi
-  aws ec2 create-tags --resources "$id" --tags "Key=${BOOTSTRAP_TAG},Value=$1"
+  aws ec2 create-tags --resources "$id" --tags "Key=${OUTCOME_TAG},Value=$1"
 }
 
 on_error() {
@@ -175,8 +215,8 @@ on_error() {
     exit "$status"
   fi
   trap - ERR
-  log "bootstrap failed (exit ${status}) at line ${line}"
-  tag_bootstrap "$BOOTSTRAP_FAILED" || log "could not tag the instance as failed"
+  log "${TASK} failed (exit ${status}) at line ${line}"
+  tag_outcome "$FAILED_VALUE" || log "could not tag the instance as failed"
   exit "$status"
 }
 trap 'on_error "$LINENO"' ERR
@@ -189,6 +229,37 @@ if [[ -z "$region" ]]; then
 fi
 export AWS_REGION="$region" AWS_DEFAULT_REGION="$region"
 
+# Pulls into Minikube's own Docker daemon, where the cluster looks for images.
+pull_images() {
+  eval "$(minikube docker-env --shell bash)"
+  local i image
+  for i in "${!ECR_HOSTS[@]}"; do
+    log "logging in to ${ECR_HOSTS[$i]}"
+    aws ecr get-login-password --region "${ECR_REGIONS[$i]}" |
+      docker login --username AWS --password-stdin "${ECR_HOSTS[$i]}"
+  done
+  for image in "${SERVICE_IMAGES[@]}"; do
+    log "pulling ${image}"
+    docker pull "$image"
+  done
+}
+
+roll_out() {
+  local i name
+  for i in "${!SERVICE_NAMES[@]}"; do
+    name="${SERVICE_NAMES[$i]}"
+    log "deploying ${name} = ${SERVICE_IMAGES[$i]}"
+    kubectl set image "deployment/${name}" "${name}=${SERVICE_IMAGES[$i]}"
+  done
+  for name in "${SERVICE_NAMES[@]}"; do
+    log "waiting for ${name}"
+    kubectl rollout status "deployment/${name}" --timeout=15m
+  done
+}
+"#;
+
+/// The first boot: Minikube, images, the database Secret, addons, deployments.
+const BOOTSTRAP: &str = r#"
 log "bootstrapping environment ${ENVIRONMENT}"
 
 if ! minikube status >/dev/null 2>&1; then
@@ -196,19 +267,7 @@ if ! minikube status >/dev/null 2>&1; then
   minikube start
 fi
 
-# Pull into Minikube's own Docker daemon, where the cluster looks for images.
-eval "$(minikube docker-env --shell bash)"
-
-for i in "${!ECR_HOSTS[@]}"; do
-  log "logging in to ${ECR_HOSTS[$i]}"
-  aws ecr get-login-password --region "${ECR_REGIONS[$i]}" |
-    docker login --username AWS --password-stdin "${ECR_HOSTS[$i]}"
-done
-
-for image in "${SERVICE_IMAGES[@]}"; do
-  log "pulling ${image}"
-  docker pull "$image"
-done
+pull_images
 
 # The operator writes the parameter once its database claim is confirmed, which may
 # be long after this instance boots (an empty pool means a fresh restore). Retry with
@@ -249,19 +308,25 @@ for addon in "${ADDONS[@]}"; do
   minikube addons enable "$addon"
 done
 
-for i in "${!SERVICE_NAMES[@]}"; do
-  name="${SERVICE_NAMES[$i]}"
-  log "deploying ${name} = ${SERVICE_IMAGES[$i]}"
-  kubectl set image "deployment/${name}" "${name}=${SERVICE_IMAGES[$i]}"
-done
+roll_out
 
-for name in "${SERVICE_NAMES[@]}"; do
-  log "waiting for ${name}"
-  kubectl rollout status "deployment/${name}" --timeout=15m
-done
-
-tag_bootstrap "$BOOTSTRAP_COMPLETE"
+tag_outcome "$COMPLETE_VALUE"
 log "bootstrap complete"
+"#;
+
+/// A services update on a running instance: new images, rolled deployments.
+const UPDATE: &str = r#"
+# SSM Run Command gives no HOME, which minikube and kubectl need.
+export HOME="${HOME:-/root}"
+# The agent runs several commands at once: an update superseding one still running
+# waits for it, so the newest edit is the one left in place.
+exec 9>>"$LOG_FILE"
+flock 9
+log "updating the services of environment ${ENVIRONMENT}"
+pull_images
+roll_out
+tag_outcome "$COMPLETE_VALUE"
+log "services update complete"
 "#;
 
 #[cfg(test)]
@@ -334,9 +399,9 @@ mod tests {
         // One login per ECR registry, none for Docker Hub.
         assert!(script.contains("readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')"));
         assert!(script.contains("trap 'on_error \"$LINENO\"' ERR"));
-        assert!(script.contains("readonly BOOTSTRAP_TAG='featureenv.io/bootstrap'"));
-        assert!(script.contains("readonly BOOTSTRAP_COMPLETE='complete'"));
-        assert!(script.contains("readonly BOOTSTRAP_FAILED='failed'"));
+        assert!(script.contains("readonly OUTCOME_TAG='featureenv.io/bootstrap'"));
+        assert!(script.contains("readonly COMPLETE_VALUE='complete'"));
+        assert!(script.contains("readonly FAILED_VALUE='failed'"));
         assert!(script.contains("http://169.254.169.254/latest/api/token"));
         assert!(script.contains("readonly REGION='ap-southeast-1'"));
     }
@@ -409,6 +474,16 @@ mod tests {
         ssm_failures: u32,
         imds_down: bool,
     ) -> (bool, String, String, String) {
+        run_script_stubbed(&render_user_data(spec), rollout_exit, ssm_failures, imds_down)
+    }
+
+    /// Runs any rendered script with the stubs.
+    fn run_script_stubbed(
+        script: &str,
+        rollout_exit: u8,
+        ssm_failures: u32,
+        imds_down: bool,
+    ) -> (bool, String, String, String) {
         let dir = tempfile::tempdir().expect("temp dir");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
@@ -455,7 +530,7 @@ esac"#,
         stub("logger", r#"cat >> "$CONSOLE""#);
 
         let log = dir.path().join("bootstrap.log");
-        let script = render_user_data(spec)
+        let script = script
             .replace(LOG_FILE, log.to_str().unwrap())
             .replace("2>/dev/console", "2>/dev/null");
         let script_path = dir.path().join("user-data.sh");
@@ -482,20 +557,25 @@ esac"#,
         (status.success(), read(&calls), read(&secret_stdin), read(&log))
     }
 
+    /// Every service's image was pulled and set on its deployment.
+    fn assert_pulled_and_rolled(services: &[ServiceImage], calls: &str) {
+        for service in services {
+            assert!(calls.contains(&format!("docker pull {}\n", service.image)), "{calls}");
+            let set = format!(
+                "kubectl set image deployment/{0} {0}={1}\n",
+                service.name, service.image
+            );
+            assert!(calls.contains(&set), "{calls}");
+        }
+    }
+
     #[test]
     fn script_deploys_everything_then_tags_complete() {
         let spec = spec();
         let (ok, calls, secret, log) = run_with_stubs(&spec, 0);
         assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        assert_pulled_and_rolled(&spec.services, &calls);
         for service in &spec.services {
-            assert!(calls.contains(&format!("docker pull {}\n", service.image)), "{calls}");
-            assert!(
-                calls.contains(&format!(
-                    "kubectl set image deployment/{0} {0}={1}\n",
-                    service.name, service.image
-                )),
-                "{calls}"
-            );
             assert!(calls.contains(&format!(
                 "kubectl rollout status deployment/{} --timeout=15m\n",
                 service.name
@@ -635,8 +715,49 @@ esac"#,
         );
     }
 
+    fn update() -> UpdateSpec {
+        let mut services = spec().services;
+        services[0].image = "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-124".into();
+        UpdateSpec {
+            environment: "team-payments/payments-pr-123".into(),
+            region: "ap-southeast-1".into(),
+            services,
+            token: "0123456789abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn an_update_pulls_and_rolls_the_new_images_then_tags_its_token() {
+        let update = update();
+        let (ok, calls, _, log) = run_script_stubbed(&render_update_script(&update), 0, 0, false);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        assert_pulled_and_rolled(&update.services, &calls);
+        assert!(!calls.contains("minikube start"), "Minikube runs already:\n{calls}");
+        assert!(
+            !calls.contains("ssm get-parameter"),
+            "the database is wired already:\n{calls}"
+        );
+        assert_eq!(
+            calls.lines().last().unwrap(),
+            "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/services,Value=complete:0123456789abcdef"
+        );
+        assert!(log.contains("services update complete"), "{log}");
+    }
+
+    #[test]
+    fn a_failed_rollout_tags_the_update_failed() {
+        let (ok, calls, _, log) = run_script_stubbed(&render_update_script(&update()), 1, 0, false);
+        assert!(!ok);
+        assert_eq!(
+            calls.lines().last().unwrap(),
+            "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/services,Value=failed:0123456789abcdef"
+        );
+        assert!(log.contains("services update failed (exit 1)"), "{log}");
+    }
+
     #[test]
     fn script_passes_bash_n() {
+        bash_syntax_ok(&render_update_script(&update()));
         bash_syntax_ok(&render_user_data(&spec()));
         bash_syntax_ok(&render_user_data(&BootstrapSpec {
             services: vec![],
@@ -661,18 +782,20 @@ esac"#,
                 ..spec()
             },
         ] {
-            let file = write_script(&render_user_data(&spec));
-            let output = Command::new("shellcheck")
-                .args(["--shell=bash", "--severity=style"])
-                .arg(file.path())
-                .output()
-                .expect("shellcheck runs");
-            assert!(
-                output.status.success(),
-                "shellcheck:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            for script in [render_user_data(&spec), render_update_script(&update())] {
+                let file = write_script(&script);
+                let output = Command::new("shellcheck")
+                    .args(["--shell=bash", "--severity=style"])
+                    .arg(file.path())
+                    .output()
+                    .expect("shellcheck runs");
+                assert!(
+                    output.status.success(),
+                    "shellcheck:\n{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
         }
     }
 }

@@ -29,6 +29,18 @@ pub struct CloudState {
     pub described_at: Option<std::time::Instant>,
 }
 
+/// Whether `instance` has tagged the outcome of the update it was sent, if any.
+fn update_reported(instance: &Instance, updating: &BTreeMap<String, String>) -> bool {
+    let Some(token) = updating.get(&instance.id) else {
+        return true;
+    };
+    instance
+        .tags
+        .get(tag::SERVICES)
+        .and_then(|v| v.split_once(':'))
+        .is_some_and(|(_, t)| t == token)
+}
+
 impl CloudState {
     /// Whether this state comes from Describe calls that began after `moment`.
     pub fn described_since(&self, moment: std::time::Instant) -> bool {
@@ -37,11 +49,14 @@ impl CloudState {
 
     /// Whether anything is on its way somewhere: booting, bootstrapping, shutting
     /// down, restoring, being modified or deleted. Decides the poll interval.
-    /// `given_up` instances (their environment failed) are not waited for.
-    pub fn in_transition(&self, given_up: &BTreeSet<String>) -> bool {
+    /// `given_up` instances (their environment failed) are not waited for;
+    /// `updating` instances (id → update token) are, until they tag the update's
+    /// outcome.
+    pub fn in_transition(&self, given_up: &BTreeSet<String>, updating: &BTreeMap<String, String>) -> bool {
         self.instances.values().any(|i| match i.state {
             InstanceState::Pending | InstanceState::ShuttingDown | InstanceState::Stopping => true,
-            InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP) && !given_up.contains(&i.id),
+            InstanceState::Running if given_up.contains(&i.id) => false,
+            InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP) || !update_reported(i, updating),
             _ => false,
         }) || self.databases.values().any(|d| d.status != DatabaseStatus::Available)
     }
@@ -173,6 +188,8 @@ pub struct Inventory {
     /// failed): without them, a failed environment would keep the poll fast until it
     /// is deleted.
     given_up: std::sync::Mutex<BTreeSet<String>>,
+    /// Instances sent a services update (id → token), until they tag its outcome.
+    updating: std::sync::Mutex<BTreeMap<String, String>>,
     wake: Notify,
     environments: mpsc::UnboundedSender<ObjectRef<FeatureEnvironment>>,
     pools: mpsc::UnboundedSender<ObjectRef<RdsPool>>,
@@ -188,6 +205,7 @@ impl Inventory {
             state: RwLock::default(),
             recent: std::sync::Mutex::default(),
             given_up: std::sync::Mutex::default(),
+            updating: std::sync::Mutex::default(),
             wake: Notify::new(),
             environments: env_tx,
             pools: pool_tx,
@@ -307,13 +325,32 @@ impl Inventory {
             .insert(instance_id.to_owned());
     }
 
+    /// Polls fast until `instance_id` tags the outcome of update `token`.
+    pub fn await_update(&self, instance_id: &str, token: &str) {
+        self.updating
+            .lock()
+            .expect("inventory lock poisoned")
+            .insert(instance_id.to_owned(), token.to_owned());
+        self.wake();
+    }
+
     /// Whether anything is in transition that someone still waits for.
     pub fn in_transition(&self) -> bool {
         let mut given_up = self.given_up.lock().expect("inventory lock poisoned");
+        let mut updating = self.updating.lock().expect("inventory lock poisoned");
         self.read(|s| {
-            // Forget instances that are no longer described.
+            // Forget instances that are no longer described, and updates reported.
             given_up.retain(|id| s.instances.contains_key(id));
-            s.in_transition(&given_up)
+            updating.retain(|id, _| s.instances.get(id).is_some_and(|i| !i.state.is_gone()));
+            let reported: Vec<String> = updating
+                .keys()
+                .filter(|id| s.instances.get(*id).is_some_and(|i| update_reported(i, &updating)))
+                .cloned()
+                .collect();
+            for id in reported {
+                updating.remove(&id);
+            }
+            s.in_transition(&given_up, &updating)
         })
     }
 
@@ -525,11 +562,23 @@ mod tests {
             instance("i-1", "ns/a", InstanceState::Running, &[(tag::BOOTSTRAP, "complete")]),
         );
         let none = BTreeSet::new();
-        assert!(!s.in_transition(&none));
+        let no_updates = BTreeMap::new();
+        assert!(!s.in_transition(&none, &no_updates));
+        let updating = BTreeMap::from([("i-1".to_owned(), "0123456789abcdef".to_owned())]);
+        assert!(s.in_transition(&none, &updating), "waiting for an update's outcome");
+        s.instances
+            .get_mut("i-1")
+            .unwrap()
+            .tags
+            .insert(tag::SERVICES.into(), "failed:0123456789abcdef".into());
+        assert!(!s.in_transition(&none, &updating), "the update reported (failed)");
         s.instances
             .insert("i-2".into(), instance("i-2", "ns/b", InstanceState::Running, &[]));
-        assert!(s.in_transition(&none), "running without bootstrap tag is still booting");
+        assert!(
+            s.in_transition(&none, &no_updates),
+            "running without bootstrap tag is still booting"
+        );
         let failed = BTreeSet::from(["i-2".to_owned()]);
-        assert!(!s.in_transition(&failed), "unless its environment failed");
+        assert!(!s.in_transition(&failed, &no_updates), "unless its environment failed");
     }
 }

@@ -17,6 +17,18 @@ fn short_hash(parts: &[&str], len: usize) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>()[..len].to_owned()
 }
 
+/// Names a set of services and their requested images: 16 hex characters, the same
+/// for the same `(name, image)` pairs in the same order. A services update tags its
+/// outcome with it.
+pub fn services_token<'a>(services: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let lines: Vec<String> = services
+        .into_iter()
+        .map(|(name, image)| format!("{name}={image}"))
+        .collect();
+    let parts: Vec<&str> = lines.iter().map(String::as_str).collect();
+    short_hash(&parts, 16)
+}
+
 /// Lower-case letters and digits of `s`, runs of anything else collapsed to one `-`,
 /// trimmed of hyphens, cut to `max` chars.
 fn slug(s: &str, max: usize) -> String {

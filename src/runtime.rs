@@ -76,7 +76,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         compute: aws.clone(),
         databases: aws.clone(),
         parameters: aws.clone(),
-        registry: aws,
+        registry: aws.clone(),
+        commands: aws,
     };
     let (inventory, triggers) = Inventory::new(cloud.clone(), config.cluster_id.clone());
     let (classes, class_writer) = reflector::store();

@@ -605,6 +605,111 @@ async fn high_availability() {
     println!("high_availability: ok in {}", elapsed(start));
 }
 
+/// The reasons of the Events about object `name`, as `kubectl` lists them.
+async fn event_reasons(stack: &Stack, name: &str) -> Vec<String> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(stack.client.clone(), NS);
+    events
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .filter_map(|e| e.reason)
+        .collect()
+}
+
+/// Issue 11, item 2, end to end: an edit of `spec.services` on a Ready environment
+/// is rolled out in place. The operator sends the update script through SSM Run
+/// Command (strict layer, moto); the boot simulator runs it as the SSM agent would,
+/// with the stand-ins; the instance tags the outcome and the environment is Ready
+/// again with the new digest, on the same instance, the edit observed only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn services_update() {
+    let start = Instant::now();
+    let stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-update".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let name = "update-1";
+    stack.apply_ok(&stack.environment_yaml(NS, name, "")).await;
+    let ready = stack.wait_ready(NS, name, READY_TIMEOUT).await;
+    let launched = ready.status.clone().unwrap();
+    let instance_id = launched.instance.clone().unwrap().id.unwrap();
+    let generation = ready.metadata.generation.unwrap();
+
+    let registry = stack.var("ECR_REGISTRY");
+    let latest = stack.seed["ecr"]["payments"]["digests"]["latest"]
+        .as_str()
+        .expect("the seed's digest of payments:latest")
+        .to_owned();
+    stack
+        .patch_env_spec(
+            NS,
+            name,
+            serde_json::json!({"services": [{"name": "payments", "image": format!("{registry}/payments:latest")}]}),
+        )
+        .await;
+    let edited = Instant::now();
+    stack
+        .wait_for("the edit to be applied", READY_TIMEOUT, || async {
+            stack.get_env(NS, name).await.is_some_and(|e| {
+                let status = e.status.unwrap_or_default();
+                status.phase == featureenv_operator::api::Phase::Ready
+                    && status.observed_generation == e.metadata.generation
+                    && e.metadata.generation > Some(generation)
+            })
+        })
+        .await;
+    println!("services_update: applied {:.1?} after the edit", edited.elapsed());
+    let status = stack.get_env(NS, name).await.unwrap().status.unwrap();
+    let payments = status
+        .images
+        .iter()
+        .find(|i| i.name == "payments")
+        .expect("payments image");
+    assert!(
+        payments.image.starts_with(&format!("{registry}/payments@sha256:"))
+            && payments.image != launched.images[0].image,
+        "{payments:?} (launched with {:?})",
+        launched.images
+    );
+    assert!(payments.image.ends_with(&latest), "{} vs {latest}", payments.image);
+    assert_eq!(
+        status.instance.unwrap().id.as_deref(),
+        Some(instance_id.as_str()),
+        "same instance"
+    );
+    assert_eq!(stack.our_instances().await.len(), 1);
+    let reasons = event_reasons(&stack, name).await;
+    assert!(
+        reasons.iter().any(|r| r == "Updating") && reasons.iter().any(|r| r == "Updated"),
+        "{reasons:?}"
+    );
+    // The instance's own record: the update script rolled the deployment to the digest.
+    let calls = std::fs::read_to_string(stack.dir.join("instances").join(&instance_id).join("calls.log"))
+        .expect("the instance's calls.log");
+    assert!(
+        calls.contains(&format!(
+            "kubectl set image deployment/payments payments={}",
+            payments.image
+        )),
+        "{calls}"
+    );
+    let sent: Vec<_> = stack
+        .aws_calls()
+        .into_iter()
+        .filter(|c| c["action"] == "SendCommand")
+        .collect();
+    assert_eq!(sent.len(), 1, "one command: {sent:?}");
+    assert!(sent[0]["rejected"].is_null(), "{:?}", sent[0]);
+    iam_check(&stack);
+    stack.delete_env(NS, name).await;
+    stack.wait_gone(NS, name, GONE_TIMEOUT).await;
+    println!("services_update: ok in {}", elapsed(start));
+}
+
 /// When `agent`'s AWS requests arrived at the strict layer (Unix seconds), in order.
 fn aws_calls_of(stack: &Stack, agent: &str) -> Vec<f64> {
     let mut times: Vec<f64> = stack
@@ -850,6 +955,7 @@ fn iam_check(stack: &Stack) {
         ])
         .current_dir(support::stack::ROOT)
         .env("FEATUREENV_AWS_CALL_LOG", stack.aws_call_log())
+        .env("FEATUREENV_CLUSTER_ID", &stack.opts.cluster_id)
         .output()
         .expect("run pytest");
     let text = format!(

@@ -1131,3 +1131,108 @@ async fn the_pool_never_deletes_a_spare_claimed_since_its_last_poll() {
     );
     assert_eq!(h.fake.databases().len(), 2);
 }
+
+/// The reasons of the Events published about objects named `name`, oldest first.
+async fn event_reasons(h: &Harness, name: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let mut found: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    found.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    found.into_iter().filter_map(|e| e.reason).collect()
+}
+
+/// Issue 11, item 2: an edit of `spec.services` after Ready is applied to the
+/// running instance, not ignored. The instance is told once (SSM Run Command) to
+/// run the new digest; the environment is `Updating` with observedGeneration held
+/// back until the instance tags the outcome, then `Ready` with `status.images`
+/// updated and no second instance. A failed update says so until the next edit.
+#[tokio::test]
+async fn an_edit_of_the_services_is_rolled_out_in_place() {
+    let mut h = Harness::new(seeded_fake(12), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let before = h.get("pr-1").await.unwrap();
+    let instance_id = before
+        .status
+        .as_ref()
+        .unwrap()
+        .instance
+        .as_ref()
+        .unwrap()
+        .id
+        .clone()
+        .unwrap();
+    let launches = h.fake.call_count("RunInstances");
+
+    let fake = h.fake.clone();
+    let edit = |tag: &str, digest: char| {
+        fake.add_registry_image(
+            &format!("{ECR}/payments"),
+            tag,
+            &format!("sha256:{}", digest.to_string().repeat(64)),
+        );
+        serde_json::json!({"services": [{"name": "payments", "image": format!("{ECR}/payments:{tag}")}]})
+    };
+    h.patch_spec("pr-1", edit("pr-124", 'c')).await;
+    h.step("pr-1").await.unwrap();
+    let edited = h.get("pr-1").await.unwrap();
+    let status = edited.status.clone().unwrap();
+    assert_eq!(status.phase, Phase::Updating);
+    assert_eq!(h.ready_reason("pr-1").await, "Updating");
+    assert_eq!(
+        status.observed_generation, before.metadata.generation,
+        "the edit is not observed before it is applied"
+    );
+    let scripts = h.fake.scripts();
+    assert_eq!(scripts.len(), 1);
+    assert_eq!(scripts[0].instance_id, instance_id);
+    let new_digest = format!("payments@sha256:{}", "c".repeat(64));
+    assert!(scripts[0].script.contains(&new_digest), "{}", scripts[0].script);
+    let token = status.update.expect("update recorded").token;
+    support::fixtures::argocd_fixture(&h.envs(), "pr-1", "environment-Updating.json").await;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.fake.scripts().len(), 1, "sent once, however many passes");
+
+    h.fake.set_services_tag(&instance_id, &format!("complete:{token}"));
+    h.step("pr-1").await.unwrap();
+    let updated = h.get("pr-1").await.unwrap();
+    let status = updated.status.unwrap();
+    assert_eq!(status.phase, Phase::Ready);
+    assert_eq!(status.observed_generation, edited.metadata.generation);
+    assert!(status.update.is_none());
+    assert!(
+        status.images.iter().any(|i| i.image.ends_with(&new_digest)),
+        "{:?}",
+        status.images
+    );
+    assert_eq!(h.fake.call_count("RunInstances"), launches, "updated in place");
+    let reasons = event_reasons(&h, "pr-1").await;
+    assert!(
+        reasons.contains(&"Updating".to_owned()) && reasons.contains(&"Updated".to_owned()),
+        "{reasons:?}"
+    );
+
+    // An update the instance fails: Failed with the reason, until the next edit.
+    h.patch_spec("pr-1", edit("pr-125", 'd')).await;
+    h.step("pr-1").await.unwrap();
+    let token = h.get("pr-1").await.unwrap().status.unwrap().update.unwrap().token;
+    h.fake.set_services_tag(&instance_id, &format!("failed:{token}"));
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.phase("pr-1").await, Some(Phase::Failed));
+    assert_eq!(h.ready_reason("pr-1").await, "UpdateFailed");
+    support::fixtures::argocd_fixture(&h.envs(), "pr-1", "environment-UpdateFailed.json").await;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.fake.scripts().len(), 2, "a failed update is not resent by itself");
+    h.patch_spec("pr-1", edit("pr-126", 'e')).await;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.phase("pr-1").await, Some(Phase::Updating), "a new edit tries again");
+    assert_eq!(h.fake.scripts().len(), 3);
+    assert_eq!(h.instances_of(&before.metadata.uid.unwrap()), 1);
+}

@@ -5,6 +5,7 @@
 --   a TTL over the class maximum, an image not in its registry, the namespace's cap,
 --   a Secret in the way, ...) -> Degraded, whatever the phase
 --   Pending, Provisioning -> Progressing  (message: the Ready condition's reason and message)
+--   Updating              -> Progressing  (an edit of spec.services rolling out; message: what)
 --   Terminating           -> Progressing
 --   no status yet, or status older than the spec -> Progressing
 --   any other phase       -> Unknown
@@ -71,6 +72,13 @@ end
 if phase == "Terminating" then
   hs.status = "Progressing"
   hs.message = describe(ready, "Terminating: removing the instance and database")
+  return hs
+end
+
+if phase == "Updating" then
+  -- observedGeneration stays behind until the instance runs the edited services.
+  hs.status = "Progressing"
+  hs.message = describe(ready, "Updating: rolling out the edited services")
   return hs
 end
 

@@ -92,15 +92,18 @@ pub enum Phase {
     Pending,
     Provisioning,
     Ready,
+    /// Ready before, now rolling an edit of `spec.services` out to the instance.
+    Updating,
     Failed,
     Terminating,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Self::Pending,
         Self::Provisioning,
         Self::Ready,
+        Self::Updating,
         Self::Failed,
         Self::Terminating,
     ];
@@ -110,6 +113,7 @@ impl Phase {
             Self::Pending => "Pending",
             Self::Provisioning => "Provisioning",
             Self::Ready => "Ready",
+            Self::Updating => "Updating",
             Self::Failed => "Failed",
             Self::Terminating => "Terminating",
         }
@@ -154,6 +158,32 @@ pub struct FeatureEnvironmentStatus {
     /// What was actually deployed, digests where the registry allows.
     #[serde(default)]
     pub images: Vec<DeployedImage>,
+    /// Names the services (and requested images) `images` were resolved from: a
+    /// spec whose services name another is not applied yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_token: Option<String>,
+    /// An edit of `spec.services` sent to the running instance, until it is applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<ServicesUpdate>,
+}
+
+/// A services update: the instance was told to run `images` and tags itself
+/// `featureenv.io/services=complete:<token>` (or `failed:<token>`) when done.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesUpdate {
+    pub token: String,
+    /// The images the instance was told to run.
+    #[serde(default)]
+    pub images: Vec<DeployedImage>,
+    /// The SSM Run Command command id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<String>,
+    /// Why it did not apply, once it failed or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -101,6 +101,8 @@ struct State {
     tag_lag: u32,
     /// Per database id: (tags as the next answers show them, answers left).
     stale_tags: HashMap<String, (Tags, u32)>,
+    /// Scripts sent to instances (SendCommand), in order.
+    scripts: Vec<ScriptRequest>,
 }
 
 impl State {
@@ -230,6 +232,18 @@ impl FakeCloud {
         if let Some(i) = self.state().instances.get_mut(instance_id) {
             i.instance.tags.insert(tag::BOOTSTRAP.into(), value.into());
         }
+    }
+
+    /// What an instance does at the end of a services update: tag itself.
+    pub fn set_services_tag(&self, instance_id: &str, value: &str) {
+        if let Some(i) = self.state().instances.get_mut(instance_id) {
+            i.instance.tags.insert(tag::SERVICES.into(), value.into());
+        }
+    }
+
+    /// The scripts sent to instances so far.
+    pub fn scripts(&self) -> Vec<ScriptRequest> {
+        self.state().scripts.clone()
     }
 
     pub fn set_console_output(&self, instance_id: &str, output: &str) {
@@ -752,6 +766,32 @@ impl Registry for FakeCloud {
     }
 }
 
+#[async_trait]
+impl Commands for FakeCloud {
+    async fn run_script(&self, request: &ScriptRequest) -> CloudResult<String> {
+        const OP: &str = "SendCommand";
+        let lost = self.enter(OP).await?;
+        let mut s = self.state();
+        let running = s
+            .instances
+            .get(&request.instance_id)
+            .is_some_and(|i| matches!(i.instance.state, InstanceState::Running | InstanceState::Pending));
+        if !running {
+            return Err(CloudError::InvalidState {
+                operation: OP,
+                message: format!(
+                    "instance {} is not a managed node in a valid state",
+                    request.instance_id
+                ),
+            });
+        }
+        s.next_id += 1;
+        let id = format!("{:08x}-0000-4000-8000-{:012x}", s.next_id, s.next_id);
+        s.scripts.push(request.clone());
+        finish(OP, lost, Ok(id))
+    }
+}
+
 /// The fake as the bundle of trait objects the controllers take.
 impl From<FakeCloud> for super::Cloud {
     fn from(fake: FakeCloud) -> Self {
@@ -760,7 +800,8 @@ impl From<FakeCloud> for super::Cloud {
             compute: shared.clone(),
             databases: shared.clone(),
             parameters: shared.clone(),
-            registry: shared,
+            registry: shared.clone(),
+            commands: shared,
         }
     }
 }

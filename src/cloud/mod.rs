@@ -31,6 +31,9 @@ pub mod tag {
     pub const INSTANCE: &str = "featureenv.io/instance";
     pub const BOOTSTRAP_COMPLETE: &str = "complete";
     pub const BOOTSTRAP_FAILED: &str = "failed";
+    /// Written by an instance when it has applied a services update (or failed to):
+    /// `complete:<token>` / `failed:<token>`, the token naming the update.
+    pub const SERVICES: &str = "featureenv.io/services";
 }
 
 /// One way of picking machine images; fields set together must all match.
@@ -230,6 +233,28 @@ pub trait Parameters: Send + Sync {
     async fn list_parameters(&self, path: &str) -> CloudResult<Vec<String>>;
 }
 
+/// A script for a running instance to run (SSM Run Command, `AWS-RunShellScript`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptRequest {
+    pub instance_id: String,
+    /// The whole script, `#!/bin/bash` first.
+    pub script: String,
+    /// Shown in the SSM console; at most 100 characters (longer is cut).
+    pub comment: String,
+    /// How long SSM tries to deliver it (30 s at least), and how long it may run.
+    pub timeout_seconds: u32,
+}
+
+/// SSM Run Command: telling a running instance to do something. The instance
+/// reports the outcome by tagging itself, which the batched inventory poll reads,
+/// so nothing polls per command.
+#[async_trait]
+pub trait Commands: Send + Sync {
+    /// SendCommand; returns the command id. An instance SSM cannot reach yet (its
+    /// agent not registered) is `CloudError::InvalidState`.
+    async fn run_script(&self, request: &ScriptRequest) -> CloudResult<String>;
+}
+
 /// ECR: turning image tags into digests.
 #[async_trait]
 pub trait Registry: Send + Sync {
@@ -246,4 +271,5 @@ pub struct Cloud {
     pub databases: std::sync::Arc<dyn Databases>,
     pub parameters: std::sync::Arc<dyn Parameters>,
     pub registry: std::sync::Arc<dyn Registry>,
+    pub commands: std::sync::Arc<dyn Commands>,
 }

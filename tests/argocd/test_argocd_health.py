@@ -61,6 +61,8 @@ def ready_message(obj: dict[str, Any]) -> str:
         ("environment-InstanceTypeNotAllowed.json", "Degraded"),
         ("environment-ImageNotFound.json", "Degraded"),
         ("environment-PoolExhausted.json", "Progressing"),
+        ("environment-Updating.json", "Progressing"),
+        ("environment-UpdateFailed.json", "Degraded"),
     ],
 )
 def test_featureenvironment_health_of_recorded_objects(name: str, status: str, tmp_path: Path) -> None:

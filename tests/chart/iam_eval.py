@@ -399,6 +399,36 @@ def ssm_arn(region: str, account: str, name: str) -> str:
     return f"arn:{PARTITION}:ssm:{region}:{account}:parameter/{name.lstrip('/')}"
 
 
+# Document names AWS reserves for its own (CreateDocument: a custom document's name
+# cannot begin with them), compared case-insensitively.
+AWS_DOCUMENT_PREFIXES = ("aws", "amazon", "amzn")
+
+
+def ssm_document_arn(region: str, account: str, document: str) -> str:
+    """The ARN SendCommand is authorized against for DocumentName `document`: an ARN as
+    given; an AWS-owned document's has no account (arn:aws:ssm:REGION::document/AWS-...);
+    a custom one is the caller's account's."""
+    if document.startswith("arn:"):
+        return document
+    owner = "" if document.lower().startswith(AWS_DOCUMENT_PREFIXES) else account
+    return f"arn:{PARTITION}:ssm:{region}:{owner}:document/{document}"
+
+
+def ssm_send_command(*, region: str, account: str, document: str, instance_id: str,
+                     instance_tags: Mapping[str, str], principal: Mapping[str, Any] | None = None) -> list[Request]:
+    """SendCommand with InstanceIds (Service Authorization Reference: `document` is the
+    required resource type, `instance` one more): the document, and each instance with
+    its tags both as `aws:ResourceTag/...` and as SSM's own `ssm:resourceTag/...` (both
+    are listed for the instance resource type)."""
+    p = dict(principal or operator_principal())
+    instance_ctx = {**p, **tag_context(resource=instance_tags),
+                    **{f"ssm:resourceTag/{k}": v for k, v in instance_tags.items()}}
+    return [
+        Request("ssm:SendCommand", ssm_document_arn(region, account, document), dict(p)),
+        Request("ssm:SendCommand", ec2_arn(region, account, "instance", instance_id), instance_ctx),
+    ]
+
+
 def ssm_create_parameter(arn: str, tags: Mapping[str, str],
                          principal: Mapping[str, Any] | None = None) -> list[Request]:
     """PutParameter (Overwrite=false) with Tags: the parameter does not exist yet, and

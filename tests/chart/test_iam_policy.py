@@ -18,6 +18,9 @@ of the two policies (e.g. an earlier revision, to see which tests it fails).
 When FEATUREENV_AWS_CALL_LOG names one or more fault_proxy logs (JSON lines with
 service/action; comma-separated paths), every operation recorded there must be allowed
 too: that is how an end-to-end run proves the policy covers what the operator issued.
+A logged SendCommand is also evaluated on its resources (the document, each instance
+with the tags it had), with the policy rendered for FEATUREENV_CLUSTER_ID, the run's
+cluster id, which must then be set.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ POOL_TAG = "featureenv.io/pool"
 SNAPSHOT_TAG = "featureenv.io/snapshot"
 CLAIMED_BY_TAG = "featureenv.io/claimed-by"
 BOOTSTRAP_TAG = "featureenv.io/bootstrap"
+SERVICES_TAG = "featureenv.io/services"  # the outcome of a services update sent with SendCommand
 INSTANCE_TAG = "featureenv.io/instance"  # on the SSM parameter: the instance allowed to read it
 
 OPERATOR_ACTIONS = [
@@ -63,7 +67,7 @@ OPERATOR_ACTIONS = [
     "rds:DescribeDBSnapshots", "rds:RestoreDBInstanceFromDBSnapshot", "rds:DescribeDBInstances",
     "rds:AddTagsToResource", "rds:ModifyDBInstance", "rds:DeleteDBInstance",
     "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:DeleteParameter",
-    "ssm:GetParametersByPath",
+    "ssm:GetParametersByPath", "ssm:SendCommand",
     "ecr:DescribeImages", "ecr:BatchGetImage",
     "iam:PassRole",
 ]
@@ -105,9 +109,9 @@ def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def rendered(path: Path) -> dict[str, Any]:
+def rendered(path: Path, cluster: str = CLUSTER) -> dict[str, Any]:
     """The policy as deployed: placeholders replaced (docs/iam.md)."""
-    text = path.read_text().replace("CLUSTER_ID", CLUSTER).replace("ACCOUNT_ID", ACCOUNT)
+    text = path.read_text().replace("CLUSTER_ID", cluster).replace("ACCOUNT_ID", ACCOUNT)
     return json.loads(text)
 
 
@@ -164,10 +168,28 @@ def test_only_known_placeholders(path: Path) -> None:
     assert "CLUSTER_ID" not in json.dumps(text) and "ACCOUNT_ID" not in json.dumps(text)
 
 
+# What the SSM Agent needs to make its instance a managed node: the actions of AWS's
+# managed policy AmazonSSMManagedInstanceCore (v2) but for ssm:GetParameter(s), granted
+# on "*" as that policy does. Which resource each of the agent's own calls is authorized
+# against is not documented per call; scoping them is not worth a node that never
+# registers (docs/iam.md).
+SSM_AGENT_ACTIONS = {
+    "ssm:DescribeAssociation", "ssm:GetDeployablePatchSnapshotForInstance", "ssm:GetDocument",
+    "ssm:DescribeDocument", "ssm:GetManifest", "ssm:ListAssociations", "ssm:ListInstanceAssociations",
+    "ssm:PutInventory", "ssm:PutComplianceItems", "ssm:PutConfigurePackageResult", "ssm:UpdateAssociationStatus",
+    "ssm:UpdateInstanceAssociationStatus", "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply",
+}
+
+
 def test_resource_star_only_where_aws_has_no_resource_level_permissions() -> None:
-    # Service Authorization Reference: these actions have no required resource type.
+    # Service Authorization Reference: these actions have no required resource type; and
+    # the SSM Agent's, as AWS's own managed policy grants them.
     no_resource_level = {"ec2:DescribeImages", "ec2:DescribeInstances", "rds:DescribeDBSnapshots",
-                         "ecr:GetAuthorizationToken"}
+                         "ecr:GetAuthorizationToken", *SSM_AGENT_ACTIONS}
     for path in (POLICY, PROFILE_POLICY):
         for s in load(path)["Statement"]:
             if "*" in as_list(s["Resource"]):
@@ -213,7 +235,14 @@ def operator_calls() -> dict[str, list[Request]]:
                                        f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/payments", p)],
         "ecr:BatchGetImage": [Request("ecr:BatchGetImage",
                                       f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/payments", p)],
+        # A services update, once the bootstrap has tagged the instance.
+        "SendCommand": iam.ssm_send_command(region=REGION, account=ACCOUNT, document="AWS-RunShellScript",
+                                            instance_id=INSTANCE_A.rsplit("/", 1)[1],
+                                            instance_tags={**INSTANCE_TAGS, BOOTSTRAP_TAG: "complete"}),
     }
+
+
+SERVICES_TOKEN = "0123456789abcdef"  # 16 lowercase hex characters, per update
 
 
 def instance_calls() -> dict[str, list[Request]]:
@@ -227,6 +256,14 @@ def instance_calls() -> dict[str, list[Request]]:
         "ssm get-parameter": iam.ssm_on_parameter("ssm:GetParameter", PARAMETER, PARAMETER_OF_A, a),
         "ec2 create-tags complete": iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, {BOOTSTRAP_TAG: "complete"}, a),
         "ec2 create-tags failed": iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, {BOOTSTRAP_TAG: "failed"}, a),
+        # The services update the operator sends with SendCommand, run by the agent with
+        # the instance profile's credentials.
+        "services update complete": iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS,
+                                                        {SERVICES_TAG: f"complete:{SERVICES_TOKEN}"}, a),
+        "services update failed": iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS,
+                                                      {SERVICES_TAG: f"failed:{SERVICES_TOKEN}"}, a),
+        # The SSM Agent keeping the instance a managed node.
+        "ssm agent": [Request(action, "*", a) for action in sorted(SSM_AGENT_ACTIONS)],
     }
 
 
@@ -497,8 +534,12 @@ def test_pass_role_only_the_instance_role_to_ec2() -> None:
 def test_instance_profile_actions() -> None:
     policy = load(PROFILE_POLICY)
     for action in ("ec2:TerminateInstances", "ec2:RunInstances", "ssm:PutParameter", "ssm:GetParametersByPath",
-                   "ssm:AddTagsToResource", "ecr:PutImage", "iam:PassRole"):
+                   "ssm:AddTagsToResource", "ecr:PutImage", "iam:PassRole",
+                   # AmazonSSMManagedInstanceCore grants these on "*"; the agent statement must not.
+                   "ssm:GetParameters", "ssm:SendCommand", "ssm:StartSession"):
         assert not action_allowed(policy, action), f"the instance must not be able to {action}"
+    agent = [s for s in policy["Statement"] if s["Sid"] == "SSMAgentManagedNode"]
+    assert len(agent) == 1 and set(agent[0]["Action"]) == SSM_AGENT_ACTIONS
 
 
 def test_instance_reads_only_its_own_parameter() -> None:
@@ -537,8 +578,78 @@ def test_instance_tags_only_itself_and_only_the_bootstrap_tag() -> None:
     assert_denied(policy, iam.ec2_create_tags(OTHER_CLUSTER_INSTANCE, {}, {BOOTSTRAP_TAG: "complete"}, c),
                   "an untagged instance, itself")
     for tags in ({CLUSTER_TAG: OTHER_CLUSTER}, {UID_TAG: "x"}, {BOOTSTRAP_TAG: "complete", ENV_TAG: "x"},
-                 {BOOTSTRAP_TAG: "yes"}):
+                 {BOOTSTRAP_TAG: "yes"}, {BOOTSTRAP_TAG: f"complete:{SERVICES_TOKEN}"}):
         assert_denied(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, tags, a), str(tags))
+
+
+def test_instance_tags_itself_with_the_outcome_of_a_services_update_only() -> None:
+    policy = rendered(PROFILE_POLICY)
+    a = iam.instance_principal(INSTANCE_A)
+    for value in (f"complete:{SERVICES_TOKEN}", f"failed:{SERVICES_TOKEN}", "complete:ffffffffffffffff"):
+        assert_allowed(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, {SERVICES_TAG: value}, a))
+    for value in (f"running:{SERVICES_TOKEN}", "complete", "complete:", f"complete:{SERVICES_TOKEN}0",
+                  f"complete:{SERVICES_TOKEN[:-1]}", f"succeeded:{SERVICES_TOKEN}", f"Complete:{SERVICES_TOKEN}"):
+        assert_denied(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, {SERVICES_TAG: value}, a), value)
+    outcome = {SERVICES_TAG: f"complete:{SERVICES_TOKEN}"}
+    assert_denied(policy, iam.ec2_create_tags(INSTANCE_B, INSTANCE_TAGS, outcome, a), "A tags B")
+    assert_denied(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, outcome, iam.operator_principal()),
+                  "not instance credentials")
+    c = iam.instance_principal(OTHER_CLUSTER_INSTANCE)
+    assert_denied(policy, iam.ec2_create_tags(OTHER_CLUSTER_INSTANCE, {**INSTANCE_TAGS, CLUSTER_TAG: OTHER_CLUSTER},
+                                              outcome, c), "another cluster's instance, itself")
+    assert_denied(policy, iam.ec2_create_tags(OTHER_CLUSTER_INSTANCE, {}, outcome, c), "an untagged instance, itself")
+    # One key per call: the two outcomes are written separately, never with another key.
+    for extra in ({BOOTSTRAP_TAG: "complete"}, {ENV_TAG: "x"}, {CLUSTER_TAG: CLUSTER}):
+        assert_denied(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, {**outcome, **extra}, a), str(extra))
+
+
+# --- Run Command: the operator runs the services update on its own instances only -----
+
+
+def send_command(instance_arn: str, tags: dict[str, str], document: str = "AWS-RunShellScript",
+                 principal: dict[str, Any] | None = None) -> list[Request]:
+    return iam.ssm_send_command(region=REGION, account=ACCOUNT, document=document,
+                                instance_id=instance_arn.rsplit("/", 1)[1], instance_tags=tags, principal=principal)
+
+
+def test_send_command_runs_shell_scripts_on_our_instances() -> None:
+    policy = rendered(POLICY)
+    assert_allowed(policy, send_command(INSTANCE_A, INSTANCE_TAGS))
+    assert iam.ssm_document_arn(REGION, ACCOUNT, "AWS-RunShellScript") == (
+        f"arn:aws:ssm:{REGION}::document/AWS-RunShellScript"), "AWS's documents have no account in their ARN"
+
+
+@pytest.mark.parametrize("instance", list(FOREIGN_INSTANCES))
+def test_send_command_denied_on_an_instance_that_is_not_ours(instance: str) -> None:
+    policy = rendered(POLICY)
+    arn, existing = FOREIGN_INSTANCES[instance]
+    requests = send_command(arn, existing)
+    assert_denied(policy, requests, instance)
+    # By the instance's own authorization (the document's alone would pass).
+    assert not iam.allowed(policy, only(requests, "ssm:SendCommand", ":instance/")), instance
+    assert iam.allowed(policy, only(requests, "ssm:SendCommand", ":document/"))
+
+
+@pytest.mark.parametrize("document", [
+    "AWS-RunPowerShellScript", "AWS-RunRemoteScript", "AWS-ApplyPatchBaseline", "featureenv-update-services",
+    f"arn:aws:ssm:{REGION}:999999999999:document/AWS-RunShellScript",
+    f"arn:aws:ssm:{REGION}:{ACCOUNT}:document/AWS-RunShellScript",
+], ids=["powershell", "remote-script", "patch", "custom-in-account", "shared-from-another-account",
+        "in-account-arn"])
+def test_send_command_denied_for_any_other_document(document: str) -> None:
+    policy = rendered(POLICY)
+    requests = send_command(INSTANCE_A, INSTANCE_TAGS, document)
+    assert_denied(policy, requests, document)
+    assert not iam.allowed(policy, only(requests, "ssm:SendCommand", ":document/")), document
+
+
+def test_send_command_tag_condition_is_ssms_own_key() -> None:
+    """The policy names `ssm:resourceTag/...` (the key AWS's Run Command examples use):
+    an instance whose tags reached the request only as aws:ResourceTag is not enough."""
+    policy = rendered(POLICY)
+    instance = Request("ssm:SendCommand", INSTANCE_A, {**iam.operator_principal(),
+                                                       **iam.tag_context(resource=INSTANCE_TAGS)})
+    assert not iam.allowed(policy, instance)
 
 
 # --- defect 4: the evaluator decides, or refuses -----------------------------------
@@ -632,13 +743,19 @@ def _actions(finding: Any) -> set[str]:
 ACCEPTED_FINDINGS = [
     Accepted(
         "operator", "RESOURCE_MISMATCH",
-        lambda f: {d["action"] for d in f.detail} <= {"ec2:RunInstances", "rds:RestoreDBInstanceFromDBSnapshot"},
+        lambda f: {d["action"] for d in f.detail} <= {"ec2:RunInstances", "rds:RestoreDBInstanceFromDBSnapshot",
+                                                       "ssm:SendCommand"},
         # False positive: parliament wants every required resource type of an action in
         # each statement, so it flags the AWS-documented split of RunInstances into a
         # tagged statement (instance, volume, ENI) and an untagged one (image, subnet,
         # security group). duo-labs/parliament issue #3, open; AWS EC2 User Guide,
         # "Tag instances and volumes on creation with specific tags". Every required
         # type is still checked to be covered by another statement (_split_covers).
+        # SendCommand is split the same way, as the SSM User Guide's Run Command
+        # examples do: the tag condition cannot be put on the document, which has no
+        # tags, so the document and the instances are two statements. parliament also
+        # reads the AWS-owned document's ARN (no account: arn:aws:ssm:*::document/...)
+        # as not matching its format.
         "split statements per resource type (parliament issue #3)"),
     Accepted(
         "operator", "PERMISSIONS_MANAGEMENT_ACTIONS", lambda f: _actions(f) == {"iam:passrole"},
@@ -658,6 +775,13 @@ ACCEPTED_FINDINGS = [
         # `aws ecr get-login-password` on the instance: the registry token docker pull
         # needs (the same action as AWS's AmazonEC2ContainerRegistryReadOnly).
         "ECR login token for docker pull"),
+    Accepted(
+        "instance-profile", "RESOURCE_STAR",
+        lambda f: isinstance(f.detail, list) and set(f.detail) <= SSM_AGENT_ACTIONS,
+        # The SSM Agent's own calls on "*", as AWS's managed policy
+        # AmazonSSMManagedInstanceCore grants them (SSM_AGENT_ACTIONS); some of them have
+        # resource types, but not which resource each call of the agent names.
+        "the SSM Agent's actions, as AmazonSSMManagedInstanceCore grants them"),
     Accepted(
         "instance-profile", "UNKNOWN_CONDITION_FOR_ACTION",
         lambda f: f.detail == "Unknown condition ec2:SourceInstanceARN for action ec2:CreateTags",
@@ -717,10 +841,21 @@ def _call_logs() -> list[Path]:
     return [Path(p) for p in raw.split(",") if p.strip()]
 
 
+def recorded_requests(entry: dict[str, Any]) -> list[Request] | None:
+    """The authorizations of a logged call whose resources the proxy logs (SendCommand:
+    its document, each instance with its tags then; ACCOUNT is moto's), else None."""
+    if (entry["service"], entry["action"]) != ("ssm", "SendCommand") or "document" not in entry:
+        return None
+    return [r for iid in entry["instance_ids"] for r in iam.ssm_send_command(
+        region=entry["region"], account=ACCOUNT, document=str(entry["document"]), instance_id=iid,
+        instance_tags=entry["instance_tags"].get(iid, {}))]
+
+
 @pytest.mark.skipif(not _call_logs(), reason="set FEATUREENV_AWS_CALL_LOG to fault_proxy logs of an e2e run")
 def test_every_recorded_operation_is_allowed() -> None:
     policy = load(POLICY)
     seen: set[str] = set()
+    with_resources: list[tuple[dict[str, Any], list[Request]]] = []
     for path in _call_logs():
         assert path.is_file(), f"FEATUREENV_AWS_CALL_LOG names a missing file: {path}"
         for line in path.read_text().splitlines():
@@ -729,6 +864,41 @@ def test_every_recorded_operation_is_allowed() -> None:
             entry = json.loads(line)
             prefix = SIGNING_NAME_TO_IAM_PREFIX.get(entry["service"], entry["service"])
             seen.add(f"{prefix}:{entry['action']}")
+            requests = recorded_requests(entry)
+            if requests is not None:
+                with_resources.append((entry, requests))
     assert seen, "the call logs recorded no AWS operation"
     denied = sorted(a for a in seen if not action_allowed(policy, a))
     assert not denied, f"the operator issued operations docs/iam-policy.json does not allow: {denied}"
+    if with_resources:
+        cluster = os.environ.get("FEATUREENV_CLUSTER_ID", "")
+        assert cluster, "the call logs hold SendCommand calls: set FEATUREENV_CLUSTER_ID to the run's cluster id"
+        deployed = rendered(POLICY, cluster)
+        refused = [f"{r} {dict(r.context)} (logged at {entry['ts']})" for entry, requests in with_resources
+                   for r in iam.denied_requests(deployed, requests)]
+        assert not refused, "denied by docs/iam-policy.json:\n" + "\n".join(refused)
+
+
+def test_recorded_send_command_is_evaluated_on_its_resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check an end-to-end run gets, on log lines as fault_proxy writes them."""
+    ours = {"featureenv.io/cluster": "e2e", "featureenv.io/bootstrap": "complete"}
+    line = {"ts": 1.0, "received": 1.0, "agent": "op-a", "service": "ssm", "action": "SendCommand", "status": 200,
+            "fault": None, "region": "us-east-1", "document": "AWS-RunShellScript",
+            "instance_ids": ["i-0aaaaaaaaaaaaaaaa"], "instance_tags": {"i-0aaaaaaaaaaaaaaaa": ours}}
+    faulted = {"ts": 0.5, "received": 0.5, "agent": "op-a", "service": "ssm", "action": "SendCommand",
+               "status": 400, "fault": "throttle"}
+    log = tmp_path / "aws-calls.jsonl"
+    monkeypatch.setenv("FEATUREENV_AWS_CALL_LOG", str(log))
+    monkeypatch.setenv("FEATUREENV_CLUSTER_ID", "e2e")
+    log.write_text(json.dumps(faulted) + "\n" + json.dumps(line) + "\n")
+    assert recorded_requests(faulted) is None
+    test_every_recorded_operation_is_allowed()
+    for bad in ({**line, "instance_tags": {}}, {**line, "document": "AWS-RunPowerShellScript"},
+                {**line, "instance_tags": {"i-0aaaaaaaaaaaaaaaa": {**ours, "featureenv.io/cluster": "other"}}}):
+        log.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(AssertionError, match="denied by docs/iam-policy.json"):
+            test_every_recorded_operation_is_allowed()
+    log.write_text(json.dumps(line) + "\n")
+    monkeypatch.delenv("FEATUREENV_CLUSTER_ID")
+    with pytest.raises(AssertionError, match="set FEATUREENV_CLUSTER_ID"):
+        test_every_recorded_operation_is_allowed()

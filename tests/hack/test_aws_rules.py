@@ -62,12 +62,17 @@ def ssm(action: str, **doc: Any) -> Call:
 
 class Seen(NothingObserved):
     def __init__(self, imds: set[str] = frozenset(), engines: dict[str, str] | None = None,
-                 db_tags: dict[str, set[str]] | None = None, param_tags: dict[str, set[str]] | None = None) -> None:
+                 db_tags: dict[str, set[str]] | None = None, param_tags: dict[str, set[str]] | None = None,
+                 states: dict[str, str] | None = None) -> None:
         self.imds, self.engines = set(imds), engines or {}
         self.db_tags, self.param_tags = db_tags or {}, param_tags or {}
+        self.states = states or {}
 
     def instance_metadata_tags(self, instance_id: str) -> bool:
         return instance_id in self.imds
+
+    def instance_state(self, instance_id: str) -> str | None:
+        return self.states.get(instance_id)
 
     def db_engine(self, db_id: str) -> str | None:
         return self.engines.get(db_id)
@@ -331,6 +336,94 @@ def test_parameters_by_path() -> None:
     assert check(ssm("GetParametersByPath", Path="/featureenv/dev", Recursive=True, MaxResults=10), NONE) is None
     assert violated(ssm("GetParametersByPath", Path="featureenv/dev"))[:2] == ("ValidationException", "ssm.by-path")
     assert violated(ssm("GetParametersByPath", Path="/featureenv", MaxResults=11))[1] == "ssm.by-path"
+
+
+INSTANCE = "i-0123456789abcdef0"
+SERVICES_SCRIPT = "#!/bin/bash\nset -Eeuo pipefail\n# update services\n"
+
+
+def send_command(**doc: Any) -> Call:
+    """SendCommand as the operator sends it, with `doc` replacing fields (None: absent)."""
+    fields = {
+        "DocumentName": "AWS-RunShellScript", "InstanceIds": [INSTANCE],
+        "Parameters": {"commands": [SERVICES_SCRIPT]},
+        "Comment": "featureenv: update services of team-a/my-env", "TimeoutSeconds": 1200, **doc,
+    }
+    return ssm("SendCommand", **{k: v for k, v in fields.items() if v is not None})
+
+
+def test_operator_send_command_passes() -> None:
+    assert check(send_command(), Seen(states={INSTANCE: "running"})) is None
+    assert check(send_command(), NONE) is None, "nothing known of the instance: moto decides"
+    for ok in ({"TimeoutSeconds": 30}, {"TimeoutSeconds": 2592000}, {"Comment": "c" * 100}, {"Comment": None},
+               {"TimeoutSeconds": None}, {"InstanceIds": [f"i-{n:017x}" for n in range(50)]},
+               {"InstanceIds": ["i-01234567", "mi-0123456789abcdef0"]}, {"DocumentName": "arn:aws:ssm:x:1:document/My_doc-1.0"}):
+        assert check(send_command(**ok), NONE) is None, ok
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"DocumentName": None}, "Value null at 'documentName' failed to satisfy constraint: Member must not be null"),
+    ({"DocumentName": "ab"}, "Value 'ab' at 'documentName' failed to satisfy constraint: Member must satisfy "
+                             "regular expression pattern: ^[a-zA-Z0-9_\\-.:/]{3,128}$"),
+    ({"DocumentName": "d" * 129}, None),
+    ({"DocumentName": "AWS RunShellScript"}, None),
+    ({"InstanceIds": ["i-bad"]}, "Value '[i-bad]' at 'instanceIds' failed to satisfy constraint: Member must satisfy "
+                                 "constraint: [Member must satisfy regular expression pattern: "
+                                 "(^i-(\\w{8}|\\w{17})$)|(^mi-\\w{17}$)]"),
+    ({"InstanceIds": ["i-0123456789abcdef"]}, None),  # 16 characters: neither 8 nor 17
+    ({"InstanceIds": ["i-0123456789abcdef0\n"]}, None),
+    ({"InstanceIds": ["i-0123456789abcdéf0"]}, None),  # \w is ASCII in AWS's (Java) patterns
+    ({"InstanceIds": [f"i-{n:017x}" for n in range(51)]}, None),
+    ({"Comment": "c" * 101}, "Value '" + "c" * 101 + "' at 'comment' failed to satisfy constraint: Member must have "
+                             "length less than or equal to 100"),
+    ({"TimeoutSeconds": 29}, "Value '29' at 'timeoutSeconds' failed to satisfy constraint: Member must have value "
+                             "greater than or equal to 30"),
+    ({"TimeoutSeconds": 2592001}, None),
+], ids=["no-document", "short-document", "long-document", "document-space", "bad-id", "16-char-id", "id-newline",
+        "id-non-ascii", "51-ids", "long-comment", "short-timeout", "long-timeout"])
+def test_send_command_model_constraints(doc: dict[str, Any], message: str | None) -> None:
+    code, rule_id, text = violated(send_command(**doc))
+    assert (code, rule_id) == ("ValidationException", "ssm.send-command.model")
+    if message is not None:
+        assert text == "1 validation error detected: " + message
+
+
+def test_send_command_model_violations_come_in_one_message() -> None:
+    text = violated(send_command(Comment="c" * 101, TimeoutSeconds=10))[2]
+    assert text.startswith("2 validation errors detected: Value '") and "at 'comment'" in text
+    assert text.endswith("at 'timeoutSeconds' failed to satisfy constraint: Member must have value greater than or "
+                         "equal to 30")
+
+
+@pytest.mark.parametrize("parameters", [
+    None, {}, {"commands": []}, {"commands": "echo"}, {"commands": [SERVICES_SCRIPT], "command": ["x"]},
+    {"commands": [SERVICES_SCRIPT], "executionTimeout": ["0"]},
+    {"commands": [SERVICES_SCRIPT], "executionTimeout": ["172801"]},
+    {"commands": [SERVICES_SCRIPT], "executionTimeout": "1200"},
+], ids=["none", "empty", "no-command", "not-a-list", "unknown-name", "timeout-0", "timeout-over", "timeout-not-list"])
+def test_run_shell_script_parameters(parameters: Any) -> None:
+    assert violated(send_command(Parameters=parameters))[:2] == ("InvalidParameters", "ssm.send-command.parameters")
+
+
+def test_run_shell_script_parameters_the_document_declares_pass() -> None:
+    full = {"commands": ["a", "b"], "workingDirectory": ["/root"], "executionTimeout": ["172800"]}
+    assert check(send_command(Parameters=full), NONE) is None
+    other = send_command(DocumentName="AWS-RunPowerShellScript", Parameters={"anything": ["x"]})
+    assert check(other, NONE) is None, "only AWS-RunShellScript's parameters are known here"
+
+
+@pytest.mark.parametrize("state", ["shutting-down", "terminated", aws_rules.INSTANCE_NOT_FOUND])
+def test_send_command_to_an_instance_in_an_invalid_state(state: str) -> None:
+    other = "i-0fedcba9876543210"
+    seen = Seen(states={INSTANCE: state, other: "running"})
+    assert violated(send_command(InstanceIds=[other, INSTANCE]), seen) == (
+        "InvalidInstanceId", "ssm.send-command.instance-state",
+        f"Instances [[{INSTANCE}]] not in a valid state for account 123456789012")
+
+
+@pytest.mark.parametrize("state", ["pending", "running", "stopping", "stopped"])
+def test_send_command_to_an_instance_in_a_valid_state(state: str) -> None:
+    assert check(send_command(), Seen(states={INSTANCE: state})) is None
 
 
 # --- ECR -------------------------------------------------------------------------------

@@ -9,8 +9,10 @@ import boto3
 from botocore.model import ServiceModel
 from botocore.parsers import create_parser
 
-from aws_rules import Call
-from aws_world import FAST, Answer, World
+import json
+
+from aws_rules import INSTANCE_NOT_FOUND, Call
+from aws_world import FAST, Answer, World, moto_request
 
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15"
 RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"
@@ -138,3 +140,60 @@ def test_without_timing_answers_pass_untouched() -> None:
     world.observe(Call("ec2", "RunInstances"), 200, run_answer("i-1").body)
     assert world.rewrite(Call("ec2", "DescribeInstances"), answer) == answer
     assert world.state_violation(Call("rds", "DeleteDBInstance", params={"DBInstanceIdentifier": "x"})) is None
+
+
+def describe_many(instances: dict[str, tuple[str, dict[str, str]]]) -> bytes:
+    items = "".join(
+        f"<item><instanceId>{iid}</instanceId><instanceState><code>0</code><name>{state}</name></instanceState>"
+        f"<tagSet>{''.join(f'<item><key>{k}</key><value>{v}</value></item>' for k, v in tags.items())}</tagSet></item>"
+        for iid, (state, tags) in instances.items())
+    return (f'<DescribeInstancesResponse xmlns="{EC2_NS}"><reservationSet><item><instancesSet>{items}</instancesSet>'
+            "</item></reservationSet></DescribeInstancesResponse>").encode()
+
+
+def test_instance_states_are_learned_from_moto() -> None:
+    world = World(None)
+    assert world.instance_state("i-1") is None
+    world.observe(Call("ec2", "RunInstances"), 200, run_answer("i-1").body)
+    assert world.instance_state("i-1") == "pending"
+    world.observe(Call("ec2", "DescribeInstances"), 200, describe_answer("i-1", {}).body)
+    assert world.instance_state("i-1") == "running"
+    terminate = (f'<TerminateInstancesResponse xmlns="{EC2_NS}"><instancesSet><item><instanceId>i-1</instanceId>'
+                 "<currentState><code>32</code><name>shutting-down</name></currentState>"
+                 "<previousState><code>16</code><name>running</name></previousState></item></instancesSet>"
+                 "</TerminateInstancesResponse>").encode()
+    world.observe(Call("ec2", "TerminateInstances"), 200, terminate)
+    assert world.instance_state("i-1") == "shutting-down"
+    # The proxy's own look-up before a SendCommand: found ones with their tags, the rest unknown to moto.
+    tags = world.learn_instances(["i-1", "i-2", "i-3"], 200, describe_many(
+        {"i-1": ("terminated", {"featureenv.io/cluster": "c"}), "i-2": ("running", {}), "i-9": ("running", {})}))
+    assert tags == {"i-1": {"featureenv.io/cluster": "c"}, "i-2": {}}
+    assert [world.instance_state(i) for i in ("i-1", "i-2", "i-3", "i-9")] == [
+        "terminated", "running", INSTANCE_NOT_FOUND, None]
+    assert world.learn_instances(["i-2"], 503, b"<Response/>") is None
+    assert world.instance_state("i-2") == "running", "an answer that says nothing changes nothing"
+
+
+def send_command(**doc: object) -> Call:
+    return Call("ssm", "SendCommand", doc=dict(doc), json_protocol=True)
+
+
+def test_moto_gets_the_targets_of_a_send_command_and_the_answer_is_as_sent() -> None:
+    call = send_command(DocumentName="AWS-RunShellScript", InstanceIds=["i-1", "i-2"],
+                        Parameters={"commands": ["x"]}, TimeoutSeconds=1200)
+    body = json.dumps(call.doc).encode()
+    forwarded = json.loads(moto_request(call, body))
+    assert forwarded == {**call.doc, "Targets": [{"Key": "instance-id", "Values": ["i-1", "i-2"]}]}
+    for untouched in (send_command(InstanceIds=["i-1"], Targets=[{"Key": "tag:a", "Values": ["b"]}]),
+                      send_command(DocumentName="AWS-RunShellScript"), Call("ssm", "GetParameter", doc={"Name": "/a"})):
+        assert moto_request(untouched, b"{}") == b"{}"
+    moto = {"Command": {"CommandId": "c-1", "InstanceIds": ["i-2", "i-1"],
+                        "Targets": [{"Key": "instance-id", "Values": ["i-1", "i-2"]}], "Status": "Success",
+                        "CompletedCount": 4, "TargetCount": 4, "TimeoutSeconds": 1200}}
+    answer = World(None).rewrite(call, Answer(200, [], json.dumps(moto).encode()))
+    command = json.loads(answer.body)["Command"]
+    assert command == {"CommandId": "c-1", "InstanceIds": ["i-1", "i-2"], "Targets": [], "Status": "Pending",
+                       "StatusDetails": "Pending", "CompletedCount": 0, "ErrorCount": 0, "DeliveryTimedOutCount": 0,
+                       "TargetCount": 2, "TimeoutSeconds": 1200}
+    refused = Answer(400, [], b'{"__type": "InvalidInstanceId"}')
+    assert World(None).rewrite(call, refused) == refused

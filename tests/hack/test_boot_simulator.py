@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from boot_simulator import Imds, MetadataInstance, decode_user_data, redirect_host_paths
-from user_data import Spec, log_file, render_user_data
+from user_data import Spec, UpdateSpec, log_file, render_update_script, render_user_data
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
@@ -158,22 +158,34 @@ def test_rendering_mirrors_the_rust_unit_test_expectations() -> None:
     assert "readonly DATABASE_PARAMETER='/featureenv/prod/x/database'" in script
     assert "readonly -a ADDONS=('ingress' 'dashboard' 'logviewer')" in script
     assert "readonly -a ECR_HOSTS=('123456789012.dkr.ecr.ap-southeast-1.amazonaws.com')" in script
-    assert "readonly BOOTSTRAP_TAG='featureenv.io/bootstrap'" in script
+    assert "readonly OUTCOME_TAG='featureenv.io/bootstrap'" in script
+    assert "readonly COMPLETE_VALUE='complete'" in script and "readonly FAILED_VALUE='failed'" in script
     assert "trap 'on_error \"$LINENO\"' ERR" in script
     assert log_file() == "/var/log/featureenv-bootstrap.log"
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    update = render_update_script(UpdateSpec("team-payments/payments-pr-123", "ap-southeast-1", [
+        ("payments", "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-124")], "0123456789abcdef"))
+    assert update.startswith("#!/bin/bash\n")
+    assert "readonly OUTCOME_TAG='featureenv.io/services'" in update
+    assert "readonly COMPLETE_VALUE='complete:0123456789abcdef'" in update
+    assert "readonly FAILED_VALUE='failed:0123456789abcdef'" in update
+    assert "ssm get-parameter" not in update and "minikube start" not in update
+    assert subprocess.run(["bash", "-n"], input=update, text=True).returncode == 0
 
 
 def test_only_the_host_paths_are_redirected(tmp_path: Path) -> None:
     script = render_user_data(Spec("default/x", "us-east-1", [], []))
     redirected = redirect_host_paths(script, tmp_path)
     assert f"readonly LOG_FILE='{tmp_path}/bootstrap.log'" in redirected
-    assert f"2>{tmp_path}/console.log)" in redirected
+    assert f"2>>{tmp_path}/console.log)" in redirected, "a device is appended to, never truncated"
     assert "/var/log/" not in redirected and "/dev/console" not in redirected
     before, after = script.splitlines(), redirected.splitlines()
     assert len(before) == len(after)
     assert sum(a != b for a, b in zip(before, after)) == 2
     assert decode_user_data("") == ""
+    console = f"{tmp_path}/console.log"
+    assert redirect_host_paths("a >/dev/console; b >>/dev/console; c 2>/dev/console; tee -a /dev/console",
+                               tmp_path) == f"a >>{console}; b >>{console}; c 2>>{console}; tee -a {console}"
 
 
 # --------------------------------------------------------------------------------------
@@ -468,3 +480,220 @@ def test_a_simulator_killed_with_sigkill_leaves_no_script_running(seeded: dict[s
     sim.proc.wait(timeout=5)
     wait_until("the script to end", lambda: not pid_alive(pid), 10)
     wait_until("the cache directory to go", lambda: not list(tmp_path.glob(".ecr-cache-*")), 10)
+
+
+# --------------------------------------------------------------------------------------
+# Run Command: the simulator as the instances' SSM Agent
+
+COMMAND_RE = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) command instance=(i-[0-9a-f]+) "
+    r"command=([0-9a-f-]{36}) exit=(\d+) services=(\S+)$"
+)
+TOKEN = "0123456789abcdef"
+
+
+def services_script(images: list[tuple[str, str]], token: str = TOKEN) -> str:
+    """The operator's own services update (src/bootstrap.rs render_update_script)."""
+    return render_update_script(UpdateSpec("default/x", REGION, images, token))
+
+
+def services_tag(ec2: Any, iid: str) -> str | None:
+    inst = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}.get("featureenv.io/services")
+
+
+def send(ssm: Any, iid: str, script: str, document: str = "AWS-RunShellScript", **extra: Any) -> str:
+    """SendCommand as the operator sends it."""
+    return str(ssm.send_command(
+        DocumentName=document, InstanceIds=[iid], Parameters={"commands": [script]},
+        Comment="featureenv: update services of default/x", TimeoutSeconds=1200, **extra,
+    )["Command"]["CommandId"])
+
+
+def command_started(sim: Sim, iid: str, cid: str) -> float:
+    """When the command's script started (its result.json: end minus wall time)."""
+    result = json.loads(read(sim.dir(iid) / "commands" / cid / "result.json"))
+    return epoch(result["exited_at"]) - float(result["wall_seconds"])
+
+
+def ended(result_json: Path) -> float:
+    return epoch(json.loads(read(result_json))["exited_at"])
+
+
+SLOW_BOOT = "#!/bin/bash\necho $$ > \"$PWD/bash.pid\"\nsleep 4\n"
+QUICK_BOOT = "#!/bin/bash\nexit 0\n"
+
+
+@dataclass
+class Agent:
+    sim: Sim
+    ids: dict[str, str]
+    commands: dict[str, str]
+    ec2: Any
+
+    def lines(self) -> dict[str, re.Match[str]]:
+        return {m.group(3): m for m in (COMMAND_RE.match(line) for line in list(self.sim.lines)) if m}
+
+
+@pytest.fixture(scope="module")
+def agent(seeded: dict[str, Any], moto_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    """One simulator; commands sent through the strict layer as the operator sends them
+    (moto alone would record a command as sent to every instance of the region)."""
+    from awsenv import client
+    from test_fault_proxy import clients, start_proxy, stop
+
+    ec2 = client("ec2", moto_endpoint, REGION)
+    ami = seeded["amiIds"]["newer"]
+    cluster = "ssm-" + uuid.uuid4().hex[:6]
+    ids = {
+        "booted": launch(ec2, ami, cluster, "booted", QUICK_BOOT),
+        "booting": launch(ec2, ami, cluster, "booting", SLOW_BOOT),
+        "doomed": launch(ec2, ami, cluster, "doomed", QUICK_BOOT),
+        "foreign": launch(ec2, ami, "someone-else", "foreign", QUICK_BOOT),
+    }
+    proxy, url = start_proxy(moto_endpoint, 0.0, tmp_path_factory.mktemp("ssm-proxy") / "proxy.jsonl",
+                             extra=("--timing", "off"))
+    sim = start_sim(moto_endpoint, cluster, tmp_path_factory.mktemp("ssm-instances"), boot_seconds=0.2)
+    commands: dict[str, str] = {}
+    try:
+        ssm = clients(url)["ssm"]
+        wait_until("two boots", lambda: {ids["booted"], ids["doomed"]} <= set(sim.results()), 30)
+        wait_until("the slow boot to start", lambda: read(sim.dir(ids["booting"]) / "bash.pid"), 30)
+        assert ids["booting"] not in sim.results(), "the slow boot ended too early for this test"
+        good = [("payments", f"{REGISTRY}/payments:pr-123"), ("frontend", f"{REGISTRY}/frontend:latest")]
+        commands["complete"] = send(ssm, ids["booted"], services_script(good))
+        commands["failed"] = send(ssm, ids["booted"], services_script([("nope", f"{REGISTRY}/no-such-repo:pr-1")],
+                                                                       token="fedcba9876543210"))
+        commands["after-boot"] = send(ssm, ids["booting"], services_script(good, token="00000000000000aa"))
+        # Straight to moto (the layer refuses TimeoutSeconds < 30), with the Targets the
+        # layer would add: it cannot be delivered before the slow boot and the command
+        # queued before it are done.
+        direct = unvalidated_ssm(moto_endpoint)
+        commands["undelivered"] = str(direct.send_command(
+            DocumentName="AWS-RunShellScript", InstanceIds=[ids["booting"]], TimeoutSeconds=1,
+            Targets=[{"Key": "instance-id", "Values": [ids["booting"]]}],
+            Parameters={"commands": ["#!/bin/bash\ntouch \"$PWD/ran\"\n"]})["Command"]["CommandId"])
+        commands["foreign"] = send(ssm, ids["foreign"], "#!/bin/bash\ntouch /tmp/never\n")
+        commands["powershell"] = send(ssm, ids["booted"], "Write-Output hi", document="AWS-RunPowerShellScript")
+        commands["hanging"] = send(ssm, ids["doomed"], "#!/bin/bash\necho $$ > \"$PWD/pid\"\nsleep 300\n")
+        pid = int(wait_until("the hanging command to start", lambda: read(
+            sim.dir(ids["doomed"]) / "commands" / commands["hanging"] / "pid").strip(), 30))
+        ec2.terminate_instances(InstanceIds=[ids["doomed"]])
+        done = {commands[k] for k in ("complete", "failed", "after-boot", "hanging")}
+
+        def finished() -> bool:
+            lines = {m.group(3) for m in (COMMAND_RE.match(line) for line in list(sim.lines)) if m}
+            undelivered = any(f"command={commands['undelivered']}" in line for line in list(sim.lines))
+            return (done <= lines and undelivered) or sim.proc.poll() is not None
+
+        wait_until("every command line", finished, 90)
+        assert sim.proc.poll() is None, "\n".join(sim.stderr)
+        assert not pid_alive(pid)
+        time.sleep(1.0)  # a few more steps: nothing runs twice, nothing ignored runs late
+    finally:
+        stop(proxy)
+        code = sim.stop()
+    assert code == 0, "\n".join(sim.stderr)
+    yield Agent(sim, ids, commands, ec2)
+
+
+def unvalidated_ssm(endpoint: str) -> Any:
+    """An SSM client that sends what boto3 would refuse before sending."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("ssm", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing",
+                        aws_secret_access_key="testing", config=Config(parameter_validation=False))
+
+
+def test_a_command_runs_as_the_agent_runs_it_and_tags_the_instance(agent: Agent) -> None:
+    iid, cid = agent.ids["booted"], agent.commands["complete"]
+    line = agent.lines()[cid]
+    assert (line.group(2), line.group(4), line.group(5)) == (iid, "0", f"complete:{TOKEN}")
+    assert " bootstrap " not in line.group(0)
+    d = agent.sim.dir(iid)
+    command_dir = d / "commands" / cid
+    script = read(command_dir / "_script.sh")
+    assert script.startswith("#!/bin/bash\n") and os.access(command_dir / "_script.sh", os.X_OK)
+    assert f"readonly LOG_FILE='{d}/bootstrap.log'" in script and f"2>>{d}/console.log)" in script
+    calls = read(d / "calls.log")
+    assert f"docker pull {REGISTRY}/payments:pr-123\n" in calls
+    assert f"kubectl set image deployment/frontend frontend={REGISTRY}/frontend:latest\n" in calls
+    assert f"kubectl rollout status deployment/payments --timeout=15m\n" in calls
+    assert f"aws ec2 create-tags --resources {iid} --tags Key=featureenv.io/services,Value=complete:{TOKEN}\n" in calls
+    assert "minikube start" not in calls and "ssm get-parameter" not in calls
+    # Appended to the bootstrap's log and mirrored to the console.
+    assert "featureenv: services update complete" in read(d / "bootstrap.log")
+    assert "featureenv: services update complete" in read(d / "console.log")
+    result = json.loads(read(command_dir / "result.json"))
+    assert result["exit"] == 0 and result["services"] == f"complete:{TOKEN}" and result["command"] == cid
+
+
+def test_a_failing_command_tags_failed_from_its_err_trap(agent: Agent) -> None:
+    iid, cid = agent.ids["booted"], agent.commands["failed"]
+    line = agent.lines()[cid]
+    assert (line.group(2), line.group(4), line.group(5)) == (iid, "1", "failed:fedcba9876543210")
+    assert services_tag(agent.ec2, iid) == "failed:fedcba9876543210", "the last command's tag"
+    assert "featureenv: services update failed (exit 1) at line" in read(agent.sim.dir(iid) / "bootstrap.log")
+    # One at a time, in the order sent.
+    first = agent.sim.dir(iid) / "commands" / agent.commands["complete"] / "result.json"
+    assert command_started(agent.sim, iid, cid) >= ended(first) - 0.05
+
+
+def test_a_command_for_a_booting_instance_waits_for_the_boot(agent: Agent) -> None:
+    iid, cid = agent.ids["booting"], agent.commands["after-boot"]
+    line = agent.lines()[cid]
+    assert (line.group(4), line.group(5)) == ("0", "complete:00000000000000aa")
+    assert command_started(agent.sim, iid, cid) >= ended(agent.sim.dir(iid) / "result.json") - 0.05
+    # Sent with a 1 s delivery timeout behind it: never delivered, never run.
+    undelivered = agent.commands["undelivered"]
+    assert any(f"undelivered instance={iid} command={undelivered} " in line for line in agent.sim.lines)
+    assert not (agent.sim.dir(iid) / "commands" / undelivered).exists()
+
+
+def test_a_command_is_killed_when_its_instance_stops_running(agent: Agent) -> None:
+    iid, cid = agent.ids["doomed"], agent.commands["hanging"]
+    assert any(f"killed instance={iid} command={cid} reason=instance-not-running" in line for line in agent.sim.lines)
+    line = agent.lines()[cid]
+    assert (line.group(4), line.group(5)) == ("143", "none")
+
+
+def test_other_instances_and_documents_are_ignored_and_nothing_runs_twice(agent: Agent) -> None:
+    assert not agent.sim.dir(agent.ids["foreign"]).exists()
+    assert agent.commands["foreign"] not in agent.lines() and agent.commands["powershell"] not in agent.lines()
+    assert not (agent.sim.dir(agent.ids["booted"]) / "commands" / agent.commands["powershell"]).exists()
+    counted = [m.group(3) for m in (COMMAND_RE.match(line) for line in agent.sim.lines) if m]
+    assert sorted(counted) == sorted(agent.commands[k] for k in ("complete", "failed", "after-boot", "hanging"))
+    assert sum(" bootstrap " in line for line in agent.sim.lines) == 3, "one per boot, none per command"
+
+
+def test_one_list_commands_call_per_step(seeded: dict[str, Any], aws: Any, moto_endpoint: str, tmp_path: Path) -> None:
+    """The agent's cost does not grow with the instances: one ListCommands a step, and
+    none while the simulator runs no instance."""
+    from boot_simulator import Simulator
+
+    ec2 = aws("ec2")
+    cluster = "cost-" + uuid.uuid4().hex[:6]
+    idle = Simulator(moto_endpoint, REGION, cluster, 0.0, tmp_path / "idle")
+    busy = Simulator(moto_endpoint, REGION, cluster, 0.0, tmp_path / "busy")
+    calls: dict[str, int] = {"idle": 0, "busy": 0}
+    for name, sim in (("idle", idle), ("busy", busy)):
+        real = sim.ssm.list_commands
+
+        def counting(*args: Any, _name: str = name, _real: Any = real, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        sim.ssm.list_commands = counting  # type: ignore[method-assign]
+    try:
+        idle.step()
+        assert calls["idle"] == 0
+        for n in range(3):
+            launch(ec2, seeded["amiIds"]["newer"], cluster, f"n{n}", QUICK_BOOT)
+        for _ in range(4):
+            busy.step()
+        assert len(busy.booted) == 3
+        assert calls["busy"] == 4
+    finally:
+        idle.shutdown()
+        busy.shutdown()

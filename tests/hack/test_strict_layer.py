@@ -240,6 +240,77 @@ def test_parameter_rules(layer: dict[str, Any]) -> None:
     refused(lambda: ssm.get_parameters_by_path(Path=base, MaxResults=11), "ValidationException")
 
 
+def unvalidated(client: Any) -> Any:
+    """The same client without boto3's own checks (the operator's Rust SDK makes none)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(client.meta.service_model.service_name, endpoint_url=client.meta.endpoint_url,
+                        region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(retries={"total_max_attempts": 1}, parameter_validation=False))
+
+
+def send_command(ssm: Any, iid: str, **extra: Any) -> Any:
+    """SendCommand as the operator sends it (extra fields replace its own)."""
+    args = {"DocumentName": "AWS-RunShellScript", "InstanceIds": [iid],
+            "Parameters": {"commands": ["#!/bin/bash\necho update\n"]},
+            "Comment": "featureenv: update services of team-a/my-env", "TimeoutSeconds": 1200, **extra}
+    return ssm.send_command(**args)["Command"]
+
+
+def test_send_command_model_and_parameters(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    ssm = unvalidated(layer["ssm"])
+    iid = launch(layer["ec2"], seeded, OPERATOR_TAGS)
+    assert send_command(ssm, iid)["InstanceIds"] == [iid]
+    refused(lambda: send_command(ssm, iid, TimeoutSeconds=29), "ValidationException",
+            "1 validation error detected: Value '29' at 'timeoutSeconds' failed to satisfy constraint: Member must "
+            "have value greater than or equal to 30")
+    refused(lambda: send_command(ssm, iid, Comment="c" * 101), "ValidationException")
+    refused(lambda: send_command(ssm, "i-bad"), "ValidationException")
+    refused(lambda: send_command(ssm, iid, InstanceIds=[iid] * 51), "ValidationException")
+    refused(lambda: send_command(ssm, iid, DocumentName="no"), "ValidationException")
+    refused(lambda: send_command(ssm, iid, Parameters={"commands": ["x"], "timeout": ["5"]}), "InvalidParameters",
+            "You must specify values for all required parameters in the Amazon Web Services Systems Manager document "
+            "(SSM document). You can only supply values to parameters defined in the SSM document.")
+    send_command(ssm, iid, Parameters={"commands": ["x"], "executionTimeout": ["1200"]})
+
+
+def test_send_command_targets_must_exist_and_not_be_terminated(
+    layer: dict[str, Any], seeded: dict[str, Any], aws: Any
+) -> None:
+    ssm, ec2 = layer["ssm"], layer["ec2"]
+    stopped, gone = launch(ec2, seeded, OPERATOR_TAGS), launch(ec2, seeded, OPERATOR_TAGS)
+    behind = launch(aws("ec2"), seeded, OPERATOR_TAGS)  # straight to moto: the layer never saw it
+    ec2.stop_instances(InstanceIds=[stopped])
+    send_command(ssm, stopped)  # stopped is a valid state: the command waits for delivery
+    send_command(ssm, behind)
+    aws("ec2").terminate_instances(InstanceIds=[gone, behind])  # behind the layer's back
+    for iid in (gone, behind, "i-0123456789abcdef0"):
+        refused(lambda iid=iid: send_command(ssm, iid), "InvalidInstanceId",
+                f"Instances [[{iid}]] not in a valid state for account 123456789012")
+    entries = [e for e in read_log(layer["log"]) if e["action"] == "SendCommand"]
+    assert entries[-1] == {**entries[-1], "status": 400, "rejected": "InvalidInstanceId",
+                           "rule": "ssm.send-command.instance-state", "instance_tags": {}}
+
+
+def test_send_command_reaches_only_its_instances_and_is_logged_for_iam(
+    layer: dict[str, Any], seeded: dict[str, Any], aws: Any
+) -> None:
+    ssm = layer["ssm"]
+    ours, other = launch(layer["ec2"], seeded, OPERATOR_TAGS), launch(layer["ec2"], seeded, {"team": "x"})
+    command = send_command(ssm, ours)
+    # AWS's answer: what was sent, nothing run yet.
+    assert (command["InstanceIds"], command["Targets"], command["Status"], command["TargetCount"]) == (
+        [ours], [], "Pending", 1)
+    # moto's own record (what the boot simulator reads) names that instance alone.
+    recorded = {c["CommandId"]: c for c in aws("ssm").list_commands()["Commands"]}[command["CommandId"]]
+    assert recorded["InstanceIds"] == [ours] and other not in recorded["InstanceIds"]
+    entry = [e for e in read_log(layer["log"]) if e["action"] == "SendCommand" and e["status"] == 200][-1]
+    assert {k: entry[k] for k in ("region", "document", "instance_ids", "instance_tags")} == {
+        "region": "us-east-1", "document": "AWS-RunShellScript", "instance_ids": [ours],
+        "instance_tags": {ours: OPERATOR_TAGS}}
+
+
 def test_ecr_describe_images(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
     ecr = layer["ecr"]
     found = ecr.describe_images(registryId="123456789012", repositoryName="payments", imageIds=[{"imageTag": "pr-123"}])
@@ -267,6 +338,10 @@ def test_no_strict_passes_everything_through(moto_endpoint: str, seeded: dict[st
         cs["rds"].modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="p@ss word", ApplyImmediately=True)
         cs["ssm"].put_parameter(Name="/nostrict" + "".join(f"/l{i}" for i in range(16)), Value="x" * 5000,
                                 Type="String")
+        cs["ec2"].terminate_instances(InstanceIds=[iid])
+        sent = cs["ssm"].send_command(DocumentName="AWS-RunShellScript", InstanceIds=[iid],
+                                      Parameters={"commands": ["x"], "unknown": ["y"]})["Command"]
+        assert sent["InstanceIds"] == [iid], "moto's record is corrected in every mode"
     finally:
         stop(proc)
     entries = read_log(log)

@@ -1,10 +1,11 @@
-"""The operator's real bootstrap script, rendered in Python for the boot simulator tests.
+"""The operator's real instance scripts, rendered in Python for the boot simulator tests.
 
-Mirrors src/bootstrap.rs `render_user_data` (cargo may not run here): the quoted
-`readonly` declarations are built the same way, and the fixed body (`BODY`), the log
-file and the tag names are read from the Rust sources, so a change to the script is
-what these tests run. If render_user_data's declarations change, change them here too;
-`test_rendering_mirrors_the_rust_unit_test_expectations` checks the shape.
+Mirrors src/bootstrap.rs `render_user_data` (the bootstrap) and `render_update_script`
+(a services update, sent with SSM Run Command) (cargo may not run here): the quoted
+`readonly` declarations are built the same way, and the fixed parts (`PRELUDE`,
+`BOOTSTRAP`, `UPDATE`), the log file and the tag names are read from the Rust sources,
+so a change to the scripts is what these tests run. If the declarations change, change
+them here too; `test_rendering_mirrors_the_rust_unit_test_expectations` checks the shape.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ def _rust_str_const(source: str, name: str) -> str:
     return m.group(1)
 
 
-def body() -> str:
-    m = re.search(r'const BODY: &str = r#"(.*?)"#;', BOOTSTRAP_RS.read_text(), re.S)
+def fixed_part(name: str) -> str:
+    """One of src/bootstrap.rs's fixed script parts (`const NAME: &str = r#"..."#;`)."""
+    m = re.search(rf'const {name}: &str = r#"(.*?)"#;', BOOTSTRAP_RS.read_text(), re.S)
     if not m:
-        raise AssertionError("BODY not found in src/bootstrap.rs")
+        raise AssertionError(f"{name} not found in src/bootstrap.rs")
     return m.group(1)
 
 
@@ -72,31 +74,62 @@ class Spec:
     database_wait_seconds: int = 1200
 
 
+def _array(name: str, values: list[str]) -> str:
+    return f"readonly -a {name}=({' '.join(shell_quote(v) for v in values)})\n"
+
+
+def _header(task: str, environment: str, region: str, services: list[tuple[str, str]]) -> str:
+    """As src/bootstrap.rs header."""
+    registries = sorted({r for _, image in services if (r := ecr_registry(image))})
+    script = "#!/bin/bash\n"
+    script += f"# featureenv-operator {task}. Generated; carries no secrets.\n"
+    script += "set -Eeuo pipefail\nshopt -s inherit_errexit\n\n"
+    script += f"readonly TASK={shell_quote(task)}\n"
+    script += f"readonly ENVIRONMENT={shell_quote(environment)}\n"
+    script += f"readonly REGION={shell_quote(region)}\n"
+    script += f"readonly LOG_FILE={shell_quote(log_file())}\n"
+    script += _array("SERVICE_NAMES", [n for n, _ in services])
+    script += _array("SERVICE_IMAGES", [i for _, i in services])
+    script += _array("ECR_HOSTS", [h for h, _ in registries])
+    script += _array("ECR_REGIONS", [r for _, r in registries])
+    return script
+
+
+def _tag(name: str) -> str:
+    return _rust_str_const(CLOUD_RS.read_text(), name)
+
+
 def render_user_data(spec: Spec) -> str:
     """As src/bootstrap.rs render_user_data."""
-    cloud = CLOUD_RS.read_text()
-    registries = sorted({r for _, image in spec.services if (r := ecr_registry(image))})
-
-    def array(name: str, values: list[str]) -> str:
-        return f"readonly -a {name}=({' '.join(shell_quote(v) for v in values)})\n"
-
-    script = "#!/bin/bash\n"
-    script += "# featureenv-operator bootstrap. Generated; carries no secrets.\n"
-    script += "set -Eeuo pipefail\n\n"
-    script += f"readonly ENVIRONMENT={shell_quote(spec.environment)}\n"
-    script += f"readonly REGION={shell_quote(spec.region)}\n"
+    rust = BOOTSTRAP_RS.read_text()
+    script = _header("bootstrap", spec.environment, spec.region, spec.services)
+    script += f"readonly OUTCOME_TAG={shell_quote(_tag('BOOTSTRAP'))}\n"
+    script += f"readonly COMPLETE_VALUE={shell_quote(_tag('BOOTSTRAP_COMPLETE'))}\n"
+    script += f"readonly FAILED_VALUE={shell_quote(_tag('BOOTSTRAP_FAILED'))}\n"
     script += f"readonly DATABASE_PARAMETER={shell_quote(spec.database_parameter or '')}\n"
     script += f"readonly DATABASE_WAIT_SECONDS={spec.database_wait_seconds}\n"
-    script += f"readonly DATABASE_SECRET={shell_quote(_rust_str_const(BOOTSTRAP_RS.read_text(), 'DATABASE_SECRET'))}\n"
-    script += f"readonly DATABASE_SECRET_KEY={shell_quote(_rust_str_const(BOOTSTRAP_RS.read_text(), 'DATABASE_SECRET_KEY'))}\n"
-    script += f"readonly LOG_FILE={shell_quote(log_file())}\n"
-    script += f"readonly BOOTSTRAP_TAG={shell_quote(_rust_str_const(cloud, 'BOOTSTRAP'))}\n"
-    script += f"readonly BOOTSTRAP_COMPLETE={shell_quote(_rust_str_const(cloud, 'BOOTSTRAP_COMPLETE'))}\n"
-    script += f"readonly BOOTSTRAP_FAILED={shell_quote(_rust_str_const(cloud, 'BOOTSTRAP_FAILED'))}\n"
-    script += array("SERVICE_NAMES", [n for n, _ in spec.services])
-    script += array("SERVICE_IMAGES", [i for _, i in spec.services])
-    script += array("ADDONS", [minikube_addon(a) for a in spec.addons])
-    script += array("ECR_HOSTS", [h for h, _ in registries])
-    script += array("ECR_REGIONS", [r for _, r in registries])
-    script += body()
+    script += f"readonly DATABASE_SECRET={shell_quote(_rust_str_const(rust, 'DATABASE_SECRET'))}\n"
+    script += f"readonly DATABASE_SECRET_KEY={shell_quote(_rust_str_const(rust, 'DATABASE_SECRET_KEY'))}\n"
+    script += _array("ADDONS", [minikube_addon(a) for a in spec.addons])
+    script += fixed_part("PRELUDE")
+    script += fixed_part("BOOTSTRAP")
+    return script
+
+
+@dataclass
+class UpdateSpec:
+    environment: str
+    region: str
+    services: list[tuple[str, str]]  # (name, image)
+    token: str  # names the update in the outcome tag
+
+
+def render_update_script(spec: UpdateSpec) -> str:
+    """As src/bootstrap.rs render_update_script: what the operator sends with SendCommand."""
+    script = _header("services update", spec.environment, spec.region, spec.services)
+    script += f"readonly OUTCOME_TAG={shell_quote(_tag('SERVICES'))}\n"
+    script += f"readonly COMPLETE_VALUE={shell_quote(_tag('BOOTSTRAP_COMPLETE') + ':' + spec.token)}\n"
+    script += f"readonly FAILED_VALUE={shell_quote(_tag('BOOTSTRAP_FAILED') + ':' + spec.token)}\n"
+    script += fixed_part("PRELUDE")
+    script += fixed_part("UPDATE")
     return script

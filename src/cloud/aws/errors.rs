@@ -92,12 +92,19 @@ fn kind_of_code(code: &str) -> Option<Kind> {
         | "InvalidSubnet"
         | "InvalidVPCNetworkStateFault"
         | "HierarchyLevelLimitExceededException"
-        | "ParameterPatternMismatchException" => Kind::InvalidRequest,
+        | "ParameterPatternMismatchException"
+        | "InvalidDocument"
+        | "InvalidParameters"
+        | "UnsupportedPlatformType"
+        | "MaxDocumentSizeExceeded" => Kind::InvalidRequest,
 
         // States that pass: RDS refuses to modify a DB that is still creating, and to
         // delete one that is already deleting. Retried; a caller that deletes reads it
         // as "already on its way".
         "InvalidDBInstanceState" | "InvalidDBInstanceStateFault" | "InvalidDBSnapshotState" => Kind::InvalidState,
+        // SSM Run Command: the instance is no managed node yet (its agent has not
+        // registered) or no longer (shutting down). Retried; the update waits.
+        "InvalidInstanceId" => Kind::InvalidState,
 
         // Server side trouble: retried with bounded backoff.
         "InternalError"

@@ -97,3 +97,44 @@ fn ssm_tags(tags: &Tags) -> Vec<Tag> {
         .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
         .collect()
 }
+
+/// The AWS-owned document that runs a shell script (its `commands` parameter).
+const RUN_SHELL_SCRIPT: &str = "AWS-RunShellScript";
+/// SendCommand's `Comment` is at most 100 characters (SSM API model).
+const COMMENT_MAX: usize = 100;
+/// SendCommand's `TimeoutSeconds` range (SSM API model): how long delivery may take.
+const TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 30..=2_592_000;
+/// `AWS-RunShellScript`'s `executionTimeout` range: how long the script may run.
+const EXECUTION_TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=172_800;
+
+#[async_trait]
+impl crate::cloud::Commands for AwsCloud {
+    async fn run_script(&self, request: &crate::cloud::ScriptRequest) -> CloudResult<String> {
+        const OP: &str = "SendCommand";
+        let comment: String = request.comment.chars().take(COMMENT_MAX).collect();
+        let timeout = request
+            .timeout_seconds
+            .clamp(*TIMEOUT_RANGE.start(), *TIMEOUT_RANGE.end());
+        let execution = request
+            .timeout_seconds
+            .clamp(*EXECUTION_TIMEOUT_RANGE.start(), *EXECUTION_TIMEOUT_RANGE.end());
+        let send = self
+            .ssm
+            .send_command()
+            .document_name(RUN_SHELL_SCRIPT)
+            .instance_ids(&request.instance_id)
+            // One element: the agent writes the list, one line per element, to a
+            // script file and runs it; the script's `#!/bin/bash` picks the shell.
+            .parameters("commands", vec![request.script.clone()])
+            .parameters("executionTimeout", vec![execution.to_string()])
+            .comment(comment)
+            .timeout_seconds(i32::try_from(timeout).unwrap_or(i32::MAX))
+            .send();
+        let output = self.call(SSM, OP, send).await?;
+        output
+            .command()
+            .and_then(|c| c.command_id())
+            .map(str::to_owned)
+            .ok_or_else(|| super::missing(OP, "Command.CommandId"))
+    }
+}

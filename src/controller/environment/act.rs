@@ -110,6 +110,9 @@ pub async fn replace_lost_instance(
     });
     next.launched_at = None;
     next.ready_at = None;
+    // An update sent to the lost instance died with it; the replacement boots with
+    // the applied images and is sent the edit again once bootstrapped.
+    next.update = None;
     next.endpoints.clear();
     next.phase = Phase::Provisioning;
     let update = ConditionUpdate::new(READY, false, "InstanceLost", message.clone());

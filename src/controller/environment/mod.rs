@@ -12,6 +12,7 @@ mod dereference;
 mod report;
 mod schedule;
 pub mod status;
+mod update;
 pub mod validate;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use tracing::info;
 
 use self::act::DbOutcome;
 use self::dereference::InstanceSight;
-use self::status::{DatabaseObservation, Observed, StatusInputs, next_status};
+use self::status::{DatabaseObservation, Observed, Services, StatusInputs, next_status};
 use self::validate::{Invalid, Resolved};
 use super::{Context, Error, Result, instrumented};
 use crate::api::environment::{FeatureEnvironmentStatus, InstanceStatus, Phase};
@@ -160,7 +161,11 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     if let Some(outcome) = &database {
         act::record_database(ctx, &id, &mut status, outcome);
     }
-    let next = settle(&pass, &status, &current, &instance, &database).await;
+    let services = match update::services(&pass, &mut status, &instance).await? {
+        Ok(services) => services,
+        Err(invalid) => return refuse(invalid).await,
+    };
+    let next = settle(&pass, &status, &current, &instance, &database, services).await;
     report::write(ctx, &api, env, &id, &current, &next).await?;
     let fast_poll = ctx.config.fast_poll_interval;
     let timeout = resolved.readiness_timeout;
@@ -204,9 +209,15 @@ async fn pin_image_and_digests(
     }
     if status.images.is_empty() {
         match dereference::images(ctx, resolved, env).await? {
-            Ok(images) => status.images = images,
+            Ok(images) => {
+                status.images = images;
+                status.services_token = Some(update::wanted_token(resolved));
+            }
             Err(invalid) => return Ok(Err(invalid)),
         }
+    } else if status.services_token.is_none() {
+        // Pinned by a version that recorded no token: take what runs as applied.
+        status.services_token = Some(update::wanted_token(resolved));
     }
     Ok(Ok(()))
 }
@@ -219,6 +230,7 @@ async fn settle(
     current: &FeatureEnvironmentStatus,
     instance: &Instance,
     database: &Option<DbOutcome>,
+    services: Services,
 ) -> FeatureEnvironmentStatus {
     let Pass {
         ctx,
@@ -239,6 +251,7 @@ async fn settle(
         endpoints: &class.spec.endpoints,
         namespace: &id.namespace,
         name: &id.name,
+        services,
     };
     let mut observed = Observed {
         instance: Some(instance),

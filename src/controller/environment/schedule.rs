@@ -17,6 +17,9 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 /// How often an environment whose Secret name is taken looks again (deleting a
 /// Secret triggers no reconcile).
 const SECRET_WAIT: Duration = Duration::from_secs(30);
+/// How often an environment rolling out a services update looks again (the
+/// instance's outcome tag also triggers a pass through the inventory).
+const UPDATE_WAIT: Duration = Duration::from_secs(5);
 
 fn until(t: Timestamp, now: Timestamp) -> Duration {
     Duration::try_from(t.duration_since(now)).unwrap_or_default()
@@ -45,6 +48,9 @@ pub fn next_wake(
             })
     {
         wake = wake.min(until(deadline, now) + Duration::from_millis(100));
+    }
+    if status.phase == Phase::Updating {
+        wake = wake.min(UPDATE_WAIT);
     }
     if matches!(database, Some(DbOutcome::Exhausted(_))) {
         wake = wake.min(POOL_WAIT);

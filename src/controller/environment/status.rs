@@ -140,6 +140,17 @@ pub fn failed_for_good(status: &FeatureEnvironmentStatus) -> bool {
         && conditions::find(&status.conditions, READY).is_some_and(|c| STICKY_FAILURES.contains(&c.reason.as_str()))
 }
 
+/// Where the running environment's services stand against its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Services {
+    /// The instance runs what the spec asks for.
+    Applied,
+    /// An edit of `spec.services` waits for the bootstrap or is being rolled out.
+    Updating { message: String },
+    /// The last edit did not apply (the instance said so, or never said).
+    Failed { message: String },
+}
+
 /// Inputs to [`next_status`] besides the observations.
 pub struct StatusInputs<'a> {
     pub generation: Option<i64>,
@@ -152,6 +163,7 @@ pub struct StatusInputs<'a> {
     pub endpoints: &'a BTreeMap<String, String>,
     pub namespace: &'a str,
     pub name: &'a str,
+    pub services: Services,
 }
 
 /// The next status: phase, the three conditions, instance details, endpoints and
@@ -164,7 +176,11 @@ pub fn next_status(
     let mut status = current.clone();
     let generation = inputs.generation;
     let now = inputs.now;
-    status.observed_generation = generation;
+    // A generation is observed once all of it is applied: an edit of the services
+    // only when the instance runs them.
+    if inputs.services == Services::Applied {
+        status.observed_generation = generation;
+    }
     status.expires_at = Some(inputs.expires_at.to_string());
 
     record_observations(&mut status, observed, inputs);
@@ -308,17 +324,26 @@ fn decide_phase(
             now,
         );
     } else if ready {
-        status.phase = Phase::Ready;
         status.lost_instances = 0;
         if status.ready_at.is_none() {
             status.ready_at = Some(now.to_string());
         }
-        set_condition(
-            &mut status.conditions,
-            ConditionUpdate::new(READY, true, "Ready", "instance bootstrapped and database available"),
-            generation,
-            now,
-        );
+        let (phase, update) = match &inputs.services {
+            Services::Applied => (
+                Phase::Ready,
+                ConditionUpdate::new(READY, true, "Ready", "instance bootstrapped and database available"),
+            ),
+            Services::Updating { message } => (
+                Phase::Updating,
+                ConditionUpdate::new(READY, false, "Updating", message.clone()),
+            ),
+            Services::Failed { message } => (
+                Phase::Failed,
+                ConditionUpdate::new(READY, false, "UpdateFailed", with_console(message.clone())),
+            ),
+        };
+        status.phase = phase;
+        set_condition(&mut status.conditions, update, generation, now);
     } else if timed_out && status.ready_at.is_none() {
         status.phase = Phase::Failed;
         let waiting = instance.as_ref().err().or(database.as_ref().err());
@@ -421,7 +446,58 @@ mod tests {
             endpoints,
             namespace: "team",
             name: "pr-1",
+            services: Services::Applied,
         }
+    }
+
+    /// An edit of the services keeps a ready environment `Updating` (Ready=False) and
+    /// its observedGeneration where it was until the instance runs them.
+    #[test]
+    fn an_update_in_flight_holds_the_generation_back() {
+        let endpoints = BTreeMap::new();
+        let booted = instance(InstanceState::Running, Some(tag::BOOTSTRAP_COMPLETE));
+        let obs = Observed {
+            instance: Some(&booted),
+            database: None,
+            console_tail: None,
+        };
+        let ready = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
+        assert_eq!((ready.phase, ready.observed_generation), (Phase::Ready, Some(1)));
+        let edited = StatusInputs {
+            generation: Some(2),
+            services: Services::Updating {
+                message: "rolling out payments".into(),
+            },
+            ..inputs("2026-11-28T10:02:00Z", &endpoints)
+        };
+        let updating = next_status(&ready, &obs, &edited);
+        assert_eq!(updating.phase, Phase::Updating);
+        assert_eq!(updating.observed_generation, Some(1));
+        let condition = conditions::find(&updating.conditions, READY).unwrap();
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            ("False", "Updating")
+        );
+        let failed = StatusInputs {
+            generation: Some(2),
+            services: Services::Failed {
+                message: "instance i-1 reported that the services update failed".into(),
+            },
+            ..inputs("2026-11-28T10:03:00Z", &endpoints)
+        };
+        let failed = next_status(&updating, &obs, &failed);
+        assert_eq!(failed.phase, Phase::Failed);
+        assert_eq!(
+            conditions::find(&failed.conditions, READY).unwrap().reason,
+            "UpdateFailed"
+        );
+        assert!(!failed_for_good(&failed), "a later edit can still fix it");
+        let applied = StatusInputs {
+            generation: Some(2),
+            ..inputs("2026-11-28T10:04:00Z", &endpoints)
+        };
+        let applied = next_status(&failed, &obs, &applied);
+        assert_eq!((applied.phase, applied.observed_generation), (Phase::Ready, Some(2)));
     }
 
     #[test]
