@@ -12,11 +12,11 @@ source "$DEV/env"
 echo
 echo "\$ kubectl apply -f examples/featureenvironment.yaml"
 "$PYTHON" "$ROOT/hack/render_example.py" --seed "$DEV/seed.json" "$ROOT/examples/featureenvironment.yaml" | kubectl apply -f -
-echo "\$ kubectl wait --for=condition=Ready featureenv/payments-pr-123 --timeout=120s"
-if ! kubectl wait --for=condition=Ready featureenv/payments-pr-123 --timeout=120s; then
+echo "\$ kubectl wait --for=condition=Ready fe/payments-pr-123 --timeout=120s"
+if ! kubectl wait --for=condition=Ready fe/payments-pr-123 --timeout=120s; then
     echo "the environment did not become Ready; operator log tail:" >&2
     tail -n 30 "$DEV/operator.log" >&2
-    kubectl get featureenv payments-pr-123 -o yaml >&2 || true
+    kubectl get fe payments-pr-123 -o yaml >&2 || true
     exit 1
 fi
 echo

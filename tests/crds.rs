@@ -56,3 +56,60 @@ fn printing_gives_one_document_per_crd() {
         assert!(text.contains(&format!("name: {name}")), "{name} missing");
     }
 }
+
+/// Paths of schema properties without a description, under `schema` at `path`.
+fn undocumented(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    let Some(properties) = schema["properties"].as_object() else {
+        if let Some(items) = schema.get("items") {
+            undocumented(items, &format!("{path}[]"), out);
+        }
+        return;
+    };
+    for (name, property) in properties {
+        let here = format!("{path}.{name}");
+        // Condition and the like are Kubernetes' own types, documented upstream.
+        let upstream = path.contains(".conditions[]");
+        if !upstream && property["description"].as_str().is_none_or(str::is_empty) {
+            out.push(here.clone());
+        }
+        undocumented(property, &here, out);
+    }
+}
+
+/// `kubectl explain` shows every kind's own description (not kube-derive's
+/// placeholder) and a description for every spec and status field; the kinds share
+/// the `featureenv` category (`kubectl get featureenv`), and conditions are a map
+/// list keyed by type.
+#[test]
+fn every_kind_and_field_is_described() {
+    for (file, crd) in featureenv_operator::api::crds() {
+        let crd = serde_json::to_value(&crd).unwrap();
+        assert_eq!(
+            crd["spec"]["names"]["categories"],
+            serde_json::json!(["featureenv"]),
+            "{file}"
+        );
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let top = schema["description"].as_str().unwrap_or_default();
+        assert!(
+            top.len() > 80 && !top.contains("Auto-generated"),
+            "{file}: the kind's description is {top:?}"
+        );
+        let mut missing = Vec::new();
+        for part in ["spec", "status"] {
+            if !schema["properties"][part].is_null() {
+                undocumented(&schema["properties"][part], part, &mut missing);
+            }
+        }
+        assert!(missing.is_empty(), "{file}: fields without a description: {missing:?}");
+        let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+        if !conditions.is_null() {
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{file}");
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"]),
+                "{file}"
+            );
+        }
+    }
+}

@@ -420,3 +420,64 @@ async fn a_released_lease_is_taken_at_once() {
     );
     assert!(fence_b.is_open());
 }
+
+/// kubectl polish on the real server: `kubectl explain` opens with the kind's own
+/// description, `kubectl get featureenv` (the category) lists every kind's objects,
+/// and `--field-selector spec.owner=...` (a selectable field) finds one engineer's
+/// environments, with the Owner and Class columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_finds_environments_by_owner_and_category() {
+    let (plane, admin) = cluster::cluster().await;
+    let kubectl = |args: &[&str]| {
+        let out = Command::new(control_plane::kubectl())
+            .args(args)
+            .env("KUBECONFIG", plane.admin_kubeconfig())
+            .env("KUBECACHEDIR", plane.dir().join("kubecache"))
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let envs: Api<featureenv_operator::api::FeatureEnvironment> = Api::namespaced(admin.clone(), "default");
+    for (name, owner) in [("alices", "alice@example.com"), ("bobs", "bob@example.com")] {
+        let mut env = cluster::environment(name, "standard");
+        env.spec.owner = Some(owner.into());
+        envs.create(&PostParams::default(), &env).await.expect("environment");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let explained = loop {
+        let (ok, text) = kubectl(&["explain", "featureenvs"]);
+        if ok {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "kubectl explain failed: {text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        explained.contains("A private, full-stack test environment") && !explained.contains("Auto-generated"),
+        "{explained}"
+    );
+    let (ok, listed) = kubectl(&[
+        "get",
+        "featureenvs",
+        "-n",
+        "default",
+        "--field-selector",
+        "spec.owner=alice@example.com",
+    ]);
+    assert!(ok, "{listed}");
+    assert!(listed.contains("alices") && !listed.contains("bobs"), "{listed}");
+    assert!(listed.contains("OWNER") && listed.contains("CLASS"), "{listed}");
+    Api::<featureenv_operator::api::RdsPool>::all(admin.clone())
+        .create(&PostParams::default(), &cluster::pool("listed-pool", 1, 2))
+        .await
+        .expect("pool");
+    let (ok, category) = kubectl(&["get", "featureenv", "-A"]);
+    assert!(ok, "{category}");
+    assert!(
+        category.contains("alices") && category.contains("bobs") && category.contains("listed-pool"),
+        "the category lists every kind: {category}"
+    );
+}

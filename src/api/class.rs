@@ -17,6 +17,8 @@ use super::schema;
     version = "v1alpha1",
     kind = "FeatureEnvironmentClass",
     shortname = "feclass",
+    category = "featureenv",
+    doc = "What the platform team decides for every FeatureEnvironment of this class: the AMI selector, instance shape and placement, the baseline services and addons, TTL default and maximum, readiness timeout, endpoint URL templates, the database pool, and how many environments a namespace may have. Annotate one class featureenv.io/is-default-class=true to make it the default.",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.instance.type"}"#,
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.databasePool"}"#,
     printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl.default"}"#,

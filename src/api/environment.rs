@@ -22,7 +22,13 @@ use super::schema;
     shortname = "fe",
     namespaced,
     status = "FeatureEnvironmentStatus",
+    category = "featureenv",
+    doc = "A private, full-stack test environment: an EC2 instance running every microservice (with the images under test in spec.services) from the class's newest Minikube AMI, and a database claimed from the class's RdsPool. The operator reports progress, URLs and the database Secret in status, applies edits of spec.services in place, and deletes everything when the TTL expires.",
+    selectable = ".spec.owner",
+    selectable = ".spec.className",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".spec.owner"}"#,
+    printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.className"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.endpoints.api"}"#,
     printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
@@ -124,32 +130,42 @@ impl Phase {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FeatureEnvironmentStatus {
+    /// Pending (not launched: waiting, or the spec cannot be satisfied), Provisioning,
+    /// Ready, Updating (an edit of spec.services rolling out), Failed, Terminating.
     #[serde(default)]
     pub phase: Phase,
+    /// The generation whose whole spec is applied (an edit of spec.services counts
+    /// only once the instance runs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, InstanceReady, DatabaseReady.
+    /// Ready, InstanceReady, DatabaseReady; the reason says what holds it up.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// When the operator deletes the environment (creation + TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
     /// When it first became Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub ready_at: Option<String>,
     /// When the instance was launched (start of the readiness timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub launched_at: Option<String>,
     /// RunInstances idempotency token, written before the launch so a restarted
     /// operator finds the instance instead of launching a second one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_token: Option<String>,
+    /// The environment's EC2 instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<InstanceStatus>,
     /// Instances terminated or gone without the operator deleting them, in a row
     /// (reset once the environment is Ready). Each is replaced until three.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lost_instances: u32,
+    /// The database claimed from the class's pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
     /// URLs from the class's endpoint templates.
@@ -172,6 +188,7 @@ pub struct FeatureEnvironmentStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicesUpdate {
+    /// Names the services and images of this update (16 hex characters).
     pub token: String,
     /// The images the instance was told to run.
     #[serde(default)]
@@ -179,7 +196,9 @@ pub struct ServicesUpdate {
     /// The SSM Run Command command id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
+    /// When it was sent (the readiness timeout counts from it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub sent_at: Option<String>,
     /// Why it did not apply, once it failed or timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,19 +213,26 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
+    /// The EC2 instance id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The EC2 instance type it runs as.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
     /// The image resolved at first reconcile; never changes afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ami_id: Option<String>,
+    /// Its public IPv4 address, if the subnet gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<String>,
+    /// Its public DNS name, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_dns: Option<String>,
+    /// Its private IPv4 address (reachable over the VPN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_ip: Option<String>,
+    /// The EC2 state as last seen: pending, running, stopping, stopped,
+    /// shutting-down, terminated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
 }
@@ -215,10 +241,13 @@ pub struct InstanceStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseStatus {
+    /// The RDS DB instance identifier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// Its host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Its port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
     /// Secret in the environment's namespace with host, port, username, password.
@@ -237,6 +266,8 @@ pub struct DatabaseStatus {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct DeployedImage {
+    /// The service (its Deployment on the instance).
     pub name: String,
+    /// The image it runs, pinned by digest where the registry gives one.
     pub image: String,
 }

@@ -17,6 +17,8 @@ use super::schema;
     plural = "rdspools",
     shortname = "rdspool",
     status = "RdsPoolStatus",
+    category = "featureenv",
+    doc = "Keeps spec.warm databases restored from the newest snapshot of the source (usually the integration database), unclaimed and ready for FeatureEnvironments of the classes that name this pool; restores one per environment waiting, within spec.maxSize, and replaces spares of superseded snapshots.",
     printcolumn = r#"{"name":"Warm","type":"integer","jsonPath":".status.warm"}"#,
     printcolumn = r#"{"name":"Claimed","type":"integer","jsonPath":".status.claimed"}"#,
     printcolumn = r#"{"name":"Creating","type":"integer","jsonPath":".status.creating"}"#,
@@ -90,9 +92,12 @@ pub struct RdsPoolStatus {
     /// The snapshot new spares are restored from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_snapshot: Option<String>,
+    /// The generation of the spec this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Warm`: enough spares are available.
+    /// `Warm`: enough spares are available; `SnapshotFresh`: the newest snapshot is
+    /// within `maxSnapshotAge`.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
