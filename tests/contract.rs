@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use featureenv_operator::cloud::aws::AwsCloud;
 use featureenv_operator::cloud::fake::FakeCloud;
-use featureenv_operator::cloud::{CloudError, DatabaseStatus, Databases, RestoreRequest, Tags, tag};
+use featureenv_operator::cloud::{
+    CloudError, Commands, Compute, DatabaseStatus, Databases, LaunchRequest, Parameters, RestoreRequest, ScriptRequest,
+    Tags, tag,
+};
 use support::moto::{MotoServer, StrictLayer};
 
 fn restore_request(id: &str, snapshot: &str) -> RestoreRequest {
@@ -84,4 +87,99 @@ async fn aws_adapter_states_refuse_what_rds_refuses() {
         featureenv_operator::fence::Fence::open(),
     );
     states_refuse_what_rds_refuses(&cloud, "snap-1", "moto behind the strict layer").await;
+}
+
+/// What the scenario below needs of a backend: launching, commands, parameters.
+trait Backend: Compute + Commands + Parameters {}
+impl<T: Compute + Commands + Parameters> Backend for T {}
+
+fn launch(image_id: &str, subnet_id: &str, security_group_id: &str) -> LaunchRequest {
+    LaunchRequest {
+        client_token: "contract-token-1".into(),
+        image_id: image_id.into(),
+        instance_type: "t3.xlarge".into(),
+        subnet_id: subnet_id.into(),
+        security_group_ids: vec![security_group_id.into()],
+        instance_profile: None,
+        root_volume_gib: 30,
+        user_data: "#!/bin/bash\necho contract\n".into(),
+        tags: Tags::from([
+            (tag::CLUSTER.to_owned(), "c-contract".to_owned()),
+            (tag::UID.to_owned(), "uid-contract".to_owned()),
+        ]),
+    }
+}
+
+fn script(instance_id: &str) -> ScriptRequest {
+    ScriptRequest {
+        instance_id: instance_id.into(),
+        script: "#!/bin/bash\necho update\n".into(),
+        comment: "featureenv: contract".into(),
+        timeout_seconds: 600,
+    }
+}
+
+/// A running (or pending) instance takes a command; a terminated one refuses it with
+/// `InvalidState` (SSM's InvalidInstanceId), which the update path retries. A second
+/// terminate succeeds as EC2's does; an unknown instance or parameter is `NotFound`.
+async fn instances_take_commands_until_terminated(cloud: &dyn Backend, launch: LaunchRequest, backend: &str) {
+    let instance = cloud
+        .launch_instance(&launch)
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: launch: {e}"));
+    let command = cloud
+        .run_script(&script(&instance.id))
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: command to a live instance: {e}"));
+    assert!(!command.is_empty(), "{backend}: a command id");
+    cloud
+        .terminate_instance(&instance.id)
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: terminate: {e}"));
+    cloud
+        .terminate_instance(&instance.id)
+        .await
+        .unwrap_or_else(|e| panic!("{backend}: terminating a terminated instance: {e}"));
+    match cloud.run_script(&script(&instance.id)).await {
+        Err(CloudError::InvalidState { .. }) => {}
+        other => panic!("{backend}: command to a terminated instance: {other:?}"),
+    }
+    match cloud.terminate_instance("i-0123456789abcdef0").await {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("{backend}: terminate of an unknown instance: {other:?}"),
+    }
+    match cloud.delete_parameter("/featureenv/c-contract/none/database").await {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("{backend}: delete of an unknown parameter: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fake_instances_take_commands_until_terminated() {
+    let fake = FakeCloud::new(2);
+    fake.add_image(
+        "ami-00000000000000001",
+        "minikube",
+        "self",
+        "2026-11-28T00:00:00Z".parse().unwrap(),
+        &[],
+    );
+    let request = launch("ami-00000000000000001", "subnet-1", "sg-1");
+    instances_take_commands_until_terminated(&fake, request, "fake").await;
+}
+
+#[tokio::test]
+async fn aws_adapter_instances_take_commands_until_terminated() {
+    let moto = MotoServer::start().await;
+    let network = moto.create_network().await;
+    let image_id = moto.register_image("minikube-contract", &[]).await;
+    let strict = StrictLayer::start(&moto).await;
+    let cloud = AwsCloud::new(
+        &strict.config,
+        Arc::new(support::moto::RecordingObserver::default()),
+        std::time::Duration::from_secs(30),
+        featureenv_operator::fence::Fence::open(),
+    );
+    let request = launch(&image_id, &network.subnet_id, &network.security_group_id);
+    instances_take_commands_until_terminated(&cloud, request, "moto behind the strict layer").await;
 }
