@@ -930,6 +930,17 @@ async fn aws_faults() {
         "{faults} faults injected but only {attempts} failed attempts counted"
     );
     assert!(attempts > 0.0);
+    // Throttles are told by their code (the proxy throttles with HTTP 400, as RDS,
+    // SSM and ECR do), not counted as client errors.
+    let throttles = calls.iter().filter(|c| c["fault"] == "throttle").count();
+    let throttled = metric_sum(&metrics, "featureenv_aws_failed_attempts_total", |l| {
+        l.contains(r#"reason="throttled""#)
+    });
+    println!("{throttles} throttles injected; {throttled} attempts counted as throttled");
+    assert!(
+        throttled >= (throttles as f64) * 0.5,
+        "{throttles} throttles injected but {throttled} attempts counted as throttled"
+    );
 
     iam_check(&stack);
     println!("aws_faults: ok in {}", elapsed(start));
