@@ -1,6 +1,6 @@
 //! Prometheus metrics (prometheus-client). Labels are bounded sets — controller,
-//! error category, AWS service/operation/outcome, phase, pool member state — never
-//! per-object names. Implements `CallObserver` so the AWS adapter can count calls.
+//! error category, AWS service/operation/outcome, phase, pool and member state (pools
+//! are a handful, set by the platform team) — never per-environment names. Implements `CallObserver` so the AWS adapter can count calls.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,7 +46,8 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
+struct PoolStateLabels {
+    pool: String,
     state: &'static str,
 }
 
@@ -64,10 +65,9 @@ pub struct Metrics {
     aws_failed_attempts: Family<AttemptLabels, Counter>,
     environments: Family<PhaseLabels, Gauge>,
     time_to_ready: Histogram,
-    pool_members: Family<StateLabels, Gauge>,
+    pool_members: Family<PoolStateLabels, Gauge>,
     janitor_removals: Family<ResourceLabels, Counter>,
     phases: Mutex<HashMap<String, Phase>>,
-    pools: Mutex<HashMap<String, [u32; 4]>>,
 }
 
 impl Default for Metrics {
@@ -88,7 +88,7 @@ impl Metrics {
         let aws_failed_attempts = Family::<AttemptLabels, Counter>::default();
         let environments = Family::<PhaseLabels, Gauge>::default();
         let time_to_ready = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0]);
-        let pool_members = Family::<StateLabels, Gauge>::default();
+        let pool_members = Family::<PoolStateLabels, Gauge>::default();
         let janitor_removals = Family::<ResourceLabels, Counter>::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         registry.register(
@@ -113,7 +113,11 @@ impl Metrics {
         );
         registry.register("environments", "FeatureEnvironments, by phase", environments.clone());
         registry.register("time_to_ready_seconds", "From creation to Ready", time_to_ready.clone());
-        registry.register("pool_members", "RdsPool databases, by state", pool_members.clone());
+        registry.register(
+            "pool_members",
+            "RdsPool databases, by pool and state",
+            pool_members.clone(),
+        );
         registry.register(
             "janitor_removals",
             "Orphaned cloud resources removed, by resource",
@@ -136,7 +140,6 @@ impl Metrics {
             pool_members,
             janitor_removals,
             phases: Mutex::default(),
-            pools: Mutex::default(),
         }
     }
 
@@ -180,13 +183,17 @@ impl Metrics {
     }
 
     pub fn pool_members(&self, pool: &str, warm: u32, claimed: u32, creating: u32, stale: u32) {
-        let mut pools = self.pools.lock().expect("metrics lock poisoned");
-        pools.insert(pool.to_owned(), [warm, claimed, creating, stale]);
-        for (i, state) in ["warm", "claimed", "creating", "stale"].into_iter().enumerate() {
-            let n: u32 = pools.values().map(|c| c[i]).sum();
-            self.pool_members
-                .get_or_create(&StateLabels { state })
-                .set(i64::from(n));
+        for (state, n) in [
+            ("warm", warm),
+            ("claimed", claimed),
+            ("creating", creating),
+            ("stale", stale),
+        ] {
+            let labels = PoolStateLabels {
+                pool: pool.to_owned(),
+                state,
+            };
+            self.pool_members.get_or_create(&labels).set(i64::from(n));
         }
     }
 
@@ -236,5 +243,16 @@ mod tests {
         assert!(text.contains(r#"featureenv_aws_calls_total{service="ec2",operation="RunInstances",outcome="ok"} 1"#));
         assert!(text.contains(r#"featureenv_environments{phase="Ready"} 1"#));
         assert!(!text.contains("uid-1"));
+        m.pool_members("integration", 2, 1, 0, 0);
+        m.pool_members("analytics", 0, 0, 1, 0);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"featureenv_pool_members{pool="integration",state="warm"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"featureenv_pool_members{pool="analytics",state="creating"} 1"#),
+            "{text}"
+        );
     }
 }
