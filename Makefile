@@ -10,8 +10,8 @@ all: build
 
 ## deps: tools the tests and the local stack need (idempotent; installs only what is missing)
 deps:
-	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask, parliament, awscli" 2>/dev/null || \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2' 'parliament==1.6.4' 'awscli>=1.29'
+	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask, parliament, awscli, cfnlint" 2>/dev/null || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2' 'parliament==1.6.4' 'awscli>=1.29' 'cfn-lint==1.58.0'
 	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck lua5.4 >/dev/null; }
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
@@ -36,7 +36,7 @@ test-rust: build k8s-binaries
 	cargo nextest run --workspace --no-fail-fast
 
 test-python: build k8s-binaries
-	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack
+	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack tests/deploy
 
 lint:
 	cargo fmt --all --check

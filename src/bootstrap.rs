@@ -175,6 +175,9 @@ fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage]
 /// the ERR trap, the region, pulling images and rolling deployments. Every value it
 /// uses comes from the quoted declarations above it.
 const PRELUDE: &str = r#"
+# cloud-init and SSM Run Command give no HOME, which minikube and kubectl need.
+export HOME="${HOME:-/root}"
+
 # Everything goes to a log file and to the serial console, which the operator reads
 # (GetConsoleOutput) when a bootstrap times out.
 exec > >(tee -a "$LOG_FILE" | logger -t featureenv -s 2>/dev/console) 2>&1
@@ -316,8 +319,6 @@ log "bootstrap complete"
 
 /// A services update on a running instance: new images, rolled deployments.
 const UPDATE: &str = r#"
-# SSM Run Command gives no HOME, which minikube and kubectl need.
-export HOME="${HOME:-/root}"
 # The agent runs several commands at once: an update superseding one still running
 # waits for it, so the newest edit is the one left in place.
 exec 9>>"$LOG_FILE"

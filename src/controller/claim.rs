@@ -121,11 +121,13 @@ impl PendingClaims {
 /// spare and returns `Pending` until an inventory poll that began after the tag
 /// shows it; the poll triggers this environment's reconcile.
 pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &str) -> Result<ClaimOutcome> {
+    // Logged as the same keys as everywhere else (`namespace`, `name`).
+    let (namespace, name) = environment.split_once('/').unwrap_or(("", environment));
     // The inventory holds only what Describe returned (and what reconciles recorded
     // after that), so a database in it claimed by us is a confirmed claim.
     if let Some(existing) = ctx.inventory.read(|s| s.databases_claimed_by(uid)).into_iter().next() {
         if ctx.memory.claims.of(uid).is_some() {
-            info!(database = %existing.id, pool, environment, "claim confirmed");
+            info!(db_instance_id = %existing.id, pool, namespace, name, "claim confirmed");
             ctx.memory.claims.forget(uid);
         }
         ctx.memory.set_waiting(pool, uid, false);
@@ -148,12 +150,12 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
             // idempotent; it also covers a tag call that failed before landing) and
             // wait for the next poll.
             Some(spare) if spare.status == DatabaseStatus::Available && !spare.tags.contains_key(tag::CLAIMED_BY) => {
-                info!(database = %database, pool, environment, "claim tag not visible yet; tagging again");
+                info!(db_instance_id = %database, pool, namespace, name, "claim tag not visible yet; tagging again");
                 return tag_spare(ctx, pool, &spare, uid, environment).await;
             }
             // Another writer's tag won (a stale leader), or the spare went away.
             _ => {
-                warn!(database = %database, pool, environment, "claim lost; picking another spare");
+                warn!(db_instance_id = %database, pool, namespace, name, "claim lost; picking another spare");
                 ctx.memory.claims.forget(uid);
             }
         }
@@ -173,6 +175,7 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
 /// Tags the reserved `spare` as claimed by `uid`; the next inventory poll that
 /// began after the tag confirms it (or shows that another tag won).
 async fn tag_spare(ctx: &Context, pool: &str, spare: &Database, uid: &str, environment: &str) -> Result<ClaimOutcome> {
+    let (namespace, name) = environment.split_once('/').unwrap_or(("", environment));
     let tags: Tags = BTreeMap::from([
         (tag::CLAIMED_BY.to_owned(), uid.to_owned()),
         (tag::ENVIRONMENT.to_owned(), environment.to_owned()),
@@ -184,7 +187,7 @@ async fn tag_spare(ctx: &Context, pool: &str, spare: &Database, uid: &str, envir
     // The pool counts the spare as claimed from now on; let it restore a replacement.
     ctx.inventory.notify_pool(pool);
     result?;
-    info!(database = %spare.id, pool, environment, "tagged database as claimed; awaiting confirmation");
+    info!(db_instance_id = %spare.id, pool, namespace, name, "tagged database as claimed; awaiting confirmation");
     Ok(ClaimOutcome::Pending)
 }
 

@@ -311,13 +311,13 @@ async fn delete_spares(ctx: &Context, pool: &str, ids: &[String]) -> Result<()> 
             None => continue,
             Some(d) if d.status == DatabaseStatus::Deleting => continue,
             Some(d) if d.tags.contains_key(tag::CLAIMED_BY) => {
-                warn!(pool, database = %id, "spare claimed since the last poll; keeping it");
+                warn!(pool, db_instance_id = %id, "spare claimed since the last poll; keeping it");
                 continue;
             }
             Some(_) => {}
         }
         match ctx.cloud.databases.delete_database(id).await {
-            Ok(()) => info!(pool, database = %id, "deleting spare"),
+            Ok(()) => info!(pool, db_instance_id = %id, "deleting spare"),
             Err(e) if e.is_not_found() => {}
             Err(CloudError::InvalidState { .. }) => {} // already deleting
             Err(e) => return Err(e.into()),
@@ -368,7 +368,7 @@ async fn restore_spare(ctx: &Context, pool: &RdsPool, id: &str, snapshot: &Snaps
     };
     match ctx.cloud.databases.restore_database(&request).await {
         Ok(db) => {
-            info!(pool = %name, database = %id, snapshot = %snapshot.id, "restoring spare");
+            info!(pool = %name, db_instance_id = %id, snapshot = %snapshot.id, "restoring spare");
             ctx.inventory.record_database(db);
             ctx.event(
                 pool,
@@ -399,7 +399,7 @@ async fn reset_spare_passwords(ctx: &Context, pool: &str, members: &[Database], 
             .await
         {
             Ok(()) => {
-                info!(pool, database = %spare.id, "replaced the restored master password of a spare");
+                info!(pool, db_instance_id = %spare.id, "replaced the restored master password of a spare");
                 ctx.memory.spare_reset(pool, &spare.id);
             }
             // Busy (still backing up, or being modified): the next pass tries again.

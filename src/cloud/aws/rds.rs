@@ -133,7 +133,7 @@ impl Databases for AwsCloud {
             .apply_immediately(true)
             .send();
         self.call(RDS, "ModifyDBInstance", request).await?;
-        tracing::info!(database_id = id, "rotated master password");
+        tracing::info!(db_instance_id = id, "rotated master password");
         Ok(())
     }
 
@@ -148,7 +148,7 @@ impl Databases for AwsCloud {
             .delete_automated_backups(true)
             .send();
         self.call(RDS, "DeleteDBInstance", request).await?;
-        tracing::info!(database_id = id, "deleting database");
+        tracing::info!(db_instance_id = id, "deleting database");
         Ok(())
     }
 }

@@ -86,7 +86,7 @@ pub async fn replace_lost_instance(
     let mut next = status.clone();
     next.lost_instances += 1;
     let losses = next.lost_instances;
-    warn!(environment = %id.key, instance_id = lost, state, losses, "instance lost");
+    warn!(namespace = %id.namespace, name = %id.name, instance_id = lost, state, losses, "instance lost");
     let mut message = format!("instance {lost} is {state} (not deleted by the operator)");
     if losses >= LOSSES_BEFORE_FAILING {
         message.push_str(&format!("; lost {losses} instances in a row, not replacing it"));
@@ -133,7 +133,7 @@ pub async fn instance(
     let Pass { ctx, env, id, .. } = *pass;
     let request = launch_request(pass, status);
     let instance = ctx.cloud.compute.launch_instance(&request).await?;
-    info!(environment = %id.key, instance_id = %instance.id, "launched instance");
+    info!(namespace = %id.namespace, name = %id.name, instance_id = %instance.id, "launched instance");
     ctx.inventory.record_instance(instance.clone());
     let message = format!("launched instance {}", instance.id);
     ctx.event(env, EventType::Normal, "Launched", message).await;

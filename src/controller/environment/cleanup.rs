@@ -43,7 +43,7 @@ pub async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> 
     if !pending.is_empty() {
         return Err(Error::CleanupPending(pending.join(", ")));
     }
-    info!(environment = %id.key, "cleaned up; releasing finalizer");
+    info!(namespace = %id.namespace, name = %id.name, "cleaned up; releasing finalizer");
     let message = "instance, database and parameter removed".into();
     ctx.event(env, EventType::Normal, "CleanedUp", message).await;
     ctx.metrics.environment_phase(&id.uid, None);
@@ -66,7 +66,7 @@ async fn terminate_instances(ctx: &Context, id: &Identity) -> Result<Vec<String>
             InstanceState::Terminated | InstanceState::ShuttingDown => {}
             _ => match ctx.cloud.compute.terminate_instance(&instance.id).await {
                 Ok(()) => {
-                    info!(environment = %id.key, instance_id = %instance.id, "terminating instance");
+                    info!(namespace = %id.namespace, name = %id.name, instance_id = %instance.id, "terminating instance");
                     ctx.inventory.wake();
                     pending.push(instance.id.clone());
                 }
@@ -108,7 +108,7 @@ async fn delete_databases(ctx: &Context, id: &Identity, current: &FeatureEnviron
             Some(d) if d.tags.get(tag::CLAIMED_BY) != Some(&id.uid) => {}
             Some(_) => match ctx.cloud.databases.delete_database(db).await {
                 Ok(()) => {
-                    info!(environment = %id.key, database = %db, "deleting database");
+                    info!(namespace = %id.namespace, name = %id.name, db_instance_id = %db, "deleting database");
                     ctx.inventory.wake();
                     pending.push(db.clone());
                 }

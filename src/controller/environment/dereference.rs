@@ -205,7 +205,7 @@ pub async fn instance(
         known = found.into_iter().filter(|i| !i.state.is_gone()).collect();
     }
     if known.len() > 1 {
-        warn!(environment = %id.key, count = known.len(), "more than one live instance carries this environment's uid");
+        warn!(namespace = %id.namespace, name = %id.name, count = known.len(), "more than one live instance carries this environment's uid");
     }
     known.sort_by(|a, b| a.launched_at.cmp(&b.launched_at).then(a.id.cmp(&b.id)));
     Ok(known

@@ -113,7 +113,7 @@ pub async fn cloud_failure(
     if &failed != current
         && let Err(e) = patch_status(api, &id.name, &failed).await
     {
-        warn!(environment = %id.key, error = %e, "could not show the failure in status");
+        warn!(namespace = %id.namespace, name = %id.name, error = %e, "could not show the failure in status");
     }
     error
 }

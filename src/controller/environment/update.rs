@@ -92,7 +92,7 @@ async fn send(
     // Sent before the status records it: a pass cut off in between sends it again,
     // and the script is idempotent (same images, same token).
     let command_id = ctx.cloud.commands.run_script(&request).await?;
-    info!(environment = %id.key, instance_id = %instance.id, command_id, token, "sent a services update");
+    info!(namespace = %id.namespace, name = %id.name, instance_id = %instance.id, command_id, token, "sent a services update");
     ctx.inventory.await_update(&instance.id, &token);
     let changed = describe_change(&status.images, &images);
     status.update = Some(ServicesUpdate {
@@ -128,7 +128,7 @@ async fn progress(
                 instance.id,
                 describe_change(&status.images, &update.images)
             );
-            info!(environment = %id.key, token = %update.token, "services update applied");
+            info!(namespace = %id.namespace, name = %id.name, token = %update.token, "services update applied");
             status.images = update.images;
             status.services_token = Some(update.token);
             status.update = None;
@@ -151,7 +151,7 @@ async fn progress(
             };
         }
     };
-    warn!(environment = %id.key, token = %update.token, failure, "services update failed");
+    warn!(namespace = %id.namespace, name = %id.name, token = %update.token, failure, "services update failed");
     ctx.event(env, EventType::Warning, "UpdateFailed", failure.clone())
         .await;
     update.failure = Some(failure.clone());

@@ -1,0 +1,8 @@
+"""Makes tests/deploy's helpers (cfnlib) importable by the tests next to them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
