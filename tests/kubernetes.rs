@@ -481,3 +481,48 @@ async fn kubectl_finds_environments_by_owner_and_category() {
         "the category lists every kind: {category}"
     );
 }
+
+/// A class's instance tags must be tags EC2 accepts and leave the operator's own
+/// alone: the API server refuses the class, naming the field, instead of every
+/// launch of the class failing at RunInstances (or, for `featureenv.io/cluster`,
+/// the operator silently overwriting it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn class_instance_tags_are_checked_at_admission() {
+    let (_plane, admin) = cluster::cluster().await;
+    let classes: Api<featureenv_operator::api::FeatureEnvironmentClass> = Api::all(admin.clone());
+    let refused = |tags: &[(&str, String)]| {
+        let mut class = cluster::class("tagged", None);
+        class.spec.instance.tags = tags.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        class
+    };
+    let cases: [(&[(&str, String)], &str); 5] = [
+        (&[("team", "x".repeat(257))], "values must be at most 256"),
+        (&[("aws:createdBy", "me".into())], "may not begin with aws:"),
+        (&[("featureenv.io/cluster", "other".into())], "written by the operator"),
+        (&[("Name", "mine".into())], "written by the operator"),
+        (&[(&"k".repeat(129), "v".into())], "1 to 128 characters"),
+    ];
+    for (tags, message) in cases {
+        let error = classes
+            .create(&PostParams::default(), &refused(tags))
+            .await
+            .expect_err("refused at admission");
+        let text = error.to_string();
+        assert!(
+            text.contains("spec.instance.tags") && text.contains(message),
+            "{tags:?}: {text}"
+        );
+    }
+    let too_many: Vec<(String, String)> = (0..46).map(|i| (format!("t{i}"), "v".into())).collect();
+    let mut class = cluster::class("tagged", None);
+    class.spec.instance.tags = too_many.into_iter().collect();
+    let error = classes
+        .create(&PostParams::default(), &class)
+        .await
+        .expect_err("46 tags");
+    assert!(error.to_string().contains("spec.instance.tags"), "{error}");
+    classes
+        .create(&PostParams::default(), &refused(&[("team", "platform".into())]))
+        .await
+        .expect("ordinary tags are fine");
+}

@@ -125,8 +125,28 @@ pub struct InstanceTemplate {
     #[serde(default = "default_root_volume", rename = "rootVolumeGiB")]
     #[schemars(range(min = 8, max = 16384))]
     pub root_volume_gib: i32,
-    /// Extra tags on the instance and its volumes.
+    /// Extra tags on the instance and its volumes. EC2's limits apply (keys up to 128
+    /// characters, values up to 256, no `aws:` prefix, 50 tags per resource of which
+    /// the operator writes 5); `Name` and `featureenv.io/*` are the operator's own.
     #[serde(default)]
+    #[schemars(extend("maxProperties" = 45, "x-kubernetes-validations" = [
+        {
+            "rule": "self.all(k, size(k) >= 1 && size(k) <= 128)",
+            "message": "spec.instance.tags: keys must be 1 to 128 characters (EC2's limit)",
+        },
+        {
+            "rule": "self.all(k, size(self[k]) <= 256)",
+            "message": "spec.instance.tags: values must be at most 256 characters (EC2's limit)",
+        },
+        {
+            "rule": "self.all(k, !k.lowerAscii().startsWith('aws:'))",
+            "message": "spec.instance.tags: keys may not begin with aws: (reserved by AWS)",
+        },
+        {
+            "rule": "self.all(k, k != 'Name' && !k.startsWith('featureenv.io/'))",
+            "message": "spec.instance.tags: Name and featureenv.io/* are written by the operator",
+        },
+    ]))]
     pub tags: BTreeMap<String, String>,
 }
 
