@@ -247,6 +247,16 @@ class World:
         with self.lock:
             return set(self.parameter_tags.get(name, set()))
 
+    def deleting_db_tags(self, db_id: str) -> dict[str, str] | None:
+        """The tags of a DB moto has forgotten and the layer still plays `deleting`
+        (from the DBInstance its DeleteDBInstance returned); None for any other."""
+        with self.lock:
+            db = self.dbs.get(db_id.lower())
+            if db is None or db.deleted_xml is None or not self.deleting(db_id):
+                return None
+            doc = Doc(db.deleted_xml)
+            return {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(doc.root, "TagList/Tag")}
+
     def db(self, db_id: str) -> Database:
         return self.dbs.setdefault(db_id.lower(), Database())
 

@@ -44,10 +44,40 @@ form body's `Action=` or the `X-Amz-Target` header (text after the last dot);
 (`status` is then the injected status, null for a drop). A request the strict layer
 refused also carries `"rejected": "<AWS error code>"` and `"rule": "<rule id>"`; one
 answered from an earlier RunInstances with the same ClientToken carries
-`"replayed": true`. An SSM SendCommand (not faulted) also carries what its IAM
-authorization is decided on: `"region"`, `"document"` (DocumentName), `"instance_ids"`
-(InstanceIds as sent) and `"instance_tags"` ({instance id: its tags in moto just
-before}, for the ids moto knows).
+`"replayed": true`. Every request that was not faulted also carries what its IAM
+authorization is decided on (aws_authz.py; tests/chart/test_iam_policy.py evaluates
+it): `"region"` (the credential scope's) always, and per operation
+  ec2 RunInstances      image_id, instance_type, subnet_id, security_group_ids, key_name,
+                        launch_template, http_tokens (MetadataOptions.HttpTokens),
+                        tag_specs {resource type: tags}, unmodelled (parameters naming
+                        other resources), instance_profile (name or ARN as sent) and,
+                        looked up, instance_profile_arn, role_arns
+  ec2 TerminateInstances, GetConsoleOutput, DescribeInstanceAttribute
+                        instance_ids, resource_tags {instance id: tags}
+  ec2 CreateTags        resource_ids, request_tags, resource_tags {id: tags}
+  rds RestoreDBInstanceFromDBSnapshot
+                        db_instance_id, snapshot_id, subnet_group, option_group,
+                        parameter_group (null: not sent), request_tags, snapshot
+                        {arn, engine, engine_version, tags} (looked up)
+  rds AddTagsToResource resource_name, request_tags, resource_tags {ARN: tags}
+  rds ModifyDBInstance, DeleteDBInstance
+                        db_instance_id, resource_tags {identifier: tags}
+  rds DescribeDBInstances, DescribeDBSnapshots
+                        db_instance_id, snapshot_id (null: not sent)
+  ssm PutParameter      name, overwrite, request_tags (null: no Tags), resource_tags
+  ssm AddTagsToResource resource_type, resource_id, request_tags, resource_tags
+  ssm GetParameter, DeleteParameter
+                        name, resource_tags {name: tags}
+  ssm GetParametersByPath  path, recursive
+  ssm SendCommand       document (DocumentName), instance_ids (as sent), instance_tags
+                        {instance id: tags}
+  ecr DescribeImages, BatchGetImage
+                        registry_id, repository
+`resource_tags`, `instance_tags` and `snapshot` are the tags moto had just before the
+request, from one look-up (DescribeInstances, DescribeTags, DescribeDBInstances,
+ListTagsForResource, DescribeDBSnapshots, IAM GetInstanceProfile) sent straight to moto
+and not logged; a resource moto does not know has `{}` (a DB the layer still plays
+`deleting` keeps its tags), and a look-up moto did not answer leaves the field null.
 The random choice uses random.Random(--seed), so a run is reproducible for a given
 request order. Exits 0 on SIGTERM/SIGINT.
 """
@@ -71,6 +101,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+import aws_authz
 import aws_rules
 from aws_world import Answer, World, moto_request, timing_for
 
@@ -99,20 +130,29 @@ def access_key_of(headers: Any) -> str:
     return m.group(1) if m else "testing"
 
 
-def describe_instances_request(ids: list[str], region: str, access_key: str) -> tuple[dict[str, str], bytes]:
-    """(headers, body) of an EC2 DescribeInstances filtered by instance-id, for moto.
-    moto (started without authentication) reads the region and the account from the
-    credential scope and the access key, not the signature, so none is computed."""
-    form = {"Action": "DescribeInstances", "Version": "2016-11-15", "Filter.1.Name": "instance-id"}
-    form.update({f"Filter.1.Value.{n}": iid for n, iid in enumerate(ids, start=1)})
+def lookup_request(lookup: aws_authz.Lookup, region: str, access_key: str) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of a look-up for moto. moto (started without authentication)
+    reads the region and the account from the credential scope and the access key, not
+    the signature, so none is computed."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    scope = f"{stamp[:8]}/{lookup.region or region}/{lookup.service}/aws4_request"
     headers = {
-        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
         "X-Amz-Date": stamp,
-        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{stamp[:8]}/{region}/ec2/aws4_request, "
+        "Authorization": f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
                          f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
     }
-    return headers, urlencode(form).encode()
+    if lookup.target:
+        headers.update({"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": lookup.target})
+        return headers, json.dumps(lookup.doc or {}).encode()
+    headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
+    return headers, urlencode(lookup.form or {}).encode()
+
+
+def describe_instances_request(ids: list[str], region: str, access_key: str) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an EC2 DescribeInstances filtered by instance-id, for moto."""
+    lookup = aws_authz.instances_lookup(ids)
+    assert lookup is not None, "no instance ids"
+    return lookup_request(lookup, region, access_key)
 
 
 def action_of(headers: Any, body: bytes) -> str:
@@ -299,6 +339,8 @@ class Handler(BaseHTTPRequestHandler):
         world = self.server.world
         if service == "ssm" and action == "SendCommand":
             self._look_up_targets(call)
+        else:
+            self._look_up_authorization(call)
         violation = (aws_rules.check(call, world) or world.state_violation(call)) if self.server.strict else None
         if violation is not None:
             self._refuse(call, content_type, violation)
@@ -344,6 +386,26 @@ class Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"fault_proxy: moto did not describe {wellformed} (HTTP {status})\n")
             return
         _current.detail["instance_tags"] = tags
+
+    def _look_up_authorization(self, call: aws_rules.Call) -> None:
+        """The fields the call's IAM authorization is decided on (aws_authz), completed
+        by one look-up in moto when it needs the existing tags of what it acts on. A
+        moto that cannot answer leaves those fields null (unknown)."""
+        fields, lookup = aws_authz.detail(call)
+        _current.detail = fields
+        if lookup is None:
+            return
+        headers, body = lookup_request(lookup, call.region, access_key_of(self.headers))
+        try:
+            status, _, payload = self._upstream(headers, body)
+        except (OSError, http.client.HTTPException) as e:
+            sys.stderr.write(f"fault_proxy: could not look up {call.action}'s resources in moto: {e}\n")
+            return
+        found = lookup.read(status, payload, self.server.world)
+        if found is None:
+            sys.stderr.write(f"fault_proxy: moto did not answer the look-up for {call.action} (HTTP {status})\n")
+            return
+        fields.update(found)
 
     def _refuse(self, call: aws_rules.Call, content_type: str, violation: aws_rules.Violation) -> None:
         status, headers, payload = aws_error(

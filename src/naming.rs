@@ -108,6 +108,12 @@ pub fn database_parameter(prefix: &str, cluster_id: &str, uid: &str) -> String {
     format!("{}/{}/{uid}/database", prefix.trim_end_matches('/'), cluster_id)
 }
 
+/// Path under which an environment's parameters live (its database parameter is
+/// the one below it).
+pub fn environment_parameters(prefix: &str, cluster_id: &str, uid: &str) -> String {
+    format!("{}/{uid}", parameter_root(prefix, cluster_id))
+}
+
 /// Path under which every parameter of this operator installation lives.
 pub fn parameter_root(prefix: &str, cluster_id: &str) -> String {
     format!("{}/{}", prefix.trim_end_matches('/'), cluster_id)

@@ -58,7 +58,7 @@ async fn lifecycle() {
         .kubectl_ok(&[
             "wait",
             "--for=condition=Ready",
-            "featureenv/payments-pr-123",
+            "fe/payments-pr-123",
             "--timeout=90s",
         ])
         .await;
@@ -186,7 +186,7 @@ async fn lifecycle() {
 
     // Delete: everything goes, then the object.
     stack
-        .kubectl_ok(&["delete", "featureenv", "payments-pr-123", "--wait=false"])
+        .kubectl_ok(&["delete", "featureenvironment", "payments-pr-123", "--wait=false"])
         .await;
     stack.wait_gone(NS, "payments-pr-123", GONE_TIMEOUT).await;
     let state = stack

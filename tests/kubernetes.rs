@@ -184,7 +184,7 @@ async fn kubectl_explain_and_wait() {
         .args([
             "wait",
             "--for=condition=Ready",
-            "featureenv/waited",
+            "featureenvironment/waited",
             "--timeout=30s",
             "-n",
             "default",
@@ -448,7 +448,8 @@ async fn kubectl_finds_environments_by_owner_and_category() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let explained = loop {
-        let (ok, text) = kubectl(&["explain", "featureenvs"]);
+        // The singular is the kind's name, as users type it.
+        let (ok, text) = kubectl(&["explain", "featureenvironment"]);
         if ok {
             break text;
         }

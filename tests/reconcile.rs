@@ -1236,3 +1236,40 @@ async fn an_edit_of_the_services_is_rolled_out_in_place() {
     assert_eq!(h.fake.scripts().len(), 3);
     assert_eq!(h.instances_of(&before.metadata.uid.unwrap()), 1);
 }
+
+/// Cleanup deletes the credentials parameter only while it exists. Under the
+/// operator's IAM policy, deleting a parameter that is gone (or was never written)
+/// is AccessDenied, not ParameterNotFound: the condition on our cluster tag cannot
+/// match a parameter without tags, and IAM decides before SSM looks the name up. Every
+/// cleanup pass used to delete it again (found by the end-to-end IAM check of logged
+/// calls), so on AWS the finalizer would never have been released.
+#[tokio::test]
+async fn cleanup_deletes_the_parameter_only_while_it_exists() {
+    let mut h = Harness::new(seeded_fake(3), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    // Termination and deletion take passes, as on AWS.
+    h.fake.set_slow_transitions(true);
+    h.envs().delete("pr-1", &DeleteParams::default()).await.unwrap();
+    h.drive("pr-1", async |h| h.get("pr-1").await.is_none()).await;
+    assert!(h.fake.parameter_names().is_empty(), "parameter deleted");
+    assert_eq!(
+        h.fake.call_count("DeleteParameter"),
+        1,
+        "deleted once, not once per pass"
+    );
+
+    // An environment whose class has no database never had a parameter.
+    h.create_class(&cluster::class("nodb", None)).await;
+    create(&h, cluster::environment("plain", "nodb")).await;
+    h.drive("plain", async |h| h.phase("plain").await == Some(Phase::Ready))
+        .await;
+    h.envs().delete("plain", &DeleteParams::default()).await.unwrap();
+    h.drive("plain", async |h| h.get("plain").await.is_none()).await;
+    assert_eq!(
+        h.fake.call_count("DeleteParameter"),
+        1,
+        "nothing to delete, nothing deleted"
+    );
+}

@@ -18,7 +18,7 @@ use super::schema;
     version = "v1alpha1",
     kind = "FeatureEnvironment",
     plural = "featureenvs",
-    singular = "featureenv",
+    singular = "featureenvironment",
     shortname = "fe",
     namespaced,
     status = "FeatureEnvironmentStatus",

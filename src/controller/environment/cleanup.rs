@@ -14,6 +14,7 @@ use crate::api::FeatureEnvironment;
 use crate::api::environment::{FeatureEnvironmentStatus, Phase};
 use crate::cloud::{CloudError, DatabaseStatus, InstanceState, tag};
 use crate::controller::{Context, Error, Result};
+use crate::naming;
 
 /// Removes everything the environment made; already-gone is success. Returns
 /// `CleanupPending` (retried) until AWS confirms every deletion.
@@ -29,16 +30,7 @@ pub async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> 
     }
     let mut pending = terminate_instances(ctx, &id).await?;
     pending.extend(delete_databases(ctx, &id, &current).await?);
-    match ctx
-        .cloud
-        .parameters
-        .delete_parameter(&parameter_name(ctx, &id.uid))
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
+    delete_parameter(ctx, &id).await?;
 
     if !pending.is_empty() {
         return Err(Error::CleanupPending(pending.join(", ")));
@@ -49,6 +41,24 @@ pub async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> 
     ctx.metrics.environment_phase(&id.uid, None);
     ctx.memory.forget(&id.uid);
     Ok(Action::await_change())
+}
+
+/// Deletes the environment's credentials parameter if it exists. Only then: under
+/// the operator's IAM policy a delete of a parameter that is gone is AccessDenied,
+/// not ParameterNotFound (the condition on our cluster tag cannot match a parameter
+/// without tags, and IAM decides before SSM looks), so "already gone" must be seen
+/// by listing (allowed on our tree), not by deleting again.
+async fn delete_parameter(ctx: &Context, id: &Identity) -> Result<()> {
+    let name = parameter_name(ctx, &id.uid);
+    let path = naming::environment_parameters(&ctx.config.ssm_prefix, &ctx.config.cluster_id, &id.uid);
+    if !ctx.cloud.parameters.list_parameters(&path).await?.contains(&name) {
+        return Ok(());
+    }
+    match ctx.cloud.parameters.delete_parameter(&name).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Terminates the environment's instances: those in the inventory and those a
