@@ -12,8 +12,8 @@ all: build
 deps:
 	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask, parliament, awscli, cfnlint" 2>/dev/null || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2' 'parliament==1.6.4' 'awscli>=1.29' 'cfn-lint==1.58.0'
-	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck lua5.4 >/dev/null; }
+	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null && command -v promtool >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck lua5.4 prometheus >/dev/null; }
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 
 build:
