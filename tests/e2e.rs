@@ -55,12 +55,7 @@ async fn lifecycle() {
     let manifest = stack.render(&["examples/featureenvironment.yaml"]);
     stack.apply_ok(&manifest).await;
     let out = stack
-        .kubectl_ok(&[
-            "wait",
-            "--for=condition=Ready",
-            "fe/payments-pr-123",
-            "--timeout=90s",
-        ])
+        .kubectl_ok(&["wait", "--for=condition=Ready", "fe/payments-pr-123", "--timeout=90s"])
         .await;
     assert!(out.contains("condition met"), "{out}");
 
