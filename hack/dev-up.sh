@@ -23,7 +23,9 @@ K8S_BIN="$("$ROOT/hack/k8s-binaries.sh")"
 # kubectl of the server's version first on PATH.
 export PATH="$K8S_BIN:$PATH"
 echo "starting kube-apiserver and etcd ($K8S_BIN)"
-rm -rf "$DEV/k8s"
+# A previous run's control-plane.json would satisfy the wait below before the new
+# control plane has written anything (the redirection happens in the child).
+rm -rf "$DEV/k8s" "$DEV/control-plane.json"
 "$CONTROL_PLANE_BIN" --dir "$DEV/k8s" >"$DEV/control-plane.json" 2>"$DEV/control-plane.log" &
 echo $! >"$DEV/control-plane.pid"
 wait_for "kube-apiserver /readyz" 90 test -s "$DEV/control-plane.json"
