@@ -67,6 +67,7 @@ pub struct Metrics {
     time_to_ready: Histogram,
     pool_members: Family<PoolStateLabels, Gauge>,
     janitor_removals: Family<ResourceLabels, Counter>,
+    leader: Gauge,
     phases: Mutex<HashMap<String, Phase>>,
 }
 
@@ -90,6 +91,7 @@ impl Metrics {
         let time_to_ready = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0]);
         let pool_members = Family::<PoolStateLabels, Gauge>::default();
         let janitor_removals = Family::<ResourceLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -123,6 +125,11 @@ impl Metrics {
             "Orphaned cloud resources removed, by resource",
             janitor_removals.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and may call AWS, else 0",
+            leader.clone(),
+        );
         for phase in Phase::ALL {
             environments
                 .get_or_create(&PhaseLabels { phase: phase.as_str() })
@@ -139,6 +146,7 @@ impl Metrics {
             time_to_ready,
             pool_members,
             janitor_removals,
+            leader,
             phases: Mutex::default(),
         }
     }
@@ -195,6 +203,11 @@ impl Metrics {
             };
             self.pool_members.get_or_create(&labels).set(i64::from(n));
         }
+    }
+
+    /// Whether this replica leads (and may call AWS).
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn janitor_removed(&self, resource: &'static str) {

@@ -122,9 +122,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         health.standby.store(false, Ordering::SeqCst);
         health.leading.store(true, Ordering::SeqCst);
+        metrics.leading(true);
         let mut controllers = tokio::spawn(run_controllers(ctx, triggers, class_writer));
         tokio::select! {
             lost = elector.hold() => {
+                metrics.leading(false);
                 // The fence closed at the deadline already; stop the tasks too, and
                 // exit so the replica restarts as a candidate.
                 controllers.abort();
@@ -132,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             () = &mut shutdown => {
                 controllers.abort();
+                metrics.leading(false);
                 // Closes the fence and hands the Lease over so a stand-by takes over at once.
                 elector.release().await;
             }
@@ -139,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     } else {
         health.leading.store(true, Ordering::SeqCst);
+        metrics.leading(true);
         let mut controllers = tokio::spawn(run_controllers(ctx, triggers, class_writer));
         tokio::select! {
             () = &mut shutdown => controllers.abort(),

@@ -537,6 +537,8 @@ async fn high_availability() {
     }
     // The stand-by did nothing: it never started controllers nor called AWS.
     assert_eq!(stack.leadership_count(1), 0, "op-b started controllers while op-a led");
+    assert!(stack.metrics(0).contains("featureenv_leader 1"), "op-a's leader gauge");
+    assert!(stack.metrics(1).contains("featureenv_leader 0"), "op-b's leader gauge");
     assert_eq!(
         aws_calls(&stack.metrics(1), |_| true),
         0.0,

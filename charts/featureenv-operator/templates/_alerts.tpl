@@ -37,6 +37,19 @@ groups:
             No replica of featureenv-operator in {{`{{ $labels.namespace }}`}} has answered a
             scrape for 5 minutes. Nothing provisions environments, enforces their TTLs
             or deletes their AWS resources.
+      - alert: FeatureEnvTwoLeaders
+        expr: |
+          sum by (job, namespace) (featureenv_leader{ {{- $s -}} }) > 1
+        for: 1m
+        labels:
+          severity: critical
+        annotations:
+          summary: Two featureenv-operator replicas both say they lead.
+          description: >-
+            {{`{{ $value }}`}} replicas in {{`{{ $labels.namespace }}`}} report
+            featureenv_leader = 1. Fencing should make this impossible for longer than a
+            scrape interval (a leader stops at its renew deadline, before the Lease can
+            change hands); check the replicas' clocks and logs, and the Lease.
       - alert: FeatureEnvNoActingLeader
         expr: |
           sum by (job, namespace) (up{ {{- $s -}} }) > 0
