@@ -88,7 +88,11 @@ impl Metrics {
         let aws_calls = Family::<AwsCallLabels, Counter>::default();
         let aws_failed_attempts = Family::<AttemptLabels, Counter>::default();
         let environments = Family::<PhaseLabels, Gauge>::default();
-        let time_to_ready = Histogram::new([5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0]);
+        // Up to an hour: a cold start (restore plus boot) on AWS can pass 20 minutes, and a
+        // p90 beyond the largest finite bucket would read as that bucket.
+        let time_to_ready = Histogram::new([
+            5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+        ]);
         let pool_members = Family::<PoolStateLabels, Gauge>::default();
         let janitor_removals = Family::<ResourceLabels, Counter>::default();
         let leader = Gauge::default();
@@ -130,6 +134,16 @@ impl Metrics {
             "1 while this replica holds the Lease and may call AWS, else 0",
             leader.clone(),
         );
+        // Counters appear on first use, so the first event of a label set is invisible
+        // to rate() and increase(); start the known ones at zero.
+        for resource in ["instance", "database", "parameter"] {
+            let _ = janitor_removals.get_or_create(&ResourceLabels { resource });
+        }
+        for service in ["ec2", "rds", "ssm", "ecr"] {
+            for reason in ["throttled", "client_error", "server_error", "transport"] {
+                let _ = aws_failed_attempts.get_or_create(&AttemptLabels { service, reason });
+            }
+        }
         for phase in Phase::ALL {
             environments
                 .get_or_create(&PhaseLabels { phase: phase.as_str() })

@@ -127,7 +127,7 @@ def test_alert_labels_disabled_alerts_selector_and_threshold(render: Render) -> 
     ("values", "message"),
     [
         ({"disabledAlerts": ["FeatureEnvPoolColt"]}, "at '/metrics/prometheusRule/disabledAlerts/0'"),
-        ({"timeToReadyP90Seconds": 1200}, "at '/metrics/prometheusRule/timeToReadyP90Seconds'"),
+        ({"timeToReadyP90Seconds": 3600}, "at '/metrics/prometheusRule/timeToReadyP90Seconds'"),
         ({"selector": '{job="x"}'}, "at '/metrics/prometheusRule/selector'"),
     ],
     ids=["unknown-alert", "p90-beyond-buckets", "selector-with-braces"],
