@@ -754,6 +754,18 @@ async fn rds_listings_follow_markers_across_pages() {
     );
 }
 
+/// An SDK configuration for a local `endpoint` with dummy credentials.
+async fn config_for(endpoint: String) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
 /// An endpoint that accepts connections and never answers (an overloaded or
 /// half-partitioned service): every request ends within the operation timeout with
 /// an error that is retried, instead of holding its reconcile forever.
@@ -768,14 +780,7 @@ async fn a_request_to_an_endpoint_that_never_answers_times_out() {
             held.push(socket);
         }
     });
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "AKID", "SECRET", None, None, "test",
-        ))
-        .load()
-        .await;
+    let config = config_for(endpoint).await;
     let observer = Arc::new(RecordingObserver::default());
     let cloud = AwsCloud::new(&config, observer, Duration::from_secs(2), Fence::open());
     let started = std::time::Instant::now();
@@ -808,14 +813,7 @@ async fn no_request_leaves_while_the_fence_is_closed() {
             held.push(socket);
         }
     });
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "AKID", "SECRET", None, None, "test",
-        ))
-        .load()
-        .await;
+    let config = config_for(endpoint).await;
     let fence = Fence::closed();
     fence.open_until(std::time::Instant::now() + Duration::from_millis(200));
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -16,6 +16,16 @@ use featureenv_operator::cloud::{
 };
 use support::moto::{MotoServer, StrictLayer};
 
+/// The AWS adapter through the strict layer, as the operator builds it.
+fn adapter(strict: &StrictLayer) -> AwsCloud {
+    AwsCloud::new(
+        &strict.config,
+        Arc::new(support::moto::RecordingObserver::default()),
+        std::time::Duration::from_secs(30),
+        featureenv_operator::fence::Fence::open(),
+    )
+}
+
 fn restore_request(id: &str, snapshot: &str) -> RestoreRequest {
     RestoreRequest {
         id: id.into(),
@@ -80,12 +90,7 @@ async fn aws_adapter_states_refuse_what_rds_refuses() {
     moto.create_source_database("integration-db").await;
     moto.create_snapshot("integration-db", "snap-1").await;
     let strict = StrictLayer::start(&moto).await;
-    let cloud = AwsCloud::new(
-        &strict.config,
-        Arc::new(support::moto::RecordingObserver::default()),
-        std::time::Duration::from_secs(30),
-        featureenv_operator::fence::Fence::open(),
-    );
+    let cloud = adapter(&strict);
     states_refuse_what_rds_refuses(&cloud, "snap-1", "moto behind the strict layer").await;
 }
 
@@ -174,12 +179,7 @@ async fn aws_adapter_instances_take_commands_until_terminated() {
     let network = moto.create_network().await;
     let image_id = moto.register_image("minikube-contract", &[]).await;
     let strict = StrictLayer::start(&moto).await;
-    let cloud = AwsCloud::new(
-        &strict.config,
-        Arc::new(support::moto::RecordingObserver::default()),
-        std::time::Duration::from_secs(30),
-        featureenv_operator::fence::Fence::open(),
-    );
+    let cloud = adapter(&strict);
     let request = launch(&image_id, &network.subnet_id, &network.security_group_id);
     instances_take_commands_until_terminated(&cloud, request, "moto behind the strict layer").await;
 }

@@ -24,6 +24,21 @@ fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("valid object")
 }
 
+/// Runs the real kubectl as admin against `plane`: (success, stdout, stderr).
+fn kubectl(plane: &ControlPlane, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(control_plane::kubectl())
+        .args(args)
+        .env("KUBECONFIG", plane.admin_kubeconfig())
+        .env("KUBECACHEDIR", plane.dir().join("kubecache"))
+        .output()
+        .expect("run kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn alive(pid: u32) -> bool {
     // A zombie (exited, not yet reaped) is as good as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -131,21 +146,7 @@ async fn server_side_apply_that_creates_needs_create() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_explain_and_wait() {
     let (plane, admin) = cluster::cluster().await;
-    let kubectl = |args: &[&str]| {
-        let out = Command::new(control_plane::kubectl())
-            .args(args)
-            .env("KUBECONFIG", plane.admin_kubeconfig())
-            .env("KUBECACHEDIR", plane.dir().join("kubecache"))
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    // The resource names are `featureenvs` / `featureenv` / `fe`; the kind
-    // (`featureenvironment`) is not a resource name to the real kubectl.
+    let kubectl = |args: &[&str]| kubectl(&plane, args);
     // The server publishes a new CRD's OpenAPI a moment after it is Established.
     let deadline = Instant::now() + Duration::from_secs(30);
     let explained = loop {
@@ -429,16 +430,8 @@ async fn a_released_lease_is_taken_at_once() {
 async fn kubectl_finds_environments_by_owner_and_category() {
     let (plane, admin) = cluster::cluster().await;
     let kubectl = |args: &[&str]| {
-        let out = Command::new(control_plane::kubectl())
-            .args(args)
-            .env("KUBECONFIG", plane.admin_kubeconfig())
-            .env("KUBECACHEDIR", plane.dir().join("kubecache"))
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (ok, out, err) = kubectl(&plane, args);
+        (ok, out + &err)
     };
     let envs: Api<featureenv_operator::api::FeatureEnvironment> = Api::namespaced(admin.clone(), "default");
     for (name, owner) in [("alices", "alice@example.com"), ("bobs", "bob@example.com")] {
