@@ -80,11 +80,26 @@ and not logged; a resource moto does not know has `{}` (a DB the layer still pla
 `deleting` keeps its tags), and a look-up moto did not answer leaves the field null.
 The random choice uses random.Random(--seed), so a run is reproducible for a given
 request order. Exits 0 on SIGTERM/SIGINT.
+
+IAM at request time (--iam-policy PATH --iam-cluster-id ID --iam-access-key KEY, all
+three or none; moto enforces no IAM): a request signed with access key id KEY (the
+Authorization header's Credential=) that passed the strict rules is turned, after its
+authorization look-up, into the authorizations AWS makes for it exactly as the post-run
+check does (iam_eval.call_requests over the fields it would be logged with) and
+evaluated against PATH rendered for cluster ID and moto's account
+(iam_eval.render_policy). One denied authorization, or a call the model cannot decide
+(iam_eval.Unsupported), is answered without forwarding: EC2 UnauthorizedOperation
+(HTTP 403), RDS AccessDenied (403, query XML), SSM and ECR AccessDeniedException (400,
+JSON), the message in AWS's style, logged with "rejected", "rule": "iam" and
+"iam_denied" (the authorizations refused) or "iam_unsupported" (why the model cannot
+decide). Requests signed with any other key (test code, the boot simulator) are not
+checked. Faults still come first, the strict rules before IAM.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
@@ -98,11 +113,13 @@ import time
 import traceback
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aws_authz
 import aws_rules
+import iam_eval
 from aws_world import Answer, World, moto_request, timing_for
 
 HOP_BY_HOP = {
@@ -210,6 +227,75 @@ def aws_error(
     return status, {"Content-Type": "text/xml", "x-amzn-RequestId": request_id}, xml.encode()
 
 
+# The operator's role (deploy/cloudformation/operator.yaml's default role name) and the
+# error each service answers an IAM denial with: (code, HTTP status).
+OPERATOR_ROLE = "featureenv-operator"
+IAM_ERRORS = {
+    "ec2": ("UnauthorizedOperation", 403),
+    "rds": ("AccessDenied", 403),
+    "ssm": ("AccessDeniedException", 400),
+    "ecr": ("AccessDeniedException", 400),
+}
+
+
+class IamCheck:
+    """--iam-policy: the operator's policy, rendered for the run's cluster, evaluated on
+    each request signed with the operator's access key before it is forwarded."""
+
+    def __init__(self, policy_path: str, cluster: str, access_key: str,
+                 account: str = iam_eval.MOTO_ACCOUNT) -> None:
+        self.policy = iam_eval.render_policy(Path(policy_path).read_text(), cluster, account)
+        # The evaluator reads the Service Authorization Reference bundled with parliament:
+        # load it now, so a missing parliament fails at start, not on the first request.
+        iam_eval.resource_type_of("ec2:RunInstances", "*")
+        self.access_key = access_key
+        self.account = account
+
+    def applies(self, headers: Any) -> bool:
+        """Only requests signed with the operator's access key id are checked."""
+        m = ACCESS_KEY_RE.search(headers.get("Authorization", "") or "")
+        return m is not None and m.group(1) == self.access_key
+
+    def principal(self, agent: str | None) -> str:
+        return f"arn:aws:sts::{self.account}:assumed-role/{OPERATOR_ROLE}/{agent or 'fault-proxy'}"
+
+    def refusal(self, call: aws_rules.Call, detail: dict[str, Any],
+                agent: str | None) -> tuple[aws_rules.Violation, dict[str, Any]] | None:
+        """(the error, extra log fields) if the policy does not allow the call, else None.
+        `detail`: the fields the call is logged with (aws_authz, looked up in moto)."""
+        code, status = IAM_ERRORS.get(call.service) or (
+            ("AccessDeniedException", 400) if call.json_protocol else ("AccessDenied", 403))
+        entry = {"service": call.service, "action": call.action, "fault": None, **detail}
+        user = self.principal(agent)
+        try:
+            requests = iam_eval.call_requests(entry, self.account) or []
+            decided = [(r, iam_eval.decide(self.policy, r)) for r in requests]
+        except iam_eval.Unsupported as e:
+            message = (f"User: {user} is not authorized to perform: {call.service}:{call.action} because the "
+                       f"strict layer's IAM model cannot decide this call: {e}")
+            return aws_rules.Violation(code, self._ec2_wrap(call, message), "iam", status), {"iam_unsupported": str(e)}
+        denied = [(r, d) for r, d in decided if not d.allowed]
+        if not denied:
+            return None
+        request, decision = denied[0]
+        why = ("with an explicit deny in an identity-based policy" if decision.denied_by
+               else f"because no identity-based policy allows the {request.action} action")
+        message = f"User: {user} is not authorized to perform: {request.action} on resource: {request.resource} {why}"
+        return (aws_rules.Violation(code, self._ec2_wrap(call, message, denied), "iam", status),
+                {"iam_denied": [str(r) for r, _ in denied]})
+
+    @staticmethod
+    def _ec2_wrap(call: aws_rules.Call, message: str, denied: list[Any] | None = None) -> str:
+        """EC2 puts the reason between its fixed sentence and an encoded message (which
+        `sts decode-authorization-message` would decode; here plain base64 JSON)."""
+        if call.service != "ec2":
+            return message
+        detail = {"allowed": False, "explicitDeny": any(d.denied_by for _, d in denied or []),
+                  "denied": [str(r) for r, _ in denied or []]}
+        encoded = base64.b64encode(json.dumps(detail).encode()).decode()
+        return f"You are not authorized to perform this operation. {message}. Encoded authorization failure message: {encoded}"
+
+
 class FaultPlan:
     """Seeded, thread-safe choice of forward / throttle / error / drop."""
 
@@ -233,7 +319,7 @@ class Proxy(ThreadingHTTPServer):
 
     def __init__(
         self, listen: tuple[str, int], upstream: str, plan: FaultPlan, log: IO[str],
-        strict: bool = True, world: World | None = None,
+        strict: bool = True, world: World | None = None, iam: IamCheck | None = None,
     ) -> None:
         super().__init__(listen, Handler)
         parts = urlsplit(upstream)
@@ -247,6 +333,7 @@ class Proxy(ThreadingHTTPServer):
         self.log_lock = threading.Lock()
         self.strict = strict
         self.world = world or World(None)
+        self.iam = iam
 
     def record(self, service: str, action: str, status: int | None, fault: str | None, **extra: Any) -> None:
         request = getattr(_current, "request", {})
@@ -345,6 +432,12 @@ class Handler(BaseHTTPRequestHandler):
         if violation is not None:
             self._refuse(call, content_type, violation)
             return
+        iam = self.server.iam
+        if iam is not None and iam.applies(self.headers):
+            refused = iam.refusal(call, dict(_current.detail), agent)
+            if refused is not None:
+                self._refuse(call, content_type, refused[0], **refused[1])
+                return
         token = call.params.get("ClientToken") if self.server.strict and call.action == "RunInstances" else None
         if service == "ec2" and token:
             # Two launches with one token run one at a time, as AWS makes them one launch.
@@ -407,11 +500,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         fields.update(found)
 
-    def _refuse(self, call: aws_rules.Call, content_type: str, violation: aws_rules.Violation) -> None:
+    def _refuse(self, call: aws_rules.Call, content_type: str, violation: aws_rules.Violation, **extra: Any) -> None:
         status, headers, payload = aws_error(
             call.service, call.json_protocol, content_type, violation.status, violation.code, violation.message
         )
-        self.server.record(call.service, call.action, status, None, rejected=violation.code, rule=violation.rule)
+        self.server.record(call.service, call.action, status, None, rejected=violation.code, rule=violation.rule,
+                           **extra)
         self._send(status, headers, payload)
 
     def _forward_and_play(self, call: aws_rules.Call, body: bytes) -> Answer | None:
@@ -490,6 +584,12 @@ def main(argv: list[str] | None = None) -> int:
                         "sub-second periods)")
     p.add_argument("--time-scale", type=float, default=env.get("FEATUREENV_AWS_TIME_SCALE", "1.0"),
                    help="multiply every timing period by this factor (default $FEATUREENV_AWS_TIME_SCALE or 1.0)")
+    p.add_argument("--iam-policy", metavar="PATH",
+                   help="refuse, as AWS would, requests signed with --iam-access-key that this IAM policy "
+                        "(docs/iam-policy.json) does not allow (needs --iam-cluster-id and --iam-access-key)")
+    p.add_argument("--iam-cluster-id", metavar="ID", help="the cluster id the policy's CLUSTER_ID placeholder becomes")
+    p.add_argument("--iam-access-key", metavar="KEY",
+                   help="the operator's access key id; requests signed with another key are not checked")
     p.add_argument("--list-rules", action="store_true", help="print the strict rules as a Markdown table and exit")
     args = p.parse_args(argv)
     if args.timing not in ("fast", "realistic", "off"):
@@ -503,12 +603,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rate must be within [0, 1]")
     if args.time_scale < 0:
         p.error("--time-scale must not be negative")
+    iam_flags = (args.iam_policy, args.iam_cluster_id, args.iam_access_key)
+    if any(iam_flags) and not all(iam_flags):
+        p.error("--iam-policy, --iam-cluster-id and --iam-access-key go together")
+    iam = None
+    if args.iam_policy:
+        try:
+            iam = IamCheck(args.iam_policy, args.iam_cluster_id, args.iam_access_key)
+        except (OSError, ValueError, ImportError) as e:
+            p.error(f"--iam-policy {args.iam_policy}: {e}")
     host, _, port = args.listen.rpartition(":")
     log: IO[str] = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr
     world = World(timing_for(args.timing, args.time_scale))
     server = Proxy(
         (host or "127.0.0.1", int(port)), args.upstream, FaultPlan(args.rate, args.seed, args.mix), log,
-        strict=args.strict, world=world,
+        strict=args.strict, world=world, iam=iam,
     )
     bound_host, bound_port = server.server_address[:2]
     print(f"{bound_host}:{bound_port}", flush=True)

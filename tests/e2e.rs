@@ -1278,8 +1278,15 @@ async fn pool() {
         .as_ref()
         .and_then(|i| i.id.clone())
         .expect("p3 instance");
-    let bootstrap_log = std::fs::read_to_string(stack.dir.join("instances").join(&p3_instance).join("bootstrap.log"))
-        .expect("p3's bootstrap.log");
+    // The script logs its last line just after tagging itself complete, through an
+    // asynchronous tee: Ready can be seen a moment before that line is in the file.
+    let log_path = stack.dir.join("instances").join(&p3_instance).join("bootstrap.log");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let written = Instant::now();
+    while !read_log().contains("bootstrap complete") && written.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bootstrap_log = read_log();
     assert!(
         bootstrap_log.contains("not readable yet") && bootstrap_log.contains("bootstrap complete"),
         "p3's script did not wait for its database parameter:\n{bootstrap_log}"

@@ -1,7 +1,7 @@
 """Tests for docs/iam-policy.json (the operator's role) and
 docs/instance-profile-policy.json (the environments' instance role).
 
-What they prove, with the evaluator in iam_eval.py (ours, not AWS's): every call the
+What they prove, with the evaluator in hack/iam_eval.py (ours, not AWS's): every call the
 operator and the instances make is allowed, with the tags and request shape the code
 sends; every adversarial variant -- another cluster's or an untagged resource, a
 retag to another cluster, a launch missing a tag, instance A reading B's parameter or
@@ -38,7 +38,8 @@ from typing import Any, Callable
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The evaluator lives in hack/ (hack/fault_proxy.py --iam-policy evaluates with it too).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack"))
 
 import iam_eval as iam  # noqa: E402
 from iam_eval import Request, Unsupported  # noqa: E402
@@ -114,8 +115,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def rendered(path: Path, cluster: str = CLUSTER) -> dict[str, Any]:
     """The policy as deployed: placeholders replaced (docs/iam.md)."""
-    text = path.read_text().replace("CLUSTER_ID", cluster).replace("ACCOUNT_ID", ACCOUNT)
-    return json.loads(text)
+    return iam.render_policy(path.read_text(), cluster, ACCOUNT)
 
 
 def as_list(x: Any) -> list[Any]:
@@ -845,11 +845,10 @@ def _call_logs() -> list[Path]:
 
 
 def recorded_requests(entry: dict[str, Any]) -> list[Request] | None:
-    """The authorizations of a logged call (iam_eval.logged_call; ACCOUNT is moto's),
-    or None for one the proxy answered with an injected fault (it never reached AWS)."""
-    if entry.get("fault") is not None:
-        return None
-    return iam.logged_call(entry, ACCOUNT)
+    """The authorizations of a logged call (iam_eval.call_requests, as hack/fault_proxy.py
+    --iam-policy decides it at request time; ACCOUNT is moto's), or None for one the
+    proxy answered with an injected fault (it never reached AWS)."""
+    return iam.call_requests(entry, ACCOUNT)
 
 
 def _where(entry: dict[str, Any]) -> str:

@@ -88,7 +88,26 @@ impl ControlPlane {
 
     /// Starts a control plane whose files (certificates, etcd data, logs, audit log,
     /// admin kubeconfig) live in `dir`, which the caller keeps.
+    ///
+    /// Ports are picked free and then bound by etcd and kube-apiserver, so another
+    /// process (a parallel test) can take one in between; such a start is retried on
+    /// new ports, up to three times.
     pub async fn start_in(dir: &Path) -> ControlPlane {
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            match Self::try_start_in(dir).await {
+                Ok(plane) => return plane,
+                Err(e) if attempt < ATTEMPTS && e.contains("address already in use") => {
+                    eprintln!("control plane: a port was taken before it was bound; starting again ({attempt})");
+                    let _ = std::fs::remove_dir_all(dir.join("etcd"));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    async fn try_start_in(dir: &Path) -> Result<ControlPlane, String> {
         install_crypto_provider();
         std::fs::create_dir_all(dir).expect("control plane dir");
         let bin = binaries();
@@ -165,26 +184,28 @@ impl ControlPlane {
             plane.apiserver.as_ref().unwrap().id(),
         ]));
         std::fs::write(plane.admin_kubeconfig(), plane.admin_kubeconfig_yaml()).expect("admin kubeconfig");
-        plane.wait_ready(Duration::from_secs(90)).await;
-        plane
+        plane.wait_ready(Duration::from_secs(90)).await?;
+        Ok(plane)
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) {
+    /// Waits for /readyz; an error says which process exited during start-up, with
+    /// the tail of its log (the caller stops the other by dropping the plane).
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let client = self.client_with_agent("featureenv-test-readyz").await;
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
             for (name, child) in [("etcd", &mut self.etcd), ("kube-apiserver", &mut self.apiserver)] {
                 if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
-                    panic!(
+                    return Err(format!(
                         "{name} exited with {status} during start-up:\n{}",
                         tail(&self.dir.join(format!("{name}.log")), 30)
-                    );
+                    ));
                 }
             }
             let request = axum::http::Request::get("/readyz").body(Vec::new()).expect("request");
             match client.request_text(request).await {
-                Ok(body) if body.trim() == "ok" => return,
+                Ok(body) if body.trim() == "ok" => return Ok(()),
                 Ok(body) => last = body,
                 Err(e) => last = e.to_string(),
             }

@@ -207,6 +207,11 @@ impl Stack {
             .args(["--rate", &rate.to_string(), "--seed", &self.opts.fault_seed.to_string()])
             .args(["--timing", &self.opts.aws_timing.0])
             .args(["--time-scale", &self.opts.aws_timing.1.to_string()])
+            // IAM at request time: the operators' calls (access key `testing`) are
+            // refused with AWS's error when docs/iam-policy.json would deny them.
+            .args(["--iam-policy", &format!("{ROOT}/docs/iam-policy.json")])
+            .args(["--iam-cluster-id", &self.opts.cluster_id])
+            .args(["--iam-access-key", "testing"])
             .arg("--log")
             .arg(self.dir.join("aws-calls.jsonl"))
             .stdin(Stdio::null())

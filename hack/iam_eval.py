@@ -22,7 +22,11 @@ one the Service Authorization Reference lists for the action or resource type) r
 `logged_call` turns a call hack/fault_proxy.py logged (the fields hack/aws_authz.py
 lists, tags looked up in moto included) into those requests, and checks them against
 the reference's resource types: each request names one of its action's resource types
-(by ARN format), and every type the action requires is there.
+(by ARN format), and every type the action requires is there. `call_requests` is that
+conversion as both users apply it: tests/chart/test_iam_policy.py on an e2e run's call
+log, after the run, and hack/fault_proxy.py (`--iam-policy`) on each call before it
+forwards it; `render_policy` renders docs/iam-policy.json for a cluster as both
+evaluate it. It lives in hack/ so the proxy need not import from tests/.
 
 Sources: IAM User Guide, "Policy evaluation logic", "Condition operators", "Policy
 variables" (variables only in the resource part of an ARN and in string/ARN
@@ -916,3 +920,25 @@ def logged_call(entry: Mapping[str, Any], account: str) -> list[Request]:
     requests = model(_Logged(entry, account))
     check_resource_types(requests)
     return requests
+
+
+# ---------------------------------------------------------------------------------
+# Shared by the post-run check (tests/chart/test_iam_policy.py) and the strict layer's
+# request-time check (hack/fault_proxy.py --iam-policy): one rendering, one conversion.
+
+# The account moto plays (and the one docs/iam.md's examples substitute).
+MOTO_ACCOUNT = "123456789012"
+
+
+def render_policy(text: str, cluster: str, account: str = MOTO_ACCOUNT) -> dict[str, Any]:
+    """A policy document as deployed: the CLUSTER_ID and ACCOUNT_ID placeholders
+    replaced (docs/iam.md tells users to), parsed."""
+    return json.loads(text.replace("CLUSTER_ID", cluster).replace("ACCOUNT_ID", account))
+
+
+def call_requests(entry: Mapping[str, Any], account: str = MOTO_ACCOUNT) -> list[Request] | None:
+    """The authorizations of a call as fault_proxy logs it (`logged_call`), or None for
+    one the proxy answered with an injected fault (it never reached AWS)."""
+    if entry.get("fault") is not None:
+        return None
+    return logged_call(entry, account)

@@ -1,0 +1,186 @@
+"""IAM at request time: hack/fault_proxy.py with --iam-policy docs/iam-policy.json
+--iam-cluster-id <cluster> --iam-access-key testing (what the e2e harness passes) in
+front of moto, boto3 signed with the operator's key `testing`.
+
+One environment's calls (tests/hack/test_iam_replay.py's replay of the operator) all
+pass; what the post-run check would report is now refused when it is made, with AWS's
+error, and never reaches moto; a client signed with another key is not checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from test_fault_proxy import NO_RETRY, REPO, clients, start_proxy, stop
+from test_iam_replay import BOOTSTRAP_TAG, CLAIMED_BY_TAG, CLUSTER_TAG, ENV_TAG, POOL_TAG, Environment
+
+OPERATOR_KEY = "testing"
+ROLE = "arn:aws:sts::123456789012:assumed-role/featureenv-operator/"
+
+
+def iam_flags(cluster: str) -> tuple[str, ...]:
+    return ("--timing", "fast", "--iam-policy", str(REPO / "docs" / "iam-policy.json"),
+            "--iam-cluster-id", cluster, "--iam-access-key", OPERATOR_KEY)
+
+
+def lines(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def enforced(moto_endpoint: str, seeded: dict[str, Any],
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One environment's life through the proxy with IAM on, as the operator lives it."""
+    log = tmp_path_factory.mktemp("iam-enforced") / "aws-calls.jsonl"
+    cluster = "iam-" + uuid.uuid4().hex[:6]
+    proc, url = start_proxy(moto_endpoint, 0.0, log, extra=iam_flags(cluster))
+    try:
+        env = Environment(clients(url), seeded, cluster)
+        instance = env.launch(env.resolve_image())
+        spare = env.restore_spare()
+        env.claim(spare)
+        env.bind_parameter(instance)
+        env.resolve_digest()
+        # The bootstrap script tags its own instance (instance credentials, straight to moto).
+        clients(moto_endpoint)["ec2"].create_tags(Resources=[instance["InstanceId"]],
+                                                  Tags=[{"Key": BOOTSTRAP_TAG, "Value": "complete"}])
+        env.update_services(instance)
+        env.janitor()
+        env.clean_up(spare)
+        yield {"log": log, "url": url, "cluster": cluster, "env": env, "lines": lines(log)}
+    finally:
+        stop(proc)
+
+
+def added_since(log: Path, before: int) -> list[dict[str, Any]]:
+    return lines(log)[before:]
+
+
+def other_clusters_spare(aws: Any, seeded: dict[str, Any]) -> tuple[str, str]:
+    """(identifier, ARN) of another installation's spare, restored straight in moto."""
+    other = "fe-other-" + uuid.uuid4().hex[:8]
+    arn = aws("rds").restore_db_instance_from_db_snapshot(
+        DBInstanceIdentifier=other, DBSnapshotIdentifier=seeded["snapshots"]["newer"], DBInstanceClass="db.t3.micro",
+        Tags=[{"Key": CLUSTER_TAG, "Value": "someone-else"}, {"Key": POOL_TAG, "Value": "integration"}],
+    )["DBInstance"]["DBInstanceArn"]
+    return other, arn
+
+
+def tags_in_moto(aws: Any, db_id: str) -> dict[str, str]:
+    db = aws("rds").describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"][0]
+    return {t["Key"]: t["Value"] for t in db.get("TagList", [])}
+
+
+def test_one_environments_calls_are_all_allowed(enforced: dict[str, Any]) -> None:
+    entries = enforced["lines"]
+    issued = {f"{e['service']}:{e['action']}" for e in entries}
+    assert issued >= {
+        "ec2:DescribeImages", "ec2:RunInstances", "ec2:DescribeInstances", "ec2:GetConsoleOutput",
+        "ec2:TerminateInstances", "rds:DescribeDBSnapshots", "rds:RestoreDBInstanceFromDBSnapshot",
+        "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:AddTagsToResource", "rds:DeleteDBInstance",
+        "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:GetParametersByPath",
+        "ssm:SendCommand", "ssm:DeleteParameter", "ecr:DescribeImages"}, issued
+    assert [e for e in entries if e["status"] != 200 or e.get("rejected")] == []
+
+
+def test_tagging_another_clusters_database_is_access_denied(enforced: dict[str, Any], aws: Any,
+                                                            seeded: dict[str, Any]) -> None:
+    other, arn = other_clusters_spare(aws, seeded)
+    env: Environment = enforced["env"]
+    before = len(lines(enforced["log"]))
+    with pytest.raises(ClientError) as refused:
+        env.rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": CLAIMED_BY_TAG, "Value": env.uid},
+                                                             {"Key": ENV_TAG, "Value": env.key}])
+    error = refused.value.response
+    assert error["Error"]["Code"] == "AccessDenied"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    message = error["Error"]["Message"]
+    assert message.startswith(f"User: {ROLE}") and message.endswith(
+        f"is not authorized to perform: rds:AddTagsToResource on resource: {arn} "
+        "because no identity-based policy allows the rds:AddTagsToResource action"), message
+    [entry] = added_since(enforced["log"], before)
+    assert (entry["action"], entry["status"], entry["rejected"], entry["rule"]) == (
+        "AddTagsToResource", 403, "AccessDenied", "iam")
+    assert entry["iam_denied"] and all(d.startswith(f"rds:AddTagsToResource on {arn}") for d in entry["iam_denied"])
+    # moto never saw it.
+    assert CLAIMED_BY_TAG not in tags_in_moto(aws, other)
+
+
+def test_deleting_the_parameter_again_is_access_denied(enforced: dict[str, Any]) -> None:
+    """A parameter that is gone has no tags to allow its delete by: AWS answers
+    AccessDeniedException, not ParameterNotFound (docs/iam.md, Findings)."""
+    env: Environment = enforced["env"]
+    before = len(lines(enforced["log"]))
+    with pytest.raises(ClientError) as refused:
+        env.ssm.delete_parameter(Name=env.parameter)
+    error = refused.value.response
+    assert error["Error"]["Code"] == "AccessDeniedException"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "is not authorized to perform: ssm:DeleteParameter on resource: arn:aws:ssm:us-east-1:123456789012:" \
+           f"parameter{env.parameter} because no identity-based policy allows" in error["Error"]["Message"]
+    [entry] = added_since(enforced["log"], before)
+    assert (entry["rejected"], entry["rule"], entry["resource_tags"]) == (
+        "AccessDeniedException", "iam", {env.parameter: {}})
+
+
+def test_ec2_denial_is_unauthorized_operation(enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]) -> None:
+    """Terminating an instance the cluster does not own: UnauthorizedOperation, HTTP 403,
+    EC2's sentence and an encoded message; the instance keeps running in moto."""
+    instance = aws("ec2").run_instances(
+        ImageId=seeded["vars"]["AMI_ID_NEWER"],
+        MinCount=1, MaxCount=1, SubnetId=seeded["subnetId"],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": CLUSTER_TAG, "Value": "someone-else"}]}],
+    )["Instances"][0]["InstanceId"]
+    env: Environment = enforced["env"]
+    with pytest.raises(ClientError) as refused:
+        env.ec2.terminate_instances(InstanceIds=[instance])
+    error = refused.value.response
+    assert error["Error"]["Code"] == "UnauthorizedOperation"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    message = error["Error"]["Message"]
+    assert message.startswith(f"You are not authorized to perform this operation. User: {ROLE}"), message
+    assert f"ec2:TerminateInstances on resource: arn:aws:ec2:us-east-1:123456789012:instance/{instance}" in message
+    encoded = message.rsplit("Encoded authorization failure message: ", 1)[1]
+    assert json.loads(base64.b64decode(encoded))["allowed"] is False
+    state = aws("ec2").describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("pending", "running")
+
+
+def test_a_call_the_model_cannot_decide_is_refused(enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]) -> None:
+    """No model of StopInstances's authorization: refused (never guessed), saying why."""
+    env: Environment = enforced["env"]
+    before = len(lines(enforced["log"]))
+    with pytest.raises(ClientError) as refused:
+        env.ec2.stop_instances(InstanceIds=["i-0123456789abcdef0"])
+    assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
+    [entry] = added_since(enforced["log"], before)
+    assert entry["rule"] == "iam" and "no model of its authorization" in entry["iam_unsupported"]
+
+
+def test_another_access_key_is_not_checked(enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]) -> None:
+    other, arn = other_clusters_spare(aws, seeded)
+    rds = boto3.client("rds", endpoint_url=enforced["url"], region_name="us-east-1", aws_access_key_id="test-code",
+                       aws_secret_access_key="testing", config=NO_RETRY)
+    before = len(lines(enforced["log"]))
+    rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": CLAIMED_BY_TAG, "Value": "x"}])
+    [entry] = added_since(enforced["log"], before)
+    assert entry["status"] == 200 and "rejected" not in entry
+    assert tags_in_moto(aws, other)[CLAIMED_BY_TAG] == "x"
+
+
+def test_iam_flags_go_together(moto_endpoint: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(REPO / "hack/fault_proxy.py"), "--upstream", moto_endpoint,
+                          "--iam-policy", str(REPO / "docs" / "iam-policy.json")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "go together" in out.stderr
