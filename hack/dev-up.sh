@@ -44,8 +44,12 @@ MOTO_ENDPOINT="$AWS_ENDPOINT_URL"
 # The strict AWS layer: refuses what AWS refuses and plays AWS's timing (fast profile;
 # FEATUREENV_AWS_TIMING=realistic for real durations), logging every call.
 echo "starting the strict AWS layer (hack/fault_proxy.py) in front of moto"
+OPERATOR_ACCESS_KEY="featureenv-operator"
 rm -f "$DEV/strict-aws.addr"
+# The operator signs with its own access key; the layer refuses its calls that the
+# operator's IAM policy denies (your own calls, with the key in .dev/env, are not checked).
 "$PYTHON" "$ROOT/hack/fault_proxy.py" --listen 127.0.0.1:0 --upstream "$MOTO_ENDPOINT" --rate 0 \
+    --iam-policy "$ROOT/docs/iam-policy.json" --iam-cluster-id "$CLUSTER_ID" --iam-access-key "$OPERATOR_ACCESS_KEY" \
     --log "$DEV/aws-calls.jsonl" >"$DEV/strict-aws.addr" 2>"$DEV/strict-aws.log" &
 echo $! >"$DEV/strict-aws.pid"
 wait_for "the strict AWS layer" 30 test -s "$DEV/strict-aws.addr"
@@ -99,7 +103,8 @@ echo $! >"$DEV/boot-simulator.pid"
 echo "starting the operator"
 HTTP_PORT="$(free_port)"
 echo "$HTTP_PORT" >"$DEV/operator.port"
-FEATUREENV_CLUSTER_ID="$CLUSTER_ID" \
+AWS_ACCESS_KEY_ID="$OPERATOR_ACCESS_KEY" AWS_SECRET_ACCESS_KEY="$OPERATOR_ACCESS_KEY" \
+    FEATUREENV_CLUSTER_ID="$CLUSTER_ID" \
     FEATUREENV_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
     FEATUREENV_FAST_POLL_INTERVAL="${FEATUREENV_FAST_POLL_INTERVAL:-1s}" \
     FEATUREENV_SLOW_POLL_INTERVAL="${FEATUREENV_SLOW_POLL_INTERVAL:-30s}" \
