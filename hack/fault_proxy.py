@@ -469,16 +469,25 @@ class Handler(BaseHTTPRequestHandler):
         if not wellformed or len(ids) > aws_rules.SSM_INSTANCE_IDS_MAX:
             return
         headers, body = describe_instances_request(wellformed, call.region, access_key_of(self.headers))
-        try:
-            status, _, payload = self._upstream(headers, body)
-        except (OSError, http.client.HTTPException) as e:
-            sys.stderr.write(f"fault_proxy: could not ask moto for {wellformed}: {e}\n")
+        answer = self._ask_moto(headers, body, f"the instances {wellformed}")
+        if answer is None:
             return
+        status, payload = answer
         tags = self.server.world.learn_instances(wellformed, status, payload)
         if tags is None:
             sys.stderr.write(f"fault_proxy: moto did not describe {wellformed} (HTTP {status})\n")
             return
         _current.detail["instance_tags"] = tags
+
+    def _ask_moto(self, headers: dict[str, str], body: bytes, what: str) -> tuple[int, bytes] | None:
+        """One look-up of the layer's own in moto (not logged): (status, payload), or
+        None, reported on stderr, when moto cannot be reached."""
+        try:
+            status, _, payload = self._upstream(headers, body)
+        except (OSError, http.client.HTTPException) as e:
+            sys.stderr.write(f"fault_proxy: could not ask moto for {what}: {e}\n")
+            return None
+        return status, payload
 
     def _look_up_authorization(self, call: aws_rules.Call) -> None:
         """The fields the call's IAM authorization is decided on (aws_authz), completed
@@ -489,11 +498,10 @@ class Handler(BaseHTTPRequestHandler):
         if lookup is None:
             return
         headers, body = lookup_request(lookup, call.region, access_key_of(self.headers))
-        try:
-            status, _, payload = self._upstream(headers, body)
-        except (OSError, http.client.HTTPException) as e:
-            sys.stderr.write(f"fault_proxy: could not look up {call.action}'s resources in moto: {e}\n")
+        answer = self._ask_moto(headers, body, f"{call.action}'s resources")
+        if answer is None:
             return
+        status, payload = answer
         found = lookup.read(status, payload, self.server.world)
         if found is None:
             sys.stderr.write(f"fault_proxy: moto did not answer the look-up for {call.action} (HTTP {status})\n")

@@ -88,3 +88,17 @@ pub fn pool_spec(warm: u32, max_size: u32) -> RdsPoolSpec {
         max_snapshot_age: Some("26h".into()),
     }
 }
+
+/// An available, unclaimed pool spare restored at `restored_at` (Unix seconds), if given.
+pub fn spare(id: &str, restored_at: Option<i64>) -> crate::cloud::Database {
+    crate::cloud::Database {
+        id: id.into(),
+        arn: format!("arn:aws:rds:us-east-1:123456789012:db:{id}"),
+        status: crate::cloud::DatabaseStatus::Available,
+        endpoint: None,
+        port: None,
+        master_username: None,
+        created_at: restored_at.and_then(|s| jiff::Timestamp::from_second(s).ok()),
+        tags: crate::cloud::Tags::new(),
+    }
+}

@@ -305,16 +305,7 @@ mod tests {
     use super::*;
 
     fn spare(id: &str, restored_at: i64) -> Database {
-        Database {
-            id: id.into(),
-            arn: format!("arn:aws:rds:us-east-1:123456789012:db:{id}"),
-            status: DatabaseStatus::Available,
-            endpoint: None,
-            port: None,
-            master_username: None,
-            created_at: Some(jiff::Timestamp::from_second(restored_at).unwrap()),
-            tags: Tags::new(),
-        }
+        crate::test_fixtures::spare(id, Some(restored_at))
     }
 
     #[test]

@@ -155,19 +155,9 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::{DatabaseStatus, Tags};
 
     fn spare(id: &str) -> Database {
-        Database {
-            id: id.into(),
-            arn: format!("arn:aws:rds:us-east-1:123456789012:db:{id}"),
-            status: DatabaseStatus::Available,
-            endpoint: None,
-            port: None,
-            master_username: None,
-            created_at: None,
-            tags: Tags::new(),
-        }
+        crate::test_fixtures::spare(id, None)
     }
 
     #[test]
