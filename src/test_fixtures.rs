@@ -51,6 +51,7 @@ pub fn class() -> FeatureEnvironmentClass {
                 ("dashboard".into(), "http://{publicIp}:30000/{namespace}/{name}".into()),
             ]),
             max_per_namespace: None,
+            namespace_selector: None,
         },
     );
     c.metadata.annotations = Some(BTreeMap::from([(

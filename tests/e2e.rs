@@ -1465,6 +1465,21 @@ async fn rbac_proof() {
         ..StackOptions::default()
     })
     .await;
+    // A class that admits only some namespaces: the operator reads the namespace's
+    // labels before it launches (the chart's `get namespaces`).
+    let selector = format!(
+        r#"{{"spec":{{"namespaceSelector":{{"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"In","values":["{NS}"]}}]}}}}}}"#
+    );
+    stack
+        .kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=merge",
+            "-p",
+            &selector,
+        ])
+        .await;
     let manifests = format!(
         "---\n{}---\n{}",
         stack.render(&["examples/featureenvironment.yaml"]),

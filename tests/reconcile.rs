@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1272,4 +1273,53 @@ async fn cleanup_deletes_the_parameter_only_while_it_exists() {
         1,
         "nothing to delete, nothing deleted"
     );
+}
+
+/// A class with a namespace selector admits only the namespaces it selects: an
+/// environment elsewhere is refused before anything is made, naming the field, and
+/// admitted once its namespace gets the label. Every environment also carries its
+/// owner as the `featureenv.io/owner` label, whatever made it.
+#[tokio::test]
+async fn a_class_admits_only_the_namespaces_it_selects_and_owners_are_labelled() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let mut h = Harness::new(seeded_fake(21), (0, 5)).await;
+    let mut payments = cluster::class("payments-only", None);
+    payments.metadata.annotations = None;
+    payments.spec.namespace_selector = Some(LabelSelector {
+        match_labels: Some(BTreeMap::from([("team".to_owned(), "payments".to_owned())])),
+        match_expressions: None,
+    });
+    h.create_class(&payments).await;
+    create(&h, cluster::environment("elsewhere", "payments-only")).await;
+    h.step("elsewhere").await.unwrap();
+    h.step("elsewhere").await.unwrap();
+
+    let env = h.get("elsewhere").await.unwrap();
+    let owner = env.spec.owner.clone().expect("the fixture has an owner");
+    assert_eq!(
+        env.labels().get(featureenv_operator::api::OWNER_LABEL),
+        featureenv_operator::api::owner_label_value(&owner).as_ref(),
+        "owner label"
+    );
+    let status = env.status.unwrap_or_default();
+    assert_eq!(status.launch_token, None, "not admitted");
+    let ready = conditions::find(&status.conditions, READY).unwrap();
+    assert_eq!(ready.reason, "NamespaceNotAllowed");
+    assert!(
+        ready.message.contains("spec.className") && ready.message.contains(NS),
+        "{}",
+        ready.message
+    );
+    assert_eq!(h.fake.call_count("RunInstances"), 0, "nothing launched");
+
+    let namespaces: Api<Namespace> = Api::all(h.client.clone());
+    let label = serde_json::json!({"metadata": {"labels": {"team": "payments"}}});
+    namespaces
+        .patch(NS, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label))
+        .await
+        .unwrap();
+    h.step("elsewhere").await.unwrap();
+    let status = h.get("elsewhere").await.unwrap().status.unwrap_or_default();
+    assert!(status.launch_token.is_some(), "admitted once the namespace is labelled");
 }

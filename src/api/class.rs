@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,13 @@ pub struct FeatureEnvironmentClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_per_namespace: Option<u32>,
+    /// The namespaces whose environments may use this class, by their labels
+    /// (`kubernetes.io/metadata.name` selects by name); unset: every namespace. A
+    /// class names a database pool, so this keeps one team's class and pool from
+    /// another team's environments. Enforced at admission by the chart's
+    /// ValidatingAdmissionPolicy and by the operator before it launches anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 /// How to find the machine image: the union of the terms; the newest available
@@ -230,6 +238,18 @@ fn default_readiness_timeout() -> String {
 }
 
 impl FeatureEnvironmentClass {
+    /// Whether environments in a namespace labelled `labels` may use this class
+    /// (`spec.namespaceSelector`), or why the selector cannot be applied. Label
+    /// selector semantics are kube's (`Selector`), the API server's own.
+    pub fn admits_namespace(&self, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+        use kube::core::{Selector, SelectorExt};
+        let Some(selector) = &self.spec.namespace_selector else {
+            return Ok(true);
+        };
+        let selector = Selector::try_from(selector.clone()).map_err(|e| e.to_string())?;
+        Ok(selector.matches(labels))
+    }
+
     /// Whether this class is used by environments that name none.
     pub fn is_default(&self) -> bool {
         kube::ResourceExt::annotations(self)
@@ -284,6 +304,44 @@ mod tests {
         assert_eq!(name(FeatureEnvironmentClass::of(Some("premium"), &classes)), None);
         let no_default = [named("large", false)];
         assert_eq!(name(FeatureEnvironmentClass::of(None, &no_default)), None);
+    }
+
+    #[test]
+    fn a_namespace_selector_admits_only_the_namespaces_it_selects() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        let mut class = crate::test_fixtures::class();
+        assert_eq!(
+            class.admits_namespace(&labels(&[])),
+            Ok(true),
+            "no selector: every namespace"
+        );
+        class.spec.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("team".to_owned(), "payments".to_owned())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "tier".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["prod".into()]),
+            }]),
+        });
+        assert_eq!(class.admits_namespace(&labels(&[("team", "payments")])), Ok(true));
+        assert_eq!(class.admits_namespace(&labels(&[("team", "search")])), Ok(false));
+        assert_eq!(class.admits_namespace(&labels(&[])), Ok(false));
+        assert_eq!(
+            class.admits_namespace(&labels(&[("team", "payments"), ("tier", "prod")])),
+            Ok(false)
+        );
+        class.spec.namespace_selector = Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "Sometimes".into(),
+                values: None,
+            }]),
+        });
+        assert!(class.admits_namespace(&labels(&[("team", "payments")])).is_err());
     }
 
     #[test]

@@ -4,17 +4,18 @@
 //! out its credentials, binding the credentials parameter to the instance. I/O.
 
 use jiff::Timestamp;
-use kube::Api;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use super::dereference;
 use super::report::patch_status;
 use super::validate::Invalid;
 use super::{Identity, LOSSES_BEFORE_FAILING, Pass};
-use crate::api::FeatureEnvironment;
 use crate::api::conditions::{ConditionUpdate, READY, set_condition};
 use crate::api::environment::{DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase};
+use crate::api::{FeatureEnvironment, OWNER_LABEL, owner_label_value};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
 use crate::controller::claim::{ClaimOutcome, HandOut, claim_database, hand_out_credentials};
@@ -24,7 +25,25 @@ use crate::naming;
 /// Lines of console output quoted in a failure message.
 const CONSOLE_TAIL_LINES: usize = 20;
 
-/// Admits a new environment against its class's per-namespace cap and, if
+/// Keeps the `featureenv.io/owner` label equal to `spec.owner` in label syntax, so
+/// `kubectl get fe -l featureenv.io/owner=…` and the plugin's `list` find
+/// environments made any way (kubectl, Argo CD, the plugin). Writes only when the
+/// label differs; an environment without an owner keeps whatever label it has.
+pub async fn label_owner(api: &Api<FeatureEnvironment>, env: &FeatureEnvironment, id: &Identity) -> Result<()> {
+    let Some(value) = env.spec.owner.as_deref().and_then(owner_label_value) else {
+        return Ok(());
+    };
+    if env.labels().get(OWNER_LABEL) == Some(&value) {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"metadata": {"labels": {OWNER_LABEL: value}}});
+    api.patch(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Admits a new environment against its class's namespace rule and per-namespace
+/// cap and, if
 /// admitted, persists its launch token (before RunInstances, so a restarted
 /// operator looks the instance up instead of launching a second one). Counting and
 /// writing happen under one lock, so concurrent reconciles cannot all see room for
@@ -42,6 +61,26 @@ pub async fn admit(
         resolved,
         ..
     } = *pass;
+    if class.spec.namespace_selector.is_some() {
+        let labels = dereference::namespace_labels(ctx, &id.namespace).await?;
+        let class_name = &resolved.class_name;
+        match class.admits_namespace(&labels) {
+            Ok(true) => {}
+            Ok(false) => {
+                let message = format!(
+                    "spec.className: class {class_name} does not admit namespace {} (its spec.namespaceSelector)",
+                    id.namespace
+                );
+                // A namespace's labels may change, and no watch tells us.
+                let retry = std::time::Duration::from_secs(60);
+                return Ok(Err(Invalid::outside("NamespaceNotAllowed", message, retry)));
+            }
+            Err(e) => {
+                let message = format!("class {class_name}: spec.namespaceSelector: {e}");
+                return Ok(Err(Invalid::new("InvalidClass", message)));
+            }
+        }
+    }
     let _admission = ctx.admissions.lock().await;
     if let Some(max) = class.spec.max_per_namespace {
         let admitted = dereference::admitted_in_class(ctx, &id.namespace, &id.uid, &resolved.class_name).await?;

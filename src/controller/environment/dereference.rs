@@ -3,10 +3,12 @@
 //! images, its instance, and the environments counted against its class's cap. I/O:
 //! the class store, the inventory, the API server, and EC2/ECR behind short caches.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use tracing::warn;
@@ -34,6 +36,13 @@ const AMI_RETRY: Duration = Duration::from_secs(60);
 pub fn class(ctx: &Context, env: &FeatureEnvironment) -> Option<Arc<FeatureEnvironmentClass>> {
     let classes = ctx.classes.state();
     FeatureEnvironmentClass::of(env.spec.class_name.as_deref(), &classes).cloned()
+}
+
+/// The labels of `namespace`, for a class's `spec.namespaceSelector`. Read when an
+/// environment is admitted (once per environment), so no namespace watch is kept.
+pub async fn namespace_labels(ctx: &Context, namespace: &str) -> Result<BTreeMap<String, String>> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    Ok(api.get_metadata(namespace).await?.metadata.labels.unwrap_or_default())
 }
 
 /// How many other environments of `namespace` hold an admission (a launch token)

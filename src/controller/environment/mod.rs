@@ -103,6 +103,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     let api: Api<FeatureEnvironment> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let created = env.creation_timestamp().map_or(now, |t| t.0);
     let current = env.status.clone().unwrap_or_default();
+    act::label_owner(&api, env, &id).await?;
 
     let class = dereference::class(ctx, env);
     let plan = validate::resolve(&env.spec, class.as_deref(), created);
