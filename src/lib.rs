@@ -14,6 +14,7 @@ pub mod janitor;
 pub mod leader;
 pub mod metrics;
 pub mod naming;
+pub mod plugin;
 pub mod runtime;
 
 #[cfg(any(test, feature = "test-fixtures"))]

@@ -331,7 +331,7 @@ fn to_instance(
 
 /// EC2 returns console output base64-encoded; some emulators return it as plain
 /// text, which is kept as it is rather than lost.
-fn decode_console(text: &str) -> String {
+pub fn decode_console(text: &str) -> String {
     match BASE64.decode(text.trim()) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(_) => text.to_owned(),

@@ -19,6 +19,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::primitives::DateTime;
 use jiff::Timestamp;
 
+pub use self::ec2::decode_console;
 use crate::cloud::{CallObserver, CloudResult};
 use crate::fence::Fence;
 
