@@ -1323,3 +1323,35 @@ async fn a_class_admits_only_the_namespaces_it_selects_and_owners_are_labelled()
     let status = h.get("elsewhere").await.unwrap().status.unwrap_or_default();
     assert!(status.launch_token.is_some(), "admitted once the namespace is labelled");
 }
+
+/// A class whose baseline outgrows EC2's 16 KB user-data limit is refused before
+/// anything is made, naming the field; before, RunInstances refused every launch.
+#[tokio::test]
+async fn a_bootstrap_over_the_user_data_limit_is_refused_before_launch() {
+    use featureenv_operator::api::class::BaselineService;
+    let mut h = Harness::new(seeded_fake(22), (0, 5)).await;
+    let mut big = cluster::class("big", None);
+    big.metadata.annotations = None;
+    let repository = big.spec.services[0].repository.clone();
+    big.spec.services = (0..150)
+        .map(|i| BaselineService {
+            name: format!("service-{i:03}"),
+            repository: repository.clone(),
+            tag: "latest".into(),
+        })
+        .collect();
+    h.create_class(&big).await;
+    create(&h, cluster::environment("big", "big")).await;
+    h.step("big").await.unwrap();
+    h.step("big").await.unwrap();
+    let status = h.get("big").await.unwrap().status.unwrap_or_default();
+    let ready = conditions::find(&status.conditions, READY).unwrap();
+    assert_eq!(ready.reason, "UserDataTooLarge", "{}", ready.message);
+    assert!(
+        ready.message.starts_with("spec.services:") && ready.message.contains("16384"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.launch_token, None, "not admitted");
+    assert_eq!(h.fake.call_count("RunInstances"), 0, "nothing launched");
+}

@@ -25,6 +25,8 @@ local unsatisfiable = {
   ImageNotFound = true,
   NoMatchingImage = true,
   NamespaceLimitReached = true,
+  NamespaceNotAllowed = true,
+  UserDataTooLarge = true,
   SecretConflict = true,
 }
 

@@ -179,16 +179,32 @@ pub async fn instance(
     Ok(instance)
 }
 
-fn launch_request(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> LaunchRequest {
-    let Pass {
-        ctx,
-        env,
-        id,
-        class,
-        resolved,
-        ..
-    } = *pass;
-    let spec = BootstrapSpec {
+/// EC2 takes at most 16 KB of user data, counted before base64 encoding
+/// (https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-add-user-data.html).
+pub const USER_DATA_LIMIT: usize = 16 * 1024;
+
+/// Whether the bootstrap script fits EC2's user-data limit. A class with many
+/// baseline services can outgrow it, and RunInstances would then refuse every launch;
+/// this says so before anything is made, naming what to change.
+pub fn check_user_data(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Result<(), Invalid> {
+    let spec = bootstrap_spec(pass, status);
+    let size = bootstrap::render_user_data(&spec).len();
+    if size <= USER_DATA_LIMIT {
+        return Ok(());
+    }
+    let message = format!(
+        "spec.services: the bootstrap script for {} services (class {} baseline and overrides) is {size} bytes, \
+         over EC2's user-data limit of {USER_DATA_LIMIT} bytes; fewer baseline services in the class would fit",
+        spec.services.len(),
+        pass.resolved.class_name,
+    );
+    Err(Invalid::new("UserDataTooLarge", message))
+}
+
+/// What the bootstrap script of this environment is rendered from.
+fn bootstrap_spec(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> BootstrapSpec {
+    let Pass { ctx, id, resolved, .. } = *pass;
+    BootstrapSpec {
         environment: id.key.clone(),
         region: ctx.config.region.clone().unwrap_or_default(),
         services: status
@@ -202,7 +218,19 @@ fn launch_request(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> LaunchR
         addons: resolved.addons.iter().map(|a| a.as_str().to_owned()).collect(),
         database_parameter: resolved.database_pool.as_ref().map(|_| parameter_name(ctx, &id.uid)),
         database_wait_seconds: resolved.readiness_timeout.as_secs(),
-    };
+    }
+}
+
+fn launch_request(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> LaunchRequest {
+    let Pass {
+        ctx,
+        env,
+        id,
+        class,
+        resolved,
+        ..
+    } = *pass;
+    let spec = bootstrap_spec(pass, status);
     let mut tags: Tags = class.spec.instance.tags.clone();
     // Descriptive only, and AWS refuses tag values over 256 characters (a 63-character
     // namespace with a 192-character name would make 267).

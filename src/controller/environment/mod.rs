@@ -145,11 +145,14 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
             return Ok(Action::requeue(std::time::Duration::from_millis(100)));
         }
     };
-    if observed.is_none()
-        && status.launch_token.is_none()
-        && let Err(invalid) = act::admit(&pass, &api, &mut status).await?
-    {
-        return refuse(invalid).await;
+    if observed.is_none() && status.launch_token.is_none() {
+        let admitted = match act::check_user_data(&pass, &status) {
+            Ok(()) => act::admit(&pass, &api, &mut status).await?,
+            Err(invalid) => Err(invalid),
+        };
+        if let Err(invalid) = admitted {
+            return refuse(invalid).await;
+        }
     }
 
     let launch = act::instance(&pass, &status, observed);
