@@ -85,6 +85,7 @@ impl Janitor {
             .iter()
             .map(|p| p.name_any())
             .collect();
+        ctx.metrics.retain_pools(&pool_names);
 
         let mut found = BTreeSet::new();
         for i in instances.iter().filter(|i| !i.state.is_gone()) {

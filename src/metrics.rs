@@ -2,7 +2,7 @@
 //! error category, AWS service/operation/outcome, phase, pool and member state (pools
 //! are a handful, set by the platform team) — never per-environment names. Implements `CallObserver` so the AWS adapter can count calls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ struct PhaseLabels {
     phase: &'static str,
 }
 
+/// The `state` label values of `featureenv_pool_members`.
+const POOL_STATES: [&str; 4] = ["warm", "claimed", "creating", "stale"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolStateLabels {
     pool: String,
@@ -66,6 +69,9 @@ pub struct Metrics {
     environments: Family<PhaseLabels, Gauge>,
     time_to_ready: Histogram,
     pool_members: Family<PoolStateLabels, Gauge>,
+    /// Pools with `pool_members` series, so a deleted pool's series can be removed
+    /// (a Family cannot list its label sets).
+    pools: Mutex<BTreeSet<String>>,
     janitor_removals: Family<ResourceLabels, Counter>,
     leader: Gauge,
     phases: Mutex<HashMap<String, Phase>>,
@@ -159,6 +165,7 @@ impl Metrics {
             environments,
             time_to_ready,
             pool_members,
+            pools: Mutex::default(),
             janitor_removals,
             leader,
             phases: Mutex::default(),
@@ -205,18 +212,30 @@ impl Metrics {
     }
 
     pub fn pool_members(&self, pool: &str, warm: u32, claimed: u32, creating: u32, stale: u32) {
-        for (state, n) in [
-            ("warm", warm),
-            ("claimed", claimed),
-            ("creating", creating),
-            ("stale", stale),
-        ] {
+        self.pools.lock().expect("metrics lock").insert(pool.to_owned());
+        for (state, n) in POOL_STATES.into_iter().zip([warm, claimed, creating, stale]) {
             let labels = PoolStateLabels {
                 pool: pool.to_owned(),
                 state,
             };
             self.pool_members.get_or_create(&labels).set(i64::from(n));
         }
+    }
+
+    /// Drops the `pool_members` series of pools not in `existing`. The pool
+    /// controller has no finalizer, so nothing else sees a pool go; without this a
+    /// deleted pool would be exported with its last counts until a restart.
+    pub fn retain_pools(&self, existing: &BTreeSet<String>) {
+        let mut pools = self.pools.lock().expect("metrics lock");
+        for gone in pools.iter().filter(|p| !existing.contains(*p)) {
+            for state in POOL_STATES {
+                self.pool_members.remove(&PoolStateLabels {
+                    pool: gone.clone(),
+                    state,
+                });
+            }
+        }
+        pools.retain(|p| existing.contains(p));
     }
 
     /// Whether this replica leads (and may call AWS).
@@ -279,6 +298,16 @@ mod tests {
         );
         assert!(
             text.contains(r#"featureenv_pool_members{pool="analytics",state="creating"} 1"#),
+            "{text}"
+        );
+        m.retain_pools(&BTreeSet::from(["integration".to_owned()]));
+        let text = m.encode();
+        assert!(
+            !text.contains(r#"pool="analytics""#),
+            "a deleted pool's series stay:\n{text}"
+        );
+        assert!(
+            text.contains(r#"featureenv_pool_members{pool="integration",state="warm"} 2"#),
             "{text}"
         );
     }

@@ -1140,6 +1140,21 @@ async fn janitor() {
     let removed = metric_sum(&metrics, "featureenv_janitor_removals_total", |_| true);
     println!("featureenv_janitor_removals_total = {removed}");
     assert!(removed >= 2.0, "janitor removals not counted:\n{metrics}");
+
+    // A deleted pool: its spares are orphans, and its metric series go with it.
+    assert!(
+        stack
+            .metrics(0)
+            .contains(r#"featureenv_pool_members{pool="integration""#)
+    );
+    stack.kubectl_ok(&["delete", "rdspool", "integration"]).await;
+    stack
+        .wait_for(
+            "the deleted pool's series to leave /metrics",
+            Duration::from_secs(30),
+            || async { !stack.metrics(0).contains(r#"pool="integration""#) },
+        )
+        .await;
     println!("janitor: ok in {}", elapsed(start));
 }
 
