@@ -1394,6 +1394,8 @@ fn chart_rules() -> Vec<(String, Vec<serde_json::Value>)> {
             RELEASE_NAMESPACE,
             "--kinds",
             "ClusterRole,Role",
+            "--component",
+            "operator",
             "--json",
         ])
         .output()

@@ -1,9 +1,10 @@
 //! End-to-end tests of the kubectl plugin (`kubectl-featureenv`) against the local
 //! stack (tests/support/stack.rs: real kube-apiserver and etcd, moto behind the strict
 //! layer, the boot simulator running the real bootstrap script, the real operator).
-//! The plugin runs as an application engineer would: a ServiceAccount bound only to
-//! the built-in `edit` role in its namespace (which the chart's roles aggregate
-//! into), with its own kubeconfig and AWS credentials. Every command that needs no
+//! The plugin runs as an application engineer would: a ServiceAccount with what the
+//! built-in `edit` role gives in its namespace once the chart's roles aggregate into
+//! it, the chart's class reader and admission policy installed, with its own
+//! kubeconfig and AWS credentials. Every command that needs no
 //! real instance runs for real; `shell` is checked up to the `aws` command it starts.
 
 mod support;
@@ -18,6 +19,8 @@ use support::stack::{Stack, StackOptions};
 const NS: &str = "team-a";
 const ENGINEER: &str = "alice";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The full name the chart gets in the test stack (release `featureenv`).
+const RELEASE_NAME_PREFIX: &str = "featureenv-featureenv-operator";
 
 /// Runs the plugin with `kubeconfig` and the stack's AWS endpoint; `path` replaces
 /// PATH when given (for `shell`).
@@ -69,28 +72,57 @@ async fn fails(stack: &Stack, kubeconfig: &Path, args: &[&str]) -> String {
     text(&out.stderr)
 }
 
-/// A ServiceAccount in `namespace` bound to the built-in ClusterRole `role` there,
-/// and a kubeconfig with its token (context namespace `namespace`).
-async fn engineer(stack: &Stack, namespace: &str, name: &str, role: &str) -> PathBuf {
-    stack.kubectl_ok(&["create", "namespace", namespace]).await;
+/// The chart's roles for people, the class reader and the admission policy, as a
+/// release installs them.
+async fn install_user_roles_and_policy(stack: &Stack) {
+    stack.apply_chart("user-rbac", "ClusterRole,ClusterRoleBinding").await;
     stack
-        .kubectl_ok(&["-n", namespace, "create", "serviceaccount", name])
+        .apply_chart(
+            "admission",
+            "ValidatingAdmissionPolicy,ValidatingAdmissionPolicyBinding",
+        )
         .await;
-    let binding = format!("{name}-{role}");
-    let subject = format!("{namespace}:{name}");
+}
+
+/// A ServiceAccount in `namespace` with what the built-in `edit` role gives there
+/// once the chart's `-edit` and `-view` roles are aggregated into it, and a
+/// kubeconfig with its token (context namespace `namespace`). The test control plane
+/// runs no controller-manager, so nothing aggregates: the engineer is bound to the
+/// chart's roles directly, plus a Role for the one thing of the built-in `edit` the
+/// plugin uses (reading the credentials Secret).
+async fn engineer(stack: &Stack, namespace: &str, name: &str) -> PathBuf {
+    stack.kubectl_ok(&["create", "namespace", namespace]).await;
+    let ns = ["-n", namespace];
     stack
-        .kubectl_ok(&[
-            "-n",
-            namespace,
+        .kubectl_ok(&[&ns[..], &["create", "serviceaccount", name]].concat())
+        .await;
+    let subject = format!("{namespace}:{name}");
+    let chart_edit = format!("{RELEASE_NAME_PREFIX}-edit");
+    let chart_view = format!("{RELEASE_NAME_PREFIX}-view");
+    for (binding, role) in [("chart-edit", &chart_edit), ("chart-view", &chart_view)] {
+        let bind = [
             "create",
             "rolebinding",
-            &binding,
+            binding,
             "--clusterrole",
             role,
             "--serviceaccount",
             &subject,
-        ])
-        .await;
+        ];
+        stack.kubectl_ok(&[&ns[..], &bind].concat()).await;
+    }
+    let role = ["create", "role", "secrets-read", "--verb=get", "--resource=secrets"];
+    stack.kubectl_ok(&[&ns[..], &role].concat()).await;
+    let bind_role = [
+        "create",
+        "rolebinding",
+        "secrets-read",
+        "--role",
+        "secrets-read",
+        "--serviceaccount",
+        &subject,
+    ];
+    stack.kubectl_ok(&[&ns[..], &bind_role].concat()).await;
     let path = stack.dir.join(format!("{name}.kubeconfig"));
     stack
         .control_plane
@@ -110,7 +142,8 @@ async fn plugin_commands() {
         ..StackOptions::default()
     })
     .await;
-    let alice = engineer(&stack, NS, ENGINEER, "edit").await;
+    install_user_roles_and_policy(&stack).await;
+    let alice = engineer(&stack, NS, ENGINEER).await;
     let image = format!("payments={}/payments:pr-123", stack.var("ECR_REGISTRY"));
 
     // create: owner and label from who the API server says alice is.

@@ -1307,7 +1307,7 @@ async fn a_class_admits_only_the_namespaces_it_selects_and_owners_are_labelled()
     let ready = conditions::find(&status.conditions, READY).unwrap();
     assert_eq!(ready.reason, "NamespaceNotAllowed");
     assert!(
-        ready.message.contains("spec.className") && ready.message.contains(NS),
+        ready.message.contains("metadata.namespace") && ready.message.contains(NS),
         "{}",
         ready.message
     );

@@ -139,6 +139,23 @@ async fn target(cli: &Cli) -> anyhow::Result<Target> {
     })
 }
 
+/// An error as a person reads it: the API server's own message (it names the field
+/// or the permission), not the client's debug form, after any context.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        match cause.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => {
+                parts.push(status.message.clone());
+                break;
+            }
+            _ => parts.push(cause.to_string()),
+        }
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
 /// Runs one command; what it prints goes to stdout, errors to the caller.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let target = target(&cli).await?;

@@ -1,4 +1,5 @@
-"""Fixtures for the Helm chart tests: the loaded chart and a render() helper."""
+"""Fixtures for the Helm chart tests: the loaded chart, a render() helper, and a fresh
+API server per test (`cluster`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chartlib import BASE_VALUES, CHART, NAMESPACE, RELEASE, Render, helm, parse_manifests  # noqa: E402
+from chartlib import BASE_VALUES, CHART, NAMESPACE, RELEASE, Render, control_plane, helm, parse_manifests  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +30,9 @@ def render(chart: Any) -> Render:
         return parse_manifests(rendered)
 
     return _render
+
+
+@pytest.fixture()
+def cluster() -> Iterator[dict[str, str]]:
+    with control_plane() as env:
+        yield env

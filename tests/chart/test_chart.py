@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import yaml
 from chartlib import CHART, NAMESPACE, REPO, Render, find
 
 EXPECTED_CRDS = ["featureenvironmentclasses.yaml", "featureenvironments.yaml", "rdspools.yaml"]
+COMPONENT = "app.kubernetes.io/component"
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -37,10 +40,12 @@ def env_of(docs: list[dict[str, Any]]) -> dict[str, Any]:
         # Exactly the values of the README's `helm install` example.
         {"clusterId": "prod-eks-1", "serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/featureenv-operator"}},
         {"clusterId": "test-cluster", "metrics": {"serviceMonitor": {"enabled": True}}},
+        {"clusterId": "test-cluster", "rbac": {"aggregateToDefaultRoles": False, "classReader": {"create": False}},
+         "admissionPolicy": {"enabled": False}},
         {"clusterId": "test-cluster", "defaultClass": {"create": True, "spec": {"ami": {"selectorTerms": [{"id": "ami-1"}]}}},
          "defaultPool": {"create": True, "spec": {"source": {"dbInstanceIdentifier": "integration-db"}, "warm": 1, "maxSize": 5}}},
     ],
-    ids=["defaults", "irsa", "readme-install-example", "servicemonitor", "default-class-and-pool"],
+    ids=["defaults", "irsa", "readme-install-example", "servicemonitor", "tenancy-off", "default-class-and-pool"],
 )
 def test_lint_strict_passes(values: dict[str, Any]) -> None:
     report = helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
@@ -53,17 +58,38 @@ def test_default_render_objects(render: Render) -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == [
         ("ClusterRole", "featureenv-featureenv-operator"),
+        ("ClusterRole", "featureenv-featureenv-operator-class-reader"),
+        ("ClusterRole", "featureenv-featureenv-operator-edit"),
+        ("ClusterRole", "featureenv-featureenv-operator-view"),
         ("ClusterRoleBinding", "featureenv-featureenv-operator"),
+        ("ClusterRoleBinding", "featureenv-featureenv-operator-class-reader"),
         ("Deployment", "featureenv-featureenv-operator"),
         ("PodDisruptionBudget", "featureenv-featureenv-operator"),
         ("Role", "featureenv-featureenv-operator-leader-election"),
         ("RoleBinding", "featureenv-featureenv-operator-leader-election"),
         ("Service", "featureenv-featureenv-operator-metrics"),
         ("ServiceAccount", "featureenv-featureenv-operator"),
+        ("ValidatingAdmissionPolicy", "featureenv-featureenv-operator-class-rules"),
+        ("ValidatingAdmissionPolicyBinding", "featureenv-featureenv-operator-class-rules"),
     ]
+    cluster_scoped = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     for d in docs:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in cluster_scoped:
             assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
+        else:
+            assert "namespace" not in d["metadata"], d["kind"]
+    components = {(d["kind"], d["metadata"]["name"]): d["metadata"]["labels"][COMPONENT] for d in docs}
+    assert {k for k, c in components.items() if c == "user-rbac"} == {
+        ("ClusterRole", "featureenv-featureenv-operator-class-reader"),
+        ("ClusterRole", "featureenv-featureenv-operator-edit"),
+        ("ClusterRole", "featureenv-featureenv-operator-view"),
+        ("ClusterRoleBinding", "featureenv-featureenv-operator-class-reader"),
+    }
+    assert {k for k, c in components.items() if c == "admission"} == {
+        ("ValidatingAdmissionPolicy", "featureenv-featureenv-operator-class-rules"),
+        ("ValidatingAdmissionPolicyBinding", "featureenv-featureenv-operator-class-rules"),
+    }
+    assert {c for c in components.values()} == {"operator", "user-rbac", "admission"}
 
 
 def test_deployment_replicas_probes_and_config(render: Render) -> None:
@@ -185,9 +211,16 @@ def test_default_class_and_pool(render: Render) -> None:
          "at '/securityContext/capabilities/add'"),
         ({"replicas": 2}, "additional properties 'replicas' not allowed"),
         ({"defaultPool": {"create": True, "spec": {"warm": 1}}}, "at '/defaultPool/spec'"),
+        ({"admissionPolicy": {"validationActions": ["Deny", "Warn"]}}, "at '/admissionPolicy/validationActions'"),
+        ({"admissionPolicy": {"validationActions": ["Block"]}}, "at '/admissionPolicy/validationActions/0'"),
+        ({"admissionPolicy": {"enable": False}}, "additional properties 'enable' not allowed"),
+        ({"rbac": {"classReader": {"subjects": []}}}, "at '/rbac/classReader/subjects'"),
+        ({"rbac": {"classReader": {"subjects": [{"kind": "Team", "name": "a"}]}}}, "at '/rbac/classReader/subjects/0/kind'"),
+        ({"rbac": {"aggregateToDefaultRoles": "yes"}}, "at '/rbac/aggregateToDefaultRoles'"),
     ],
     ids=["cluster-id", "duration", "log-format", "ssm-prefix", "zero-replicas", "string-replicas", "role-arn",
-         "root", "caps-add", "typo", "pool-without-source"],
+         "root", "caps-add", "typo", "pool-without-source", "deny-and-warn", "unknown-action", "policy-typo",
+         "no-subjects", "subject-kind", "aggregate-not-bool"],
 )
 def test_schema_rejects_bad_values(chart: Any, render: Render, values: dict[str, Any], message: str) -> None:
     with pytest.raises(helm.HelmValuesError) as exc:
@@ -207,22 +240,30 @@ def test_missing_cluster_id_fails_with_message(render: Render) -> None:
 # ---------------------------------------------------------------- RBAC
 
 
-def rbac_rules(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    return {d["kind"]: d["rules"] for d in docs if d["kind"] in ("ClusterRole", "Role")}
+def rbac_rules(docs: list[dict[str, Any]], component: str = "operator") -> dict[str, list[dict[str, Any]]]:
+    """The rules of the one ClusterRole and the one Role of `component`, by kind."""
+    roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["labels"][COMPONENT] == component]
+    assert sorted(d["kind"] for d in roles) == ["ClusterRole", "Role"], [d["metadata"]["name"] for d in roles]
+    return {d["kind"]: d["rules"] for d in roles}
 
 
-def test_rbac_exact_and_no_wildcards(render: Render) -> None:
-    docs = render()
-    rules = rbac_rules(docs)
-    for kind, rs in rules.items():
-        for r in rs:
+def grants(rs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, res, v) for r in rs for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+
+
+def test_no_role_has_wildcards(render: Render) -> None:
+    roles = [d for d in render() if d["kind"] in ("ClusterRole", "Role")]
+    assert len(roles) == 5
+    for d in roles:
+        for r in d["rules"]:
             for field in ("apiGroups", "resources", "verbs"):
-                assert "*" not in r[field], f"{kind} has a wildcard in {field}: {r}"
+                assert "*" not in r[field], f"{d['metadata']['name']} has a wildcard in {field}: {r}"
             assert "nonResourceURLs" not in r and "resourceNames" not in r
 
-    def grants(rs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-        return {(g, res, v) for r in rs for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
 
+def test_rbac_exact(render: Render) -> None:
+    docs = render()
+    rules = rbac_rules(docs)
     fe = "featureenv.io"
     assert grants(rules["ClusterRole"]) == {
         *((fe, "featureenvs", v) for v in ("list", "watch", "patch", "delete")),
@@ -233,16 +274,115 @@ def test_rbac_exact_and_no_wildcards(render: Render) -> None:
         *(("", "secrets", v) for v in ("get", "create", "patch")),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
+        ("", "namespaces", "get"),
     }
     assert grants(rules["Role"]) == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "patch")}
     role = find(docs, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     sa = find(docs, "ServiceAccount")["metadata"]["name"]
-    for binding in ("ClusterRoleBinding", "RoleBinding"):
-        b = find(docs, binding)
+    for binding in ("featureenv-featureenv-operator", "featureenv-featureenv-operator-leader-election"):
+        b = next(d for d in docs if d["kind"].endswith("RoleBinding") and d["metadata"]["name"] == binding)
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
     assert find(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa
-    assert not {"ClusterRole", "Role"} & {d["kind"] for d in render({"rbac": {"create": False}})}
+    # rbac.create governs the operator's RBAC only; the roles for people have their own switches.
+    without = render({"rbac": {"create": False}})
+    assert not [d for d in without if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["labels"][COMPONENT] == "operator"]
+    assert "Role" not in {d["kind"] for d in without}
+
+
+def test_roles_for_people_aggregate_into_view_edit_and_admin(render: Render) -> None:
+    docs = render()
+    view = find(docs, "ClusterRole", "featureenv-featureenv-operator-view")
+    edit = find(docs, "ClusterRole", "featureenv-featureenv-operator-edit")
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k: v for k, v in view["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}view": "true", f"{aggregate}edit": "true", f"{aggregate}admin": "true"}
+    assert {k: v for k, v in edit["metadata"]["labels"].items() if k.startswith(aggregate)} == {
+        f"{aggregate}edit": "true", f"{aggregate}admin": "true"}
+    fe = "featureenv.io"
+    assert grants(view["rules"]) == {
+        (fe, res, v) for res in ("featureenvs", "featureenvironmentclasses", "rdspools") for v in ("get", "list", "watch")}
+    # No Secret in either: `edit` grants Secrets already, `view` must not.
+    assert grants(edit["rules"]) == {
+        (fe, "featureenvs", v) for v in ("create", "update", "patch", "delete", "deletecollection")}
+    reader = find(docs, "ClusterRole", "featureenv-featureenv-operator-class-reader")
+    assert grants(reader["rules"]) == {(fe, "featureenvironmentclasses", v) for v in ("get", "list", "watch")}
+    assert not [k for k in reader["metadata"]["labels"] if k.startswith(aggregate)]
+    binding = find(docs, "ClusterRoleBinding", "featureenv-featureenv-operator-class-reader")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "featureenv-featureenv-operator-class-reader"}
+    assert binding["subjects"] == [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}]
+
+    def names(values: dict[str, Any]) -> set[str]:
+        return {d["metadata"]["name"] for d in render(values) if d["kind"] in ("ClusterRole", "ClusterRoleBinding")}
+
+    assert names({"rbac": {"aggregateToDefaultRoles": False}}) == names({}) - {
+        "featureenv-featureenv-operator-view", "featureenv-featureenv-operator-edit"}
+    assert names({"rbac": {"classReader": {"create": False}}}) == names({}) - {"featureenv-featureenv-operator-class-reader"}
+    platform = [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "platform"},
+                {"kind": "ServiceAccount", "name": "argocd-application-controller", "namespace": "argocd"}]
+    custom = find(render({"rbac": {"classReader": {"subjects": platform}}}), "ClusterRoleBinding",
+                  "featureenv-featureenv-operator-class-reader")
+    assert custom["subjects"] == platform
+    assert "--clusterrole=edit" in render(notes=True)
+    assert "--clusterrole=edit" not in render({"rbac": {"aggregateToDefaultRoles": False}}, notes=True)
+
+
+def test_render_chart_script_prints_the_operators_rbac_only(tmp_path: Path) -> None:
+    """hack/render_chart.py (the e2e stack's and the RBAC proof's source of the
+    operator's rules) prints the operator's objects only, unless asked for all."""
+    def run(*args: str) -> list[dict[str, Any]]:
+        out = subprocess.run([sys.executable, str(REPO / "hack" / "render_chart.py"), "--namespace", NAMESPACE, "--json", *args],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    default = run()
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in default) == [
+        ("ClusterRole", "featureenv-featureenv-operator"),
+        ("ClusterRoleBinding", "featureenv-featureenv-operator"),
+        ("Role", "featureenv-featureenv-operator-leader-election"),
+        ("RoleBinding", "featureenv-featureenv-operator-leader-election"),
+        ("ServiceAccount", "featureenv-featureenv-operator"),
+    ]
+    assert [d["kind"] for d in run("--kinds", "ClusterRole,Role")] == ["ClusterRole", "Role"]
+    every = {d["metadata"]["name"] for d in run("--component", "all", "--kinds", "ClusterRole")}
+    assert every == {"featureenv-featureenv-operator", "featureenv-featureenv-operator-view",
+                     "featureenv-featureenv-operator-edit", "featureenv-featureenv-operator-class-reader"}
+    policy = run("--component", "admission", "--kinds", "ValidatingAdmissionPolicy,ValidatingAdmissionPolicyBinding")
+    assert [d["kind"] for d in policy] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+
+
+# ---------------------------------------------------------------- admission policy
+
+
+def test_admission_policy_takes_the_class_as_parameter(render: Render) -> None:
+    docs = render()
+    policy = find(docs, "ValidatingAdmissionPolicy")
+    spec = policy["spec"]
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["paramKind"] == {"apiVersion": "featureenv.io/v1alpha1", "kind": "FeatureEnvironmentClass"}
+    # The main resource only: the operator's status writes (featureenvs/status) are not judged.
+    assert spec["matchConstraints"]["resourceRules"] == [{
+        "apiGroups": ["featureenv.io"], "apiVersions": ["v1alpha1"],
+        "operations": ["CREATE", "UPDATE"], "resources": ["featureenvs"], "scope": "Namespaced"}]
+    assert [c["name"] for c in spec["matchConditions"]] == ["not-being-deleted", "creates-or-changes-ttl"]
+    messages = [v["messageExpression"] for v in spec["validations"]]
+    for field in ("'spec.ttl: '", "'spec.instanceType: '", "'metadata.namespace: namespace '"):
+        assert sum(m.startswith(field) for m in messages) == 1, messages
+    binding = find(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+        "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+    }
+    warn = find(render({"admissionPolicy": {"validationActions": ["Warn", "Audit"]}}), "ValidatingAdmissionPolicyBinding")
+    assert warn["spec"]["validationActions"] == ["Warn", "Audit"]
+    off = {d["kind"] for d in render({"admissionPolicy": {"enabled": False}})}
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & off
+    assert f"ValidatingAdmissionPolicy {policy['metadata']['name']}" in render(notes=True)
+    assert "ValidatingAdmissionPolicy" not in render({"admissionPolicy": {"enabled": False}}, notes=True)
 
 
 # ---------------------------------------------------------------- CRDs and docs

@@ -7,58 +7,12 @@ hack/k8s-binaries.sh (`make k8s-binaries`); a missing one fails, never skips."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from chartlib import CHART, NAMESPACE, REPO, Render
-
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/featureenv-operator/target"))
-CONTROL_PLANE = TARGET / "debug" / "examples" / "control-plane"
-
-
-def k8s_binaries() -> Path:
-    out = subprocess.run([str(REPO / "hack" / "k8s-binaries.sh")], capture_output=True, text=True, timeout=3600)
-    assert out.returncode == 0, f"hack/k8s-binaries.sh failed:\n{out.stderr}"
-    return Path(out.stdout.strip())
-
-
-KUBECTL = str(k8s_binaries() / "kubectl")
-
-
-@pytest.fixture()
-def cluster() -> Iterator[dict[str, str]]:
-    assert CONTROL_PLANE.exists(), f"{CONTROL_PLANE} is missing: run `make build` first"
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.Popen(
-            [str(CONTROL_PLANE), "--dir", str(Path(tmp) / "k8s")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline().strip()
-            assert line, "control-plane printed nothing (it failed to start)"
-            started = json.loads(line)
-            env = {**os.environ, "KUBECONFIG": started["kubeconfig"], "KUBECACHEDIR": str(Path(tmp) / "cache")}
-            yield env
-        finally:
-            # SIGTERM by PID: it stops etcd and kube-apiserver by theirs.
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-
-
-def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run([KUBECTL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, f"kubectl {' '.join(args)} failed:\n{result.stderr}"
-    return result.stdout
+from chartlib import NAMESPACE, REPO, Render, apply_crds, kubectl, kubectl_run, manifests
 
 
 def example_spec(file: str) -> dict[str, Any]:
@@ -75,10 +29,6 @@ def example_spec(file: str) -> dict[str, Any]:
     return spec
 
 
-def manifests(docs: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all([{k: v for k, v in d.items() if k != "__source"} for d in docs])
-
-
 @pytest.mark.parametrize(
     "values",
     [
@@ -91,8 +41,7 @@ def manifests(docs: list[dict[str, Any]]) -> str:
     ids=["defaults", "default-class-and-pool"],
 )
 def test_rendered_chart_applies_to_the_api_server(render: Render, cluster: dict[str, str], values: dict[str, Any]) -> None:
-    kubectl(cluster, "apply", "-f", str(CHART / "crds"))
-    kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+    apply_crds(cluster)
     kubectl(cluster, "create", "namespace", NAMESPACE)
     docs = render(values)
     out = kubectl(cluster, "apply", "-f", "-", stdin=manifests(docs))
@@ -126,6 +75,6 @@ spec:
   warm: 5
   maxSize: 2
 """
-    result = subprocess.run([KUBECTL, "apply", "-f", "-"], env=cluster, input=bad, capture_output=True, text=True, timeout=60)
+    result = kubectl_run(cluster, "apply", "-f", "-", stdin=bad)
     assert result.returncode != 0
     assert "warm must not exceed maxSize" in result.stderr, result.stderr

@@ -268,18 +268,11 @@ impl Stack {
     /// for the operators.
     async fn install_operator_rbac(&mut self) {
         self.kubectl_ok(&["create", "namespace", RELEASE_NAMESPACE]).await;
-        let output = Command::new("python3")
-            .arg(format!("{ROOT}/hack/render_chart.py"))
-            .args(["--namespace", RELEASE_NAMESPACE, "--cluster-id", &self.opts.cluster_id])
-            .output()
-            .expect("run hack/render_chart.py");
-        assert!(
-            output.status.success(),
-            "hack/render_chart.py failed (make deps installs helm-python-sdk):\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        self.apply_ok(&String::from_utf8(output.stdout).expect("UTF-8 manifests"))
-            .await;
+        self.apply_chart(
+            "operator",
+            "ServiceAccount,ClusterRole,ClusterRoleBinding,Role,RoleBinding",
+        )
+        .await;
         let (namespace, name) = OPERATOR_USER
             .strip_prefix("system:serviceaccount:")
             .and_then(|s| s.split_once(':'))
@@ -287,6 +280,28 @@ impl Stack {
         self.control_plane
             .write_service_account_kubeconfig(namespace, name, &self.operator_kubeconfig)
             .await;
+    }
+
+    /// Applies the chart's objects of `kinds` labelled `component` (`operator`,
+    /// `user-rbac`, `admission`), rendered by real Helm for [`RELEASE_NAMESPACE`].
+    pub async fn apply_chart(&self, component: &str, kinds: &str) {
+        let output = Command::new("python3")
+            .arg(format!("{ROOT}/hack/render_chart.py"))
+            .args(["--namespace", RELEASE_NAMESPACE, "--cluster-id", &self.opts.cluster_id])
+            .args(["--component", component, "--kinds", kinds])
+            .output()
+            .expect("run hack/render_chart.py");
+        assert!(
+            output.status.success(),
+            "hack/render_chart.py failed (make deps installs helm-python-sdk):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let manifests = String::from_utf8(output.stdout).expect("UTF-8 manifests");
+        assert!(
+            !manifests.trim().is_empty(),
+            "the chart has no {component} objects of {kinds}"
+        );
+        self.apply_ok(&manifests).await;
     }
 
     /// `hack/render_example.py` of repository files with this stack's seed.

@@ -26,12 +26,23 @@ app.kubernetes.io/name: {{ include "featureenv-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{- /*
+Labels of every object, with the component it belongs to. `operator` marks what the
+operator itself runs with (its Deployment, ServiceAccount and RBAC): hack/render_chart.py
+selects the operator's RBAC by it, and the end-to-end RBAC proof demands that the
+operator uses every rule so marked. Roles for people (`user-rbac`) and the admission
+policy (`admission`) carry their own component.
+*/ -}}
+{{- define "featureenv-operator.componentLabels" -}}
+helm.sh/chart: {{ include "featureenv-operator.chart" .root }}
+{{ include "featureenv-operator.selectorLabels" .root }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
 {{- define "featureenv-operator.labels" -}}
-helm.sh/chart: {{ include "featureenv-operator.chart" . }}
-{{ include "featureenv-operator.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: operator
+{{ include "featureenv-operator.componentLabels" (dict "root" . "component" "operator") }}
 {{- end }}
 
 {{- define "featureenv-operator.serviceAccountName" -}}

@@ -67,8 +67,9 @@ pub async fn admit(
         match class.admits_namespace(&labels) {
             Ok(true) => {}
             Ok(false) => {
+                // The admission policy's words (charts/.../admission-policy.yaml).
                 let message = format!(
-                    "spec.className: class {class_name} does not admit namespace {} (its spec.namespaceSelector)",
+                    "metadata.namespace: namespace {} is not selected by the namespaceSelector of class {class_name}",
                     id.namespace
                 );
                 // A namespace's labels may change, and no watch tells us.
