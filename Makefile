@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/featureenv-operator/target
 BIN := $(CARGO_TARGET_DIR)/debug/featureenv-operator
 PYTHON ?= python3
 
-.PHONY: all build test test-rust test-python lint fmt crds check-crds deps k8s-binaries demo dev-up dev-down bench clean
+.PHONY: all build test test-rust test-python lint fmt crds check-crds deps k8s-binaries krew-tools plugin-dist demo dev-up dev-down bench clean
 
 all: build
 
@@ -15,6 +15,7 @@ deps:
 	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null && command -v promtool >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck lua5.4 prometheus >/dev/null; }
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+	@hack/krew-tools.sh >/dev/null
 
 build:
 	cargo build --workspace --all-targets
@@ -23,6 +24,17 @@ build:
 ## one-time build of the pinned upstream Go modules (hack/k8s/*/go.mod) into ~/.cache
 k8s-binaries:
 	@hack/k8s-binaries.sh >/dev/null
+
+## krew-tools: krew's validate-krew-manifest and kubectl-krew (sigs.k8s.io/krew, pinned in
+## hack/krew-tools.sh), built once with Go into ~/.cache; the manifest tests run them
+krew-tools:
+	@hack/krew-tools.sh >/dev/null
+
+## plugin-dist: the kubectl plugin for krew, from a release build: dist/featureenv.yaml and
+## dist/kubectl-featureenv-v<version>-linux-amd64.tar.gz (hack/plugin-dist.sh)
+plugin-dist:
+	cargo build --release --bin kubectl-featureenv
+	hack/plugin-dist.sh --bin $(CARGO_TARGET_DIR)/release/kubectl-featureenv --out dist
 
 ## crds: regenerate crds/ and the chart's copy from the Rust types
 crds: build
@@ -35,7 +47,7 @@ test: deps lint test-rust test-python
 test-rust: build k8s-binaries
 	cargo nextest run --workspace --no-fail-fast
 
-test-python: build k8s-binaries
+test-python: build k8s-binaries krew-tools
 	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack tests/deploy
 
 lint:

@@ -18,11 +18,17 @@ Also, whatever the timing, it keeps moto's record of an SSM SendCommand true: mo
 instance of the region (its ListCommands then shows them all), so the request moto
 gets also carries Targets `instance-id` = those ids (`moto_request`), and the answer
 is given back as AWS gives it (`rewrite`).
-No I/O; the clock is injected (`now`), so tests can drive it.
+And an EC2 GetConsoleOutput of an instance the boot simulator runs is answered with
+that instance's own serial console (what its real bootstrap script wrote), as AWS
+gives it: base64, the last 64 KB, `Latest` honoured (`console_output_answer`); moto's
+canned boot text stays the answer for any other instance.
+No I/O; the clock (`now`) and the consoles (`consoles`) are injected, so tests can
+drive them.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import fnmatch
 import hashlib
@@ -32,6 +38,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 from aws_rules import (
@@ -200,15 +207,34 @@ class Answer:
     body: bytes
 
 
+@dataclass(frozen=True)
+class Console:
+    """An instance's serial console as its instance wrote it, oldest byte first."""
+
+    text: bytes  # all of it, or at least its last CONSOLE_OUTPUT_MAX_BYTES
+    updated_at: float  # Unix seconds of the last write
+
+
+# instance id -> its console, or None for an instance nobody plays (moto's answer stands)
+Consoles = Callable[[str], Console | None]
+
+
+def no_consoles(_instance_id: str) -> Console | None:
+    return None
+
+
 class World:
     """What the layer knows of the account, and the emulated AWS timing.
 
     Thread-safe: the proxy serves requests from several threads.
     """
 
-    def __init__(self, timing: Timing | None, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, timing: Timing | None, now: Callable[[], float] = time.monotonic, consoles: Consoles = no_consoles
+    ) -> None:
         self.timing = timing
         self.now = now
+        self.consoles = consoles
         self.lock = threading.RLock()
         self.launched_at: dict[str, float] = {}
         self.metadata_tags: set[str] = set()
@@ -483,6 +509,12 @@ class World:
         """moto's answer as AWS would give it at this moment."""
         if call.service == "ssm" and call.action == "SendCommand" and answer.status == 200:
             return send_command_answer(call, answer)
+        if call.service == "ec2" and call.action == "GetConsoleOutput" and answer.status == 200:
+            iid = call.params.get("InstanceId", "")
+            console = self.consoles(iid) if iid else None
+            if console is None:
+                return answer
+            return console_output_answer(call, answer, console, self.instance_state(iid))
         if self.timing is None:
             return answer
         with self.lock:
@@ -669,6 +701,41 @@ def send_command_answer(call: Call, answer: Answer) -> Answer:
     if not targets:
         command["TargetCount"] = len(ids)
     return Answer(answer.status, answer.headers, json.dumps(doc).encode())
+
+
+# --- the serial console ----------------------------------------------------------------
+
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html
+# "Only the most recent 64 KB of console output is available."
+CONSOLE_OUTPUT_MAX_BYTES = 64 * 1024
+# Same page: without `Latest`, the answer is the "buffered information that was posted
+# shortly after an instance transition state (start, stop, reboot, or terminate)". A
+# bootstrap runs after the start, so only a stop or terminate posts what it wrote; a
+# running instance's buffer is what its boot posted (moto's canned boot text).
+CONSOLE_POSTED_STATES = frozenset({"stopping", "stopped", "shutting-down", "terminated"})
+
+
+def console_output_answer(call: Call, answer: Answer, console: Console, state: str | None) -> Answer:
+    """moto's GetConsoleOutput answer with `console`, as AWS gives it: `output` is the
+    last 64 KB of the console, base64-encoded (absent while the console is empty),
+    `timestamp` when it was last written. Without `Latest=true` that is only the case
+    once the instance has stopped or terminated (`state`, as the layer last saw it);
+    until then moto's answer stands for what the boot posted."""
+    latest = call.params.get("Latest", "").lower() == "true"
+    if not latest and state not in CONSOLE_POSTED_STATES:
+        return answer
+    doc = parse(answer.body)
+    if doc is None:
+        return answer
+    for name in ("output", "timestamp"):
+        for old in doc.findall(doc.root, name):
+            doc.root.remove(old)
+    updated = datetime.fromtimestamp(console.updated_at, timezone.utc)
+    doc.new(doc.root, "timestamp", updated.strftime("%Y-%m-%dT%H:%M:%S.") + f"{updated.microsecond // 1000:03d}Z")
+    tail = console.text[-CONSOLE_OUTPUT_MAX_BYTES:]
+    if tail:
+        doc.new(doc.root, "output", base64.b64encode(tail).decode("ascii"))
+    return Answer(answer.status, answer.headers, doc.bytes())
 
 
 RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"

@@ -48,8 +48,11 @@ OPERATOR_ACCESS_KEY="featureenv-operator"
 rm -f "$DEV/strict-aws.addr"
 # The operator signs with its own access key; the layer refuses its calls that the
 # operator's IAM policy denies (your own calls, with the key in .dev/env, are not checked).
+# GetConsoleOutput of a simulated instance answers with its console.log (the boot
+# simulator, started below, writes them under the same --instances-dir).
 "$PYTHON" "$ROOT/hack/fault_proxy.py" --listen 127.0.0.1:0 --upstream "$MOTO_ENDPOINT" --rate 0 \
     --iam-policy "$ROOT/docs/iam-policy.json" --iam-cluster-id "$CLUSTER_ID" --iam-access-key "$OPERATOR_ACCESS_KEY" \
+    --instances-dir "$DEV/instances" \
     --log "$DEV/aws-calls.jsonl" >"$DEV/strict-aws.addr" 2>"$DEV/strict-aws.log" &
 echo $! >"$DEV/strict-aws.pid"
 wait_for "the strict AWS layer" 30 test -s "$DEV/strict-aws.addr"

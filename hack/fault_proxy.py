@@ -30,6 +30,13 @@ least-privilege test). Each request goes through, in this order:
    InstanceIds and no Targets reaches moto with Targets `instance-id` = those ids added
    (moto 5.2.1 would record it as sent to every instance of the region), and its
    answer is given back as AWS gives it (see aws_world.moto_request).
+4. Consoles (--instances-dir, the boot simulator's): an EC2 GetConsoleOutput of an
+   instance that has a directory there is answered with its `console.log` (the
+   /dev/console its real bootstrap script wrote), as AWS answers: base64, the last
+   64 KB, `timestamp` the time of the last write, and with `Latest=true` (or once the
+   instance has stopped or terminated; see aws_world.console_output_answer). Any
+   other instance keeps moto's canned answer, and so does every instance without the
+   flag.
 
 stdout's first line is the bound address `127.0.0.1:PORT` (so --listen 127.0.0.1:0
 works). Every request is logged (to --log, default stderr) as one JSON line:
@@ -120,7 +127,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aws_authz
 import aws_rules
 import iam_eval
-from aws_world import Answer, World, moto_request, timing_for
+from aws_world import CONSOLE_OUTPUT_MAX_BYTES, Answer, Console, Consoles, World, moto_request, no_consoles, timing_for
 
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -170,6 +177,36 @@ def describe_instances_request(ids: list[str], region: str, access_key: str) -> 
     lookup = aws_authz.instances_lookup(ids)
     assert lookup is not None, "no instance ids"
     return lookup_request(lookup, region, access_key)
+
+
+# EC2 instance ids (the only names looked up under --instances-dir: no path escapes).
+INSTANCE_ID_RE = re.compile(r"^i-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+
+
+def simulator_consoles(instances_dir: Path) -> Consoles:
+    """The consoles hack/boot_simulator.py writes: `<instances_dir>/<instance id>/console.log`
+    (the instance's /dev/console; see its redirect_host_paths). An instance with a
+    directory there is the simulator's, and its console is empty until the file exists;
+    any other instance is not (None)."""
+
+    def console(instance_id: str) -> Console | None:
+        if not INSTANCE_ID_RE.match(instance_id):
+            return None
+        directory = instances_dir / instance_id
+        try:
+            with open(directory / "console.log", "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(max(0, size - CONSOLE_OUTPUT_MAX_BYTES))
+                text = fh.read()
+                return Console(text, os.fstat(fh.fileno()).st_mtime)
+        except FileNotFoundError:
+            pass
+        try:
+            return Console(b"", directory.stat().st_mtime) if directory.is_dir() else None
+        except FileNotFoundError:
+            return None
+
+    return console
 
 
 def action_of(headers: Any, body: bytes) -> str:
@@ -598,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iam-cluster-id", metavar="ID", help="the cluster id the policy's CLUSTER_ID placeholder becomes")
     p.add_argument("--iam-access-key", metavar="KEY",
                    help="the operator's access key id; requests signed with another key are not checked")
+    p.add_argument("--instances-dir", metavar="PATH", type=Path,
+                   help="the boot simulator's --instances-dir: answer GetConsoleOutput of its instances with "
+                        "their console.log, as AWS would (default: moto's canned answer for every instance)")
     p.add_argument("--list-rules", action="store_true", help="print the strict rules as a Markdown table and exit")
     args = p.parse_args(argv)
     if args.timing not in ("fast", "realistic", "off"):
@@ -622,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--iam-policy {args.iam_policy}: {e}")
     host, _, port = args.listen.rpartition(":")
     log: IO[str] = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr
-    world = World(timing_for(args.timing, args.time_scale))
+    consoles = simulator_consoles(args.instances_dir.resolve()) if args.instances_dir else no_consoles
+    world = World(timing_for(args.timing, args.time_scale), consoles=consoles)
     server = Proxy(
         (host or "127.0.0.1", int(port)), args.upstream, FaultPlan(args.rate, args.seed, args.mix), log,
         strict=args.strict, world=world, iam=iam,
