@@ -31,8 +31,10 @@ async fn plugin(stack: &Stack, kubeconfig: &Path, args: &[&str], path: Option<&P
         .env("KUBECONFIG", kubeconfig)
         .env("AWS_ENDPOINT_URL", &stack.aws_endpoint)
         .env("AWS_REGION", REGION)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        // An engineer's own key, not the operators' (whose calls the strict layer
+        // checks against the operator's IAM policy).
+        .env("AWS_ACCESS_KEY_ID", "engineer")
+        .env("AWS_SECRET_ACCESS_KEY", "engineer")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE")
         .kill_on_drop(true);
@@ -292,7 +294,7 @@ async fn plugin_commands() {
 
     // The environment is gone after delete; the plugin says so.
     stack
-        .kubectl_ok(&["-n", NS, "delete", "featureenv", "pr-7", "pr-9", "--wait=false"])
+        .kubectl_ok(&["-n", NS, "delete", "featureenvs", "pr-7", "pr-9", "--wait=false"])
         .await;
     stack.wait_gone(NS, "pr-7", READY_TIMEOUT).await;
     let err = fails(&stack, &alice, &["open", "pr-7"]).await;

@@ -212,6 +212,9 @@ impl Stack {
             .args(["--iam-policy", &format!("{ROOT}/docs/iam-policy.json")])
             .args(["--iam-cluster-id", &self.opts.cluster_id])
             .args(["--iam-access-key", "testing"])
+            // GetConsoleOutput of a simulated instance answers its real console.
+            .arg("--instances-dir")
+            .arg(self.dir.join("instances"))
             .arg("--log")
             .arg(self.dir.join("aws-calls.jsonl"))
             .stdin(Stdio::null())
