@@ -31,5 +31,15 @@ echo
 echo "\$ kubectl get rdspools"
 kubectl get rdspools
 echo
+echo "The kubectl plugin, as an engineer uses it:"
+echo "\$ kubectl featureenv list --owner alice@example.com"
+kubectl featureenv list --owner alice@example.com
+echo "\$ kubectl featureenv extend payments-pr-123 2h"
+kubectl featureenv extend payments-pr-123 2h
+echo "\$ kubectl featureenv creds payments-pr-123"
+kubectl featureenv creds payments-pr-123 | sed -E 's/^(password: ).*/\1(hidden here)/'
+echo "\$ kubectl featureenv logs payments-pr-123 | tail -n 3"
+kubectl featureenv logs payments-pr-123 | tail -n 3
+echo
 echo "The stack is still running: 'source .dev/env' to use kubectl and the AWS endpoint;"
 echo "'make dev-down' stops it."

@@ -59,8 +59,12 @@ wait_for "the strict AWS layer" 30 test -s "$DEV/strict-aws.addr"
 AWS_ENDPOINT_URL="http://$(head -n 1 "$DEV/strict-aws.addr")"
 export AWS_ENDPOINT_URL
 
+# The kubectl plugin on PATH, so `kubectl featureenv ...` works in the stack's shell.
+mkdir -p "$DEV/bin"
+ln -sf "$CARGO_TARGET_DIR/debug/kubectl-featureenv" "$DEV/bin/kubectl-featureenv"
+
 cat >"$DEV/env" <<ENV
-export PATH="$K8S_BIN:\$PATH"
+export PATH="$DEV/bin:$K8S_BIN:\$PATH"
 export KUBECONFIG="$DEV/kubeconfig"
 export KUBECACHEDIR="$DEV/kubecache"
 export AWS_ENDPOINT_URL="$AWS_ENDPOINT_URL"
@@ -85,6 +89,11 @@ kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
 echo "installing the chart's ServiceAccount and RBAC; the operator runs as that ServiceAccount"
 kubectl create namespace "$RELEASE_NAMESPACE" >/dev/null
 "$PYTHON" "$ROOT/hack/render_chart.py" --namespace "$RELEASE_NAMESPACE" --cluster-id "$CLUSTER_ID" | kubectl apply -f - >/dev/null
+echo "installing the chart's roles for people, its class reader and its admission policy"
+"$PYTHON" "$ROOT/hack/render_chart.py" --namespace "$RELEASE_NAMESPACE" --cluster-id "$CLUSTER_ID" \
+    --component user-rbac --kinds ClusterRole,ClusterRoleBinding | kubectl apply -f - >/dev/null
+"$PYTHON" "$ROOT/hack/render_chart.py" --namespace "$RELEASE_NAMESPACE" --cluster-id "$CLUSTER_ID" \
+    --component admission --kinds ValidatingAdmissionPolicy,ValidatingAdmissionPolicyBinding | kubectl apply -f - >/dev/null
 # A token from the TokenRequest API, valid for a day (restart the stack after that).
 token="$(kubectl create token "$OPERATOR_SA" -n "$RELEASE_NAMESPACE" --duration=24h)"
 server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"

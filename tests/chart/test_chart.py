@@ -435,3 +435,25 @@ def test_schema_covers_every_top_level_value(chart: Any) -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(chart.values) <= set(schema["properties"])
     chart.validate_schema({**chart.values, "clusterId": "x"})
+
+
+def test_the_notes_plugin_commands_parse(render: Render) -> None:
+    """Every `kubectl featureenv ...` line of the NOTES is accepted by the plugin's own
+    argument parser (clap, through `--help` appended: it parses the command line up to
+    the subcommand and its flags, then prints help instead of running)."""
+    import os
+    import shlex
+
+    target = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/featureenv-operator/target"))
+    plugin = target / "debug" / "kubectl-featureenv"
+    assert plugin.exists(), f"{plugin} is missing: run `make build` first"
+    notes = render(notes=True)
+    lines = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl featureenv ")]
+    assert len(lines) >= 2, notes
+    for line in lines:
+        for command in line.split("&&"):
+            argv = shlex.split(command.replace("<registry>", "registry.example"))[2:]
+            result = subprocess.run([str(plugin), *argv, "--help"], capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, f"{command.strip()}: {result.stderr}"
+            result = subprocess.run([str(plugin), *argv[:1], "--definitely-not-a-flag"], capture_output=True, text=True, timeout=30)
+            assert result.returncode != 0, "the plugin accepts anything; the check above proves nothing"

@@ -554,9 +554,13 @@ def test_the_setup_doc_follows_the_order() -> None:
         "--template-file deploy/cloudformation/image-pipelines.yaml",
         "aws imagebuilder start-image-pipeline-execution",
         "--template-file deploy/cloudformation/operator.yaml",
+        "make image",
+        "skopeo copy",
         "helm install",
         "examples/featureenvironmentclass.yaml | kubectl apply -f -",
         "examples/rdspool.yaml | kubectl apply -f -",
+        "kubectl krew install",
+        "kubectl featureenv create",
     ]
     positions = [text.index(step) for step in steps]
     assert positions == sorted(positions)
