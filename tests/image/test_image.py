@@ -5,6 +5,7 @@ skopeo, GNU tar, and the binary itself run from the unpacked root filesystem.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import tarfile
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -48,8 +50,6 @@ def test_every_blob_matches_its_digest_and_descriptor(layout: Layout) -> None:
 
 
 def test_every_layer_diff_id_is_its_uncompressed_digest(layout: Layout) -> None:
-    import gzip
-
     diff_ids = [sha256(gzip.decompress(layout.blob(d["digest"]))) for d in layout.manifest["layers"]]
     assert layout.config["rootfs"] == {"type": "layers", "diff_ids": diff_ids}
 
@@ -229,8 +229,6 @@ def test_rebuilding_from_the_same_binary_gives_the_same_layer(
     rootfs: Path, layout: Layout, tmp_path: Path
 ) -> None:
     # hack/image.sh is reproducible: same binary, same timestamp -> same layer digest.
-    from datetime import datetime
-
     epoch = int(datetime.fromisoformat(layout.config["created"].replace("Z", "+00:00")).timestamp())
     binary = tmp_path / "featureenv-operator"
     shutil.copy(rootfs / "featureenv-operator", binary)

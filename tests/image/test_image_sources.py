@@ -93,7 +93,7 @@ def test_dockerfile_labels_match_the_archive(layout: Layout) -> None:
     assert built == labels
 
 
-def test_dockerfile_builds_the_binary_locked_in_release(layout: Layout) -> None:
+def test_dockerfile_builds_the_binary_locked_in_release() -> None:
     builder = parse_dockerfile(DOCKERFILE.read_text()).stages[0]
     (build,) = [r for r in builder.all("RUN") if "cargo build" in r]
     assert "--release" in build and "--locked" in build and "--bin featureenv-operator" in build
