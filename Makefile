@@ -50,7 +50,6 @@ lint:
 fmt:
 	cargo fmt --all
 
-## dev-up / dev-down / demo: the local stack (kube-apiserver + etcd + moto + operator)
 ## image: the operator image, as the Dockerfile describes it, built without a container
 ## daemon into dist/featureenv-operator-<version>.oci.tar (hack/image.sh). It packs the
 ## release binary, built here; OPERATOR_BIN=path packs that binary instead (no build).
@@ -60,6 +59,7 @@ ifndef OPERATOR_BIN
 endif
 	OPERATOR_BIN="$(or $(OPERATOR_BIN),$(CARGO_TARGET_DIR)/release/featureenv-operator)" hack/image.sh
 
+## dev-up / dev-down / demo: the local stack (kube-apiserver + etcd + moto + operator)
 dev-up: deps build k8s-binaries
 	hack/dev-up.sh
 
