@@ -151,6 +151,19 @@ pub enum Services {
     Failed { message: String },
 }
 
+/// Where an environment's sleep stands (see `sleep`), when it sleeps or wakes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SleepState {
+    /// Stop requests sent; instance or database not stopped yet.
+    FallingAsleep { message: String },
+    /// Instance and database stopped.
+    Asleep { message: String },
+    /// Starting them again, then the services; `reason` says which step.
+    Waking { reason: &'static str, message: String },
+    /// The instance reported that its services did not come back.
+    WakeFailed { message: String },
+}
+
 /// Inputs to [`next_status`] besides the observations.
 pub struct StatusInputs<'a> {
     pub generation: Option<i64>,
@@ -164,6 +177,8 @@ pub struct StatusInputs<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub services: Services,
+    /// Set while the environment sleeps or wakes; decides the phase.
+    pub sleep: Option<SleepState>,
 }
 
 /// The next status: phase, the three conditions, instance details, endpoints and
@@ -309,6 +324,20 @@ fn decide_phase(
     if already_failed {
         // Keep the failure reason and message as they were.
         status.phase = Phase::Failed;
+    } else if let Some(sleep) = &inputs.sleep {
+        let (phase, reason, message) = match sleep {
+            SleepState::FallingAsleep { message } => (Phase::Sleeping, "FallingAsleep", message.clone()),
+            SleepState::Asleep { message } => (Phase::Sleeping, "Asleep", message.clone()),
+            SleepState::Waking { reason, message } => (Phase::Waking, *reason, message.clone()),
+            SleepState::WakeFailed { message } => (Phase::Failed, "WakeFailed", with_console(message.clone())),
+        };
+        status.phase = phase;
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, false, reason, message),
+            generation,
+            now,
+        );
     } else if let Err(
         nr @ NotReady {
             reason: "BootstrapFailed",
@@ -447,6 +476,7 @@ mod tests {
             namespace: "team",
             name: "pr-1",
             services: Services::Applied,
+            sleep: None,
         }
     }
 
