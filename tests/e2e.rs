@@ -1610,6 +1610,8 @@ async fn sleep_and_wake() {
     let start = Instant::now();
     let stack = Stack::with_operator(StackOptions {
         cluster_id: "e2e-sleep".into(),
+        // RDS's seven days, shortened: a stopped database starts again by itself.
+        rds_auto_start_seconds: Some(6.0),
         ..StackOptions::default()
     })
     .await;
@@ -1619,31 +1621,83 @@ async fn sleep_and_wake() {
     let instance_id = status.instance.unwrap().id.unwrap();
     let db_id = status.database.unwrap().id.unwrap();
     let instance_state = || async {
-        let out = stack.ec2().describe_instances().instance_ids(&instance_id).send().await.unwrap();
-        out.reservations()[0].instances()[0].state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default()
+        let out = stack
+            .ec2()
+            .describe_instances()
+            .instance_ids(&instance_id)
+            .send()
+            .await
+            .unwrap();
+        out.reservations()[0].instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default()
     };
     let db_status = || async {
-        let out = stack.rds().describe_db_instances().db_instance_identifier(&db_id).send().await.unwrap();
-        out.db_instances()[0].db_instance_status().unwrap_or_default().to_owned()
+        let out = stack
+            .rds()
+            .describe_db_instances()
+            .db_instance_identifier(&db_id)
+            .send()
+            .await
+            .unwrap();
+        out.db_instances()[0]
+            .db_instance_status()
+            .unwrap_or_default()
+            .to_owned()
     };
 
-    stack.patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": true})).await;
-    stack.wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(60)).await;
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": true}))
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(60))
+        .await;
     assert_eq!(instance_state().await, "stopped");
     assert_eq!(db_status().await, "stopped");
+    // RDS starts the stopped database again; the operator stops it again.
+    stack
+        .wait_for("the restarted database noticed", Duration::from_secs(60), || async {
+            event_reasons(&stack, "sleepy")
+                .await
+                .contains(&"DatabaseStarted".to_owned())
+        })
+        .await;
+    stack
+        .wait_for("the database stopped again", Duration::from_secs(60), || async {
+            db_status().await == "stopped"
+        })
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(30))
+        .await;
     let slept_at = start.elapsed();
 
-    stack.patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": false})).await;
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": false}))
+        .await;
     let woke = stack.wait_ready(NS, "sleepy", READY_TIMEOUT).await;
     let woke_at = start.elapsed();
     assert_eq!(instance_state().await, "running");
     assert_eq!(db_status().await, "available");
     let status = woke.status.unwrap();
-    assert_eq!(status.instance.and_then(|i| i.id).as_deref(), Some(instance_id.as_str()), "same instance");
-    assert_eq!(status.database.and_then(|d| d.id).as_deref(), Some(db_id.as_str()), "same database");
+    assert_eq!(
+        status.instance.and_then(|i| i.id).as_deref(),
+        Some(instance_id.as_str()),
+        "same instance"
+    );
+    assert_eq!(
+        status.database.and_then(|d| d.id).as_deref(),
+        Some(db_id.as_str()),
+        "same database"
+    );
     let reasons = event_reasons(&stack, "sleepy").await;
     for reason in ["Sleeping", "Waking", "Awake"] {
-        assert!(reasons.contains(&reason.to_owned()), "{reason} missing from {reasons:?}");
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} missing from {reasons:?}"
+        );
     }
     println!(
         "sleep: asleep {:.1}s after the apply's Ready, awake again {:.1}s after the wake request",
@@ -1661,11 +1715,29 @@ async fn sleep_and_wake() {
         {"sleep": at(5), "wake": at(25), "timeZone": "UTC"}
     ]}}});
     stack
-        .kubectl_ok(&["patch", "featureenvironmentclass", "standard", "--type=merge", "-p", &schedule.to_string()])
+        .kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=merge",
+            "-p",
+            &schedule.to_string(),
+        ])
         .await;
-    stack.patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": null})).await;
-    stack.wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(45)).await;
-    let asleep = stack.get_env(NS, "sleepy").await.unwrap().status.unwrap().sleep.unwrap();
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": null}))
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(45))
+        .await;
+    let asleep = stack
+        .get_env(NS, "sleepy")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .sleep
+        .unwrap();
     assert_eq!(asleep.decided_by, "Schedule");
     assert!(asleep.next_change.is_some(), "the wake time is shown");
     stack.wait_ready(NS, "sleepy", READY_TIMEOUT).await;

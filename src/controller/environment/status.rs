@@ -423,9 +423,14 @@ pub fn invalid_status(
     status
 }
 
-/// Whether the phase changed into `Ready` with this status (for the time-to-ready metric).
+/// Whether the environment became Ready for the first time with this status (for
+/// the time-to-ready metric, which counts from creation): back to Ready after an
+/// update or a wake-up does not count again.
 pub fn became_ready(before: &FeatureEnvironmentStatus, after: &FeatureEnvironmentStatus) -> bool {
-    before.phase != Phase::Ready && after.phase == Phase::Ready && conditions::is_true(&after.conditions, READY)
+    before.ready_at.is_none()
+        && after.ready_at.is_some()
+        && after.phase == Phase::Ready
+        && conditions::is_true(&after.conditions, READY)
 }
 
 #[cfg(test)]
@@ -562,6 +567,11 @@ mod tests {
         let s3 = next_status(&s2, &obs, &inputs("2026-11-28T10:09:00Z", &endpoints));
         assert_eq!(s3.ready_at, s2.ready_at);
         assert!(!became_ready(&s2, &s3));
+        // Back to Ready after an update or a wake-up is not a first time.
+        for phase in [Phase::Updating, Phase::Waking] {
+            let away = FeatureEnvironmentStatus { phase, ..s2.clone() };
+            assert!(!became_ready(&away, &s3), "{phase:?} → Ready counted as a first Ready");
+        }
     }
 
     #[test]
