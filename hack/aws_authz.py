@@ -112,7 +112,8 @@ def on_instances(ids: list[str]) -> Detail:
     return {"instance_ids": ids, "resource_tags": None}, instances_lookup(ids)
 
 
-def ec2_terminate(call: Call) -> Detail:
+def ec2_instance_ids(call: Call) -> Detail:
+    """TerminateInstances, StopInstances, StartInstances: `InstanceId.N`."""
     return on_instances(values(call.params, "InstanceId"))
 
 
@@ -228,10 +229,18 @@ def db_lookup(db_id: str, key: str) -> Lookup:
 
 
 def rds_on_db(call: Call) -> Detail:
-    """ModifyDBInstance, DeleteDBInstance: the DB named by DBInstanceIdentifier."""
+    """ModifyDBInstance, DeleteDBInstance, StartDBInstance: the DB named by
+    DBInstanceIdentifier."""
     db_id = call.params.get("DBInstanceIdentifier", "")
     fields = {"db_instance_id": db_id, "resource_tags": None}
     return fields, db_lookup(db_id, db_id) if db_id else None
+
+
+def rds_stop(call: Call) -> Detail:
+    """StopDBInstance: the DB, and the snapshot it would take first (DBSnapshotIdentifier,
+    null: not sent; the operator sends none)."""
+    fields, lookup = rds_on_db(call)
+    return {**fields, "snapshot_id": call.params.get("DBSnapshotIdentifier")}, lookup
 
 
 def rds_add_tags(call: Call) -> Detail:
@@ -357,7 +366,9 @@ MODELS: dict[tuple[str, str], Callable[[Call], Detail]] = {
     ("ec2", "DescribeInstances"): ec2_no_resource,
     ("ec2", "RunInstances"): ec2_run_instances,
     ("ec2", "CreateTags"): ec2_create_tags,
-    ("ec2", "TerminateInstances"): ec2_terminate,
+    ("ec2", "TerminateInstances"): ec2_instance_ids,
+    ("ec2", "StopInstances"): ec2_instance_ids,
+    ("ec2", "StartInstances"): ec2_instance_ids,
     ("ec2", "GetConsoleOutput"): ec2_one_instance,
     ("ec2", "DescribeInstanceAttribute"): ec2_one_instance,
     ("rds", "DescribeDBInstances"): rds_describe_instances,
@@ -366,6 +377,8 @@ MODELS: dict[tuple[str, str], Callable[[Call], Detail]] = {
     ("rds", "AddTagsToResource"): rds_add_tags,
     ("rds", "ModifyDBInstance"): rds_on_db,
     ("rds", "DeleteDBInstance"): rds_on_db,
+    ("rds", "StopDBInstance"): rds_stop,
+    ("rds", "StartDBInstance"): rds_on_db,
     ("ssm", "GetParameter"): ssm_on_parameter,
     ("ssm", "DeleteParameter"): ssm_on_parameter,
     ("ssm", "PutParameter"): ssm_put_parameter,

@@ -31,6 +31,8 @@ EC2_RUN_INSTANCES = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_
 EC2_USER_DATA = "https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-add-user-data.html"
 EC2_METADATA_OPTIONS = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_InstanceMetadataOptionsRequest.html"
 EC2_PAGINATION = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/Query-Requests.html#api-pagination"
+EC2_STOP_INSTANCES = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StopInstances.html"
+EC2_START_INSTANCES = "https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StartInstances.html"
 RDS_RESTORE = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_RestoreDBInstanceFromDBSnapshot.html"
 RDS_TAG = "https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_Tag.html"
 RDS_TAGGING_GUIDE = "https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_Tagging.html"
@@ -67,9 +69,12 @@ class Call:
     params: dict[str, str] = field(default_factory=dict)
     doc: dict[str, Any] = field(default_factory=dict)
     json_protocol: bool = False
+    access_key: str = "testing"  # the access key id it was signed with (moto picks the account by it)
 
 
-def parse_call(service: str, action: str, region: str, body: bytes, json_protocol: bool) -> Call:
+def parse_call(
+    service: str, action: str, region: str, body: bytes, json_protocol: bool, access_key: str = "testing"
+) -> Call:
     params: dict[str, str] = {}
     doc: dict[str, Any] = {}
     text = body.decode("utf-8", errors="replace")
@@ -82,7 +87,7 @@ def parse_call(service: str, action: str, region: str, body: bytes, json_protoco
     else:
         for key, value in parse_qsl(text, keep_blank_values=True):
             params.setdefault(key, value)
-    return Call(service, action, region, params, doc, json_protocol)
+    return Call(service, action, region, params, doc, json_protocol, access_key)
 
 
 def members(params: dict[str, str], prefix: str) -> list[dict[str, str]]:
@@ -156,8 +161,14 @@ class Observed(Protocol):
         """Whether the instance was launched (or last seen) with InstanceMetadataTags=enabled."""
 
     def instance_state(self, instance_id: str) -> str | None:
-        """The instance's last known state name (pending, running, ..., terminated),
-        INSTANCE_NOT_FOUND if it is known not to exist, None if nothing is known."""
+        """The instance's state as AWS would give it now (pending, running, stopping,
+        stopped, shutting-down, terminated: moto's last known state with the emulated
+        transitions over it), INSTANCE_NOT_FOUND if it is known not to exist, None if
+        nothing is known."""
+
+    def instance_launch_pending(self, instance_id: str) -> bool:
+        """Whether the instance is still `pending` after its launch: it has never been
+        `running` (as opposed to `pending` again after a StartInstances)."""
 
     def db_engine(self, db_id: str) -> str | None:
         """The engine of a DB instance seen in a response, if any."""
@@ -177,6 +188,9 @@ class NothingObserved:
 
     def instance_state(self, instance_id: str) -> str | None:
         return None
+
+    def instance_launch_pending(self, instance_id: str) -> bool:
+        return False
 
     def db_engine(self, db_id: str) -> str | None:
         return None
@@ -453,6 +467,52 @@ def _ec2_max_results(call: Call, seen: Observed) -> str | None:
         return f"Value ( {raw} ) for parameter maxResults is invalid. Expecting a value greater than 5."
     if n > 1000:
         return f"Value ( {raw} ) for parameter maxResults is invalid. Expecting a value less than 1000."
+    return None
+
+
+# StopInstances / StartInstances: moto (5.2.1) changes the state of any instance it
+# knows, a terminated one included (it even "starts" a terminated instance again).
+# The states come from the look-up the proxy makes just before the request (the
+# authorization look-up, DescribeInstances by instance-id) with the emulated transitions
+# over them, so an instance terminated behind the layer's back is refused too.
+STOP_REFUSED_STATES = ("shutting-down", "terminated")
+# `stopping` cannot be started until it is `stopped`; `pending` and `running` are left to
+# moto (a start of a running instance is accepted and changes nothing).
+START_REFUSED_STATES = ("stopping", "shutting-down", "terminated")
+
+
+def ec2_instance_ids(call: Call) -> list[str]:
+    """A query request's `InstanceId.N`."""
+    return values(call.params, "InstanceId")
+
+
+@rule(
+    "ec2.stop.state", "ec2", ("StopInstances",),
+    "each of InstanceIds is not shutting-down or terminated, and has been running (an instance still pending "
+    "after its launch cannot be stopped); stopping or stopped ones are accepted and stay as they are",
+    "IncorrectInstanceState", EC2_STOP_INSTANCES,
+    "observed (terminated: ansible-collections/amazon.aws#146; never running: cloud-custodian/cloud-custodian#6014)",
+)
+def _ec2_stop_state(call: Call, seen: Observed) -> str | None:
+    for iid in ec2_instance_ids(call):
+        if seen.instance_state(iid) in STOP_REFUSED_STATES:
+            return f"This instance '{iid}' is not in a state from which it can be stopped."
+        if seen.instance_launch_pending(iid):
+            return f"Instance '{iid}' cannot be stopped as it has never reached the 'running' state."
+    return None
+
+
+@rule(
+    "ec2.start.state", "ec2", ("StartInstances",),
+    "each of InstanceIds is not stopping (it starts once stopped), shutting-down or terminated; pending or "
+    "running ones are accepted and stay as they are",
+    "IncorrectInstanceState", EC2_START_INSTANCES,
+    "observed (canonical/ubuntu-pro-client#1697; stopping: burstable-ai/burst#42)",
+)
+def _ec2_start_state(call: Call, seen: Observed) -> str | None:
+    for iid in ec2_instance_ids(call):
+        if seen.instance_state(iid) in START_REFUSED_STATES:
+            return f"The instance '{iid}' is not in a state from which it can be started."
     return None
 
 
@@ -909,14 +969,20 @@ def _ssm_send_command_parameters(call: Call, seen: Observed) -> str | None:
 MOTO_ACCOUNT_ID = "123456789012"
 # The API reference: "The managed node isn't in a valid state. Valid states are:
 # Running, Pending, Stopped, and Stopping. Invalid states are: Shutting-down and
-# Terminated." An id that does not exist is refused the same way.
+# Terminated." An id that does not exist is refused the same way. A command sent to a
+# stopped (or stopping) instance is accepted and waits: its invocation reads `Delayed`
+# ("The managed node might not be available because ... the node was stopped ... The
+# system will try to send the command again", API_GetCommandInvocation StatusDetails)
+# until the node is back or the delivery timeout ends it (`Delivery Timed Out`). The
+# boot simulator delivers it after the restart, within TimeoutSeconds.
 SEND_COMMAND_INVALID_STATES = ("shutting-down", "terminated", INSTANCE_NOT_FOUND)
 
 
 @rule(
     "ssm.send-command.instance-state", "ssm", ("SendCommand",),
     "each of InstanceIds exists and is not shutting-down or terminated (states asked of moto just before; "
-    "not modelled: an agent that has not registered yet)",
+    "stopped and stopping are valid states: the command waits for delivery; not modelled: an agent that has "
+    "not registered yet)",
     "InvalidInstanceId", SSM_SEND_COMMAND, "observed",
 )
 def _ssm_send_command_instance_state(call: Call, seen: Observed) -> str | None:

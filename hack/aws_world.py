@@ -1,12 +1,21 @@
 """The account as hack/fault_proxy.py has seen it, and AWS's timing played over moto.
 
-Owns the layer's memory of the account (instances launched with metadata tags, DB
-engines and tags, parameter tags, RunInstances client tokens) learned from requests
-and moto's answers, and the clock-driven behaviour moto lacks, applied by rewriting
-moto's answers:
+Owns the layer's memory of the account (instances launched with metadata tags, instance
+states, DB engines, statuses and tags, parameter tags, RunInstances client tokens)
+learned from requests and moto's answers, and the clock-driven behaviour moto lacks,
+applied by rewriting moto's answers:
   * an instance reads `pending` for `ec2_pending` seconds after RunInstances;
+  * an instance reads `stopping` for `ec2_stopping` seconds after StopInstances (moto:
+    `stopped` at once), and `pending` for `ec2_starting` seconds after StartInstances
+    (moto: `running` at once); the answers of both say what AWS says (previous and
+    current state, a repeated call changing nothing);
   * a restored DB instance reads `creating` (no endpoint yet) for `rds_creating`
     seconds, then `backing-up` for `rds_backing_up`, then what moto says;
+  * a DB instance reads `stopping` for `rds_stopping` seconds after StopDBInstance
+    (moto: `stopped` at once) and `starting` for `rds_starting` seconds after
+    StartDBInstance (moto: `available` at once); one `stopped` for `rds_auto_start`
+    seconds is started again, as AWS starts a DB instance stopped for seven days
+    (`take_due_auto_starts`: the proxy then starts it in moto);
   * a deleted DB instance (moto forgets it at once) still reads `deleting` for
     `rds_deleting` seconds, and refuses a second delete, a modify and a new restore
     of the same identifier;
@@ -37,7 +46,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -67,23 +76,45 @@ class Timing:
     rds_backing_up: float
     rds_deleting: float
     tag_lag: float
+    ec2_stopping: float
+    ec2_starting: float
+    rds_stopping: float
+    rds_starting: float
+    # How long a DB instance stays `stopped` before AWS starts it again.
+    rds_auto_start: float
 
     def scaled(self, factor: float) -> "Timing":
         return Timing(*(getattr(self, f) * factor for f in self.__dataclass_fields__))
 
 
-# Sub-second, so the end-to-end suite stays fast yet meets every transition.
-FAST = Timing(ec2_pending=0.5, rds_creating=1.0, rds_backing_up=0.3, rds_deleting=0.5, tag_lag=0.3)
+# The seven days after which RDS starts a stopped DB instance again ("You can stop a DB
+# instance for up to seven days. If you don't manually start your DB instance after
+# seven days, your DB instance is automatically started": USER_StopInstance.html;
+# API_StopDBInstance.html: "The instance restarts automatically after 7 days").
+SEVEN_DAYS = 7 * 24 * 3600.0
+
+# Sub-second to a second, so the end-to-end suite stays fast yet meets every
+# transition. The auto-start is compressed as the RDS periods are (600 s -> 1 s), to
+# 1008 s: never within an ordinary test; --rds-auto-start-seconds shows it.
+FAST = Timing(ec2_pending=0.5, rds_creating=1.0, rds_backing_up=0.3, rds_deleting=0.5, tag_lag=0.3,
+              ec2_stopping=1.0, ec2_starting=0.5, rds_stopping=1.0, rds_starting=1.0,
+              rds_auto_start=SEVEN_DAYS / 600)
 # Measured or documented figures; sources in docs/local-stack.md ("Timing").
-REALISTIC = Timing(ec2_pending=15.0, rds_creating=600.0, rds_backing_up=120.0, rds_deleting=300.0, tag_lag=2.0)
+REALISTIC = Timing(ec2_pending=15.0, rds_creating=600.0, rds_backing_up=120.0, rds_deleting=300.0, tag_lag=2.0,
+                   ec2_stopping=30.0, ec2_starting=16.0, rds_stopping=240.0, rds_starting=480.0,
+                   rds_auto_start=SEVEN_DAYS)
 PRESETS = {"fast": FAST, "realistic": REALISTIC}
 
 
-def timing_for(mode: str, scale: float) -> Timing | None:
-    """The timing of `--timing MODE --time-scale SCALE`; None for `off`."""
+def timing_for(mode: str, scale: float, rds_auto_start: float | None = None) -> Timing | None:
+    """The timing of `--timing MODE --time-scale SCALE [--rds-auto-start-seconds S]`
+    (S as given, not scaled); None for `off`."""
     if mode == "off":
         return None
-    return PRESETS[mode].scaled(scale)
+    timing = PRESETS[mode].scaled(scale)
+    if rds_auto_start is not None:
+        timing = replace(timing, rds_auto_start=rds_auto_start)
+    return timing
 
 
 # --- XML --------------------------------------------------------------------------------
@@ -198,6 +229,26 @@ class Database:
     deleted_at: float | None = None
     deleted_xml: bytes | None = None  # the DBInstance element DeleteDBInstance returned
     tag_keys: set[str] = field(default_factory=set)
+    status: str | None = None  # as moto last gave it (moto changes it at once)
+    stopped_at: float | None = None  # StopDBInstance accepted
+    started_at: float | None = None  # StartDBInstance accepted, or started by the auto-start
+    # Where (region, access key id) the stop was made: the auto-start starts it there.
+    stopped_by: tuple[str, str] | None = None
+
+
+# EC2's instance state codes (API_InstanceState).
+STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48, "stopping": 64, "stopped": 80}
+
+
+@dataclass(frozen=True)
+class AutoStart:
+    """A DB instance AWS starts on its own after it has been stopped for seven days."""
+
+    db_id: str
+    region: str
+    access_key: str
+    stopped_at: float
+    start_at: float  # when AWS starts it (it reads `starting` from then)
 
 
 @dataclass(frozen=True)
@@ -237,6 +288,11 @@ class World:
         self.consoles = consoles
         self.lock = threading.RLock()
         self.launched_at: dict[str, float] = {}
+        # instance id -> when a StopInstances / StartInstances changed its state
+        self.stopped_at: dict[str, float] = {}
+        self.started_at: dict[str, float] = {}
+        # instance id -> (previous, current) state of the last Stop/StartInstances answer
+        self.transitions: dict[str, tuple[str, str]] = {}
         self.metadata_tags: set[str] = set()
         # instance id -> state name as moto last gave it (or INSTANCE_NOT_FOUND)
         self.instance_states: dict[str, str] = {}
@@ -257,7 +313,35 @@ class World:
 
     def instance_state(self, instance_id: str) -> str | None:
         with self.lock:
-            return self.instance_states.get(instance_id)
+            state = self.instance_states.get(instance_id)
+            return self._instance_view(instance_id, state, self.now()) if state else state
+
+    def instance_launch_pending(self, instance_id: str) -> bool:
+        with self.lock:
+            launched = self.launched_at.get(instance_id)
+            return bool(
+                self.timing and launched is not None and instance_id not in self.stopped_at
+                and self.instance_states.get(instance_id) in ("pending", "running")
+                and self.now() - launched < self.timing.ec2_pending
+            )
+
+    def _instance_view(self, instance_id: str, state: str, now: float) -> str:
+        """moto's `state` of the instance as AWS gives it at `now`: `pending` for a while
+        after its launch or a start, `stopping` for a while after a stop."""
+        if self.timing is None:
+            return state
+        if state == "running":
+            launched = self.launched_at.get(instance_id)
+            started = self.started_at.get(instance_id)
+            if launched is not None and now - launched < self.timing.ec2_pending:
+                return "pending"
+            if started is not None and now - started < self.timing.ec2_starting:
+                return "pending"
+        if state == "stopped":
+            stopped = self.stopped_at.get(instance_id)
+            if stopped is not None and now - stopped < self.timing.ec2_stopping:
+                return "stopping"
+        return state
 
     def db_engine(self, db_id: str) -> str | None:
         with self.lock:
@@ -285,6 +369,63 @@ class World:
 
     def db(self, db_id: str) -> Database:
         return self.dbs.setdefault(db_id.lower(), Database())
+
+    def db_status(self, db_id: str) -> str | None:
+        """The DB instance's status as AWS would give it now (moto's last known status
+        with the emulated transitions over it), None if nothing is known."""
+        with self.lock:
+            db = self.dbs.get(db_id.lower())
+            if db is None:
+                return None
+            if db.deleted_at is not None:  # gone (moto forgot it), or still played `deleting`
+                return "deleting" if self.deleting(db_id) else None
+            return self._db_view(db, db.status, self.now()) if db.status else None
+
+    def _db_view(self, db: Database, status: str, now: float) -> str:
+        """moto's `status` of `db` as AWS gives it at `now`."""
+        if self.timing is None or db.deleted_at is not None:
+            return status
+        t = self.timing
+        if status == "available" and db.restored_at is not None:
+            age = now - db.restored_at
+            if age < t.rds_creating:
+                return "creating"
+            if age < t.rds_creating + t.rds_backing_up:
+                return "backing-up"
+        if status == "available" and db.started_at is not None and now - db.started_at < t.rds_starting:
+            return "starting"
+        if status == "stopped" and db.stopped_at is not None and now - db.stopped_at < t.rds_stopping:
+            return "stopping"
+        return status
+
+    # -- the seven-day automatic start --------------------------------------------------
+
+    def take_due_auto_starts(self) -> list["AutoStart"]:
+        """Each DB instance `stopped` (as moto has it, stopped through the layer) for
+        `rds_auto_start` seconds: AWS starts it then. Each is taken once: it reads
+        `starting` from the moment AWS would have started it, as if started then; the
+        caller starts it in moto (and calls `auto_start_failed` if moto would not)."""
+        if self.timing is None:
+            return []
+        due = []
+        with self.lock:
+            now = self.now()
+            for db_id, db in self.dbs.items():
+                if (db.status != "stopped" or db.stopped_at is None or db.stopped_by is None
+                        or db.deleted_at is not None):
+                    continue
+                start_at = db.stopped_at + self.timing.rds_stopping + self.timing.rds_auto_start
+                if now < start_at:
+                    continue
+                due.append(AutoStart(db_id, *db.stopped_by, stopped_at=db.stopped_at, start_at=start_at))
+                db.status, db.started_at, db.stopped_at = "available", start_at, None
+        return due
+
+    def auto_start_failed(self, start: "AutoStart") -> None:
+        """moto did not start it: the DB stays stopped (and is tried again)."""
+        with self.lock:
+            db = self.db(start.db_id)
+            db.status, db.started_at, db.stopped_at = "stopped", None, start.stopped_at
 
     # -- RunInstances client tokens ----------------------------------------------------
 
@@ -332,29 +473,44 @@ class World:
             and self.now() - db.deleted_at < self.timing.rds_deleting
         )
 
-    def creating(self, db_id: str) -> bool:
-        db = self.dbs.get(db_id.lower())
-        return bool(
-            self.timing and db and db.restored_at is not None and db.deleted_at is None
-            and self.now() - db.restored_at < self.timing.rds_creating
-        )
-
     def state_violation(self, call: Call) -> Violation | None:
-        """A request the emulated state refuses (moto, which has no such state, would not)."""
-        if call.service != "rds" or self.timing is None:
+        """A request the account's state refuses and moto would not: the emulated states
+        (moto has none of them), and a stopped DB instance (moto modifies it)."""
+        if call.service != "rds":
             return None
         db_id = call.params.get("DBInstanceIdentifier", "")
         with self.lock:
+            status = self.db_status(db_id)
+            if call.action == "ModifyDBInstance" and status == "stopped":
+                # moto knows the DB is stopped, but modifies it: a refusal in every timing mode.
+                return Violation(
+                    "InvalidDBInstanceState",
+                    "You can't modify a stopped DB instance. Start the DB instance, and then modify it.",
+                    "rds.state.modify-stopped",
+                )
+            if self.timing is None:
+                return None
             if call.action == "DeleteDBInstance" and self.deleting(db_id):
                 return Violation(
                     "InvalidDBInstanceState", f"Instance {db_id} is already being deleted.", "rds.state.deleting"
                 )
-            if call.action == "ModifyDBInstance" and (self.deleting(db_id) or self.creating(db_id)):
+            if call.action == "ModifyDBInstance" and status in ("creating", "deleting", "stopping", "starting"):
                 return Violation(
                     "InvalidDBInstanceState", "Database instance is not in available state.", "rds.state.not-available"
                 )
             if call.action == "RestoreDBInstanceFromDBSnapshot" and self.deleting(db_id):
                 return Violation("DBInstanceAlreadyExists", "DB instance already exists", "rds.state.exists")
+            # moto refuses a stop of what it has `stopped` and a start of what it has
+            # `available`, with these words; the emulated states are the layer's to refuse.
+            if call.action == "StopDBInstance" and status in ("creating", "backing-up", "starting", "deleting"):
+                return Violation(
+                    "InvalidDBInstanceState", f"Instance {db_id} is not in available state.", "rds.state.stop"
+                )
+            if call.action == "StartDBInstance" and status in ("stopping", "deleting"):
+                return Violation(
+                    "InvalidDBInstanceState", f"Instance {db_id} is not stopped, it cannot be started.",
+                    "rds.state.start",
+                )
         return None
 
     # -- learning from a forwarded request and moto's answer --------------------------
@@ -398,15 +554,51 @@ class World:
                 state = doc.text(item, "instanceState/name")
                 if iid and state:
                     self.instance_states[iid] = state
-        elif call.action in ("TerminateInstances", "StopInstances", "StartInstances"):
+        elif call.action == "TerminateInstances":
             doc = parse(body)
             for item in doc.findall(doc.root, "instancesSet/item") if doc else []:
                 iid, state = doc.text(item, "instanceId"), doc.text(item, "currentState/name")
                 if iid and state:
                     self.instance_states[iid] = state
+        elif call.action in ("StopInstances", "StartInstances"):
+            self._observe_stop_start(call, body, now)
         elif call.action == "CreateTags" and self.timing:
             for resource in values(call.params, "ResourceId"):
                 self._write_tags(resource, query_tags(call.params, "Tag"), now)
+
+    def _observe_stop_start(self, call: Call, body: bytes, now: float) -> None:
+        """A StopInstances / StartInstances moto accepted: moto has the instances
+        `stopped` / `running` at once; AWS has them `stopping` / `pending` for a while,
+        from the state they were in (the look-up just before the call taught it). A
+        stop of one already stopping or stopped, or a start of one pending or running,
+        changes nothing."""
+        doc = parse(body)
+        stop = call.action == "StopInstances"
+        for item in doc.findall(doc.root, "instancesSet/item") if doc else []:
+            iid = doc.text(item, "instanceId")
+            if not iid:
+                continue
+            known = self.instance_states.get(iid) or doc.text(item, "previousState/name") or ""
+            before = self._instance_view(iid, known, now)
+            if stop:
+                if before in ("running", "pending"):
+                    self.stopped_at[iid] = now
+                    self.started_at.pop(iid, None)
+                    self.launched_at.pop(iid, None)
+                    after = "stopping"
+                else:
+                    after = before
+                self.instance_states[iid] = "stopped"
+            else:
+                if before == "stopped":
+                    self.started_at[iid] = now
+                    self.stopped_at.pop(iid, None)
+                    after = "pending"
+                else:
+                    after = before
+                self.instance_states[iid] = "running"
+            if self.timing:  # without timing moto's answer stands (`rewrite`)
+                self.transitions[iid] = (before, after)
 
     def _observe_rds(self, call: Call, status: int, body: bytes) -> None:
         now = self.now()
@@ -416,6 +608,8 @@ class World:
         if call.action == "RestoreDBInstanceFromDBSnapshot":
             db = self.db(db_id)
             db.restored_at, db.deleted_at, db.deleted_xml = now, None, None
+            # A new instance under an identifier used before: nothing of the old one's.
+            db.stopped_at = db.started_at = db.stopped_by = None
             db.tag_keys = {k for k, _ in rds_request_tags(call.params)}
             self.seen_tags[db_id] = dict(rds_request_tags(call.params))
             self.tag_writes.pop(db_id, None)
@@ -426,6 +620,13 @@ class World:
             db.deleted_at = now
             if element is not None:
                 db.deleted_xml = ET.tostring(element)
+        elif call.action == "StopDBInstance":
+            db = self.db(db_id)
+            db.status, db.stopped_at, db.started_at = "stopped", now, None
+            db.stopped_by = (call.region, call.access_key)
+        elif call.action == "StartDBInstance":
+            db = self.db(db_id)
+            db.status, db.started_at, db.stopped_at, db.stopped_by = "available", now, None, None
         elif call.action == "AddTagsToResource":
             target = rds_id_from_arn(call.params.get("ResourceName", ""))
             if target:
@@ -441,6 +642,7 @@ class World:
                     continue
                 db = self.db(found)
                 db.engine = doc.text(element, "Engine") or db.engine
+                db.status = doc.text(element, "DBInstanceStatus") or db.status
                 tags = {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(element, "TagList/Tag")}
                 db.tag_keys = set(tags)
 
@@ -520,12 +722,35 @@ class World:
         with self.lock:
             if call.service == "ec2" and call.action == "DescribeInstances" and answer.status == 200:
                 return self._rewrite_describe_instances(call, answer)
-            if call.service == "rds":
-                if call.action == "RestoreDBInstanceFromDBSnapshot" and answer.status == 200:
-                    return self._rewrite_db_instances(call, answer, "RestoreDBInstanceFromDBSnapshotResult/DBInstance")
-                if call.action == "DescribeDBInstances":
-                    return self._rewrite_describe_db_instances(call, answer)
+            if call.service == "ec2" and call.action in ("StopInstances", "StartInstances") and answer.status == 200:
+                return self._rewrite_stop_start(answer)
+            if call.service == "rds" and answer.status == 200 and call.action in DB_ANSWERS:
+                return self._rewrite_db_instances(call, answer, DB_ANSWERS[call.action])
+            if call.service == "rds" and call.action == "DescribeDBInstances":
+                return self._rewrite_describe_db_instances(call, answer)
         return answer
+
+    def _rewrite_stop_start(self, answer: Answer) -> Answer:
+        """moto answers every stop with currentState `stopping` and every start with
+        `pending`, whatever the instance was; AWS answers with the transition it made
+        (a stop of a stopped instance: stopped -> stopped)."""
+        doc = parse(answer.body)
+        if doc is None:
+            return answer
+        for item in doc.findall(doc.root, "instancesSet/item"):
+            transition = self.transitions.pop(doc.text(item, "instanceId") or "", None)
+            if transition is None:
+                continue
+            for path, state in zip(("previousState", "currentState"), transition):
+                element = doc.find(item, path)
+                if element is None:
+                    element = doc.new(item, path)
+                for child, text in (("code", str(STATE_CODES.get(state, 0))), ("name", state)):
+                    node = doc.find(element, child)
+                    if node is None:
+                        node = doc.new(element, child)
+                    node.text = text
+        return Answer(answer.status, answer.headers, doc.bytes())
 
     def _rewrite_describe_instances(self, call: Call, answer: Answer) -> Answer:
         doc = parse(answer.body)
@@ -543,15 +768,12 @@ class World:
                 iid = doc.text(item, "instanceId") or ""
                 touched = False
                 name = doc.find(item, "instanceState/name")
-                launched = self.launched_at.get(iid)
-                if (
-                    launched is not None and name is not None and name.text == "running"
-                    and now - launched < self.timing.ec2_pending
-                ):
-                    name.text = "pending"
+                shown = self._instance_view(iid, name.text or "", now) if name is not None else None
+                if name is not None and shown != name.text:
+                    name.text = shown
                     code = doc.find(item, "instanceState/code")
                     if code is not None:
-                        code.text = "0"
+                        code.text = str(STATE_CODES.get(shown or "", 0))
                     touched = True
                 tag_set = doc.find(item, "tagSet")
                 actual = {
@@ -586,17 +808,15 @@ class World:
         db = self.dbs.get(db_id)
         changed = False
         status = doc.find(element, "DBInstanceStatus")
-        if db and db.restored_at is not None and db.deleted_at is None and status is not None:
-            age = now - db.restored_at
-            if status.text == "available" and age < self.timing.rds_creating:
-                status.text = "creating"
-                endpoint = doc.find(element, "Endpoint")
-                if endpoint is not None:
-                    element.remove(endpoint)  # AWS assigns the endpoint once creation ends
+        if db and status is not None and status.text:
+            shown = self._db_view(db, status.text, now)
+            if shown != status.text:
+                status.text = shown
                 changed = True
-            elif status.text == "available" and age < self.timing.rds_creating + self.timing.rds_backing_up:
-                status.text = "backing-up"
-                changed = True
+                if shown == "creating":
+                    endpoint = doc.find(element, "Endpoint")
+                    if endpoint is not None:
+                        element.remove(endpoint)  # AWS assigns the endpoint once creation ends
         tag_list = doc.find(element, "TagList")
         actual = {doc.text(t, "Key") or "": doc.text(t, "Value") or "" for t in doc.findall(element, "TagList/Tag")}
         visible = self._visible_tags(db_id, actual, now)
@@ -739,6 +959,12 @@ def console_output_answer(call: Call, answer: Answer, console: Console, state: s
 
 
 RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"
+# RDS answers that carry the DBInstance they changed (moto: in its new state at once).
+DB_ANSWERS = {
+    "RestoreDBInstanceFromDBSnapshot": "RestoreDBInstanceFromDBSnapshotResult/DBInstance",
+    "StopDBInstance": "StopDBInstanceResult/DBInstance",
+    "StartDBInstance": "StartDBInstanceResult/DBInstance",
+}
 
 
 def describe_db_instances_body(elements: list[ET.Element]) -> bytes:

@@ -25,8 +25,8 @@ tolerated) and run with `bash`, in the background, in `<instances-dir>/<instance
 The outcome is the script's own: it tags its instance `complete`, or `failed` from its
 ERR trap, with the real AWS CLI; this simulator never tags. A script still running
 after --script-timeout (plus the DATABASE_WAIT_SECONDS it declares), or whose instance
-stops running, is killed with its process group. When a script exits, the instance's tag is read back (DescribeInstances of that
-id) and one line is printed on stdout:
+stops running, is killed with its process group. When a script exits, the instance's
+tag is read back (DescribeInstances of that id) and one line is printed on stdout:
 
   <ISO-8601 UTC with ms> bootstrap instance=<id> value=<complete|failed|none> environment=<ns/name> waited=<s> exit=<code> [missing=<image,...>]
 
@@ -60,10 +60,28 @@ does not run, and other documents, are ignored. When a command exits, the instan
 data, it starts with the instance and runs a command as soon as it is delivered, while
 the user data may still run; this simulator holds such a command back.
 
-Other stdout lines (`boot`, `command`, `killed`, `started`, `stopped`, `undelivered`)
-never contain " bootstrap ". Each instance's directory also gets `result.json` (exit,
-value, wall and CPU seconds of the script and what it waited for). Exits 0 on
-SIGTERM/SIGINT, after terminating the running scripts' process groups.
+A stopped instance runs nothing. When a booted instance is no longer running
+(StopInstances; moto has it `stopped` at once, and this simulator asks moto directly),
+its user data and its command are killed (`killed ... reason=instance-not-running`), its
+metadata service is gone (tokens too), its Minikube is stopped (`minikube.state` in its
+directory reads `Stopped`: the docker driver's node container does not come back with
+the host) and one `halted instance=<id>` line is printed. Started again, it boots: once
+it has been seen running for --boot-seconds, the metadata service and the SSM Agent are
+back (`restarted instance=<id> dir=<dir>`) and commands are delivered again, in the
+order sent, those sent while it was stopped included as long as their delivery timeout
+has not passed (AWS accepts a command for a stopped instance and tries again until
+then: its invocation reads `Delayed`). The user data does NOT run again: cloud-init
+runs user scripts once per instance (its scripts-user module, unless a cloud-config sets
+it to `always`; "By default, user data scripts and cloud-init directives run only during
+the first boot cycle when an EC2 instance is launched", AWS Knowledge Center,
+execute-user-data-ec2), so waking the services (`minikube start`, ...) is the job of a
+command sent after the start. The boot delay counts from when this simulator first sees
+the instance running again (moto's state, not the strict layer's emulated `pending`).
+
+Other stdout lines (`boot`, `command`, `halted`, `killed`, `restarted`, `started`,
+`stopped`, `undelivered`) never contain " bootstrap ". Each instance's directory also
+gets `result.json` (exit, value, wall and CPU seconds of the script and what it waited
+for). Exits 0 on SIGTERM/SIGINT, after terminating the running scripts' process groups.
 """
 
 from __future__ import annotations
@@ -440,6 +458,10 @@ class Simulator:
         self.boots: dict[str, Boot] = {}  # scripts running
         self.booted: set[str] = set()  # never run an instance's user data twice
         self.live: set[str] = set()  # the cluster's running instances at the last step
+        self.down: set[str] = set()  # booted instances seen not running (stopped or terminated)
+        # booted instances running again after a stop, by when first seen running again:
+        # their agent is not online until the boot delay has passed
+        self.restarting: dict[str, float] = {}
         self.invocations: dict[str, Invocation] = {}  # instance id -> the command it runs
         self.invoked: set[tuple[str, str]] = set()  # (command id, instance id) run or given up
         self.stopping = False
@@ -479,12 +501,24 @@ class Simulator:
         now = time.monotonic()
         running = self._running_instances()
         live: set[str] = set()
+        online: list[dict[str, Any]] = []  # booted instances whose agent comes back now
         for inst in running:
             iid = inst["InstanceId"]
             live.add(iid)
             tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
             with self.lock:
-                if iid in self.booted or self.stopping:
+                if self.stopping:
+                    continue
+                if iid in self.booted:
+                    # Started again after a stop: a boot, but not the user data's
+                    # (cloud-init runs user scripts once per instance).
+                    if iid in self.down:
+                        self.down.discard(iid)
+                        self.restarting[iid] = now
+                    since = self.restarting.get(iid)
+                    if since is not None and now - since >= self.boot_seconds:
+                        del self.restarting[iid]
+                        online.append(inst)
                     continue
             if BOOTSTRAP_TAG in tags:
                 continue
@@ -492,19 +526,48 @@ class Simulator:
             if now - first < self.boot_seconds:
                 continue
             self._start(inst, tags.get(ENVIRONMENT_TAG, "-"), first)
-        # A stopped or terminated instance stops running its script.
+        # A stopped or terminated instance stops running its script, its commands, its
+        # metadata service and its Minikube.
         with self.lock:
             self.live = live
             gone: list[Boot] = [b for iid, b in self.boots.items() if iid not in live]
             gone += [c for iid, c in self.invocations.items() if iid not in live]
+            halted = sorted(self.booted - live - self.down)
+            self.down |= self.booted - live
             for iid in self.booted - live:
+                self.restarting.pop(iid, None)
                 self.imds.unregister(iid)
         for boot in gone:
             self.kill(boot, "instance-not-running")
+        for iid in halted:
+            self._halted(iid)
+        for inst in online:
+            self._restarted(inst)
         for iid in list(self.first_seen):
             if iid not in live:
                 del self.first_seen[iid]
         self._deliver_commands()
+
+    def _halted(self, instance_id: str) -> None:
+        """A booted instance seen not running (stopped, or terminated): whatever ran on
+        it is gone, Minikube's node container included."""
+        directory = self.instances_dir / instance_id
+        if directory.is_dir():
+            (directory / "minikube.state").write_text("Stopped\n")
+        self.log(f"halted instance={instance_id}")
+
+    def _restarted(self, inst: dict[str, Any]) -> None:
+        """A booted instance running again for the boot delay: its metadata service and
+        its SSM Agent are back (commands are delivered again); its user data does not
+        run again."""
+        iid = inst["InstanceId"]
+        directory = self.instances_dir / iid
+        try:
+            user_data = (directory / "user-data").read_text()
+        except FileNotFoundError:
+            user_data = ""
+        self.imds.register(iid, metadata_of(inst, self.region, user_data))
+        self.log(f"restarted instance={iid} dir={directory}")
 
     # -- Run Command ------------------------------------------------------------------
 
@@ -546,6 +609,7 @@ class Simulator:
                     waiting.add(iid)
                     ready = (
                         iid in self.booted and iid not in self.boots and iid in self.live
+                        and iid not in self.restarting and iid not in self.down
                         and iid not in self.invocations
                     )
                     if not ready:

@@ -17,16 +17,21 @@ least-privilege test). Each request goes through, in this order:
 2. Strict rules (on unless --no-strict): documented constraints moto skips (tag syntax
    and limits, identifier rules, ClientToken, user-data size, ...; see aws_rules.py and
    `--list-rules`). A violation is answered with HTTP 400, AWS's error code and message,
-   in the same formats. So are requests the emulated state refuses (a second delete of a
-   database still `deleting`, a modify of one still `creating`). RunInstances with a
+   in the same formats. So are requests the account's state refuses (a second delete of a
+   database still `deleting`, a modify of one still `creating` or `stopped`, a start of an
+   instance still `stopping`, a stop of a terminated one). RunInstances with a
    ClientToken used before is answered as AWS does: the first answer again, or
    IdempotentParameterMismatch for other parameters. Before an SSM SendCommand the
    proxy asks moto for its target instances (one DescribeInstances filtered by
    instance-id, not logged), so a terminated or unknown target is refused.
 3. Timing (--timing fast|realistic|off, scaled by --time-scale; see aws_world.py):
    the request is forwarded unchanged (but for Host) and moto's answer rewritten so that
-   instances read `pending`, restores `creating`, deletions `deleting`, and new tags stay
-   invisible for a while. One exception, whatever the flags: a SendCommand with
+   instances read `pending` (launched or started) and `stopping`, restores `creating`,
+   databases `stopping` and `starting`, deletions `deleting`, and new tags stay
+   invisible for a while. Before any request, a DB instance stopped for the timing's
+   `rds_auto_start` (AWS: seven days; --rds-auto-start-seconds) is started in moto, as
+   AWS starts it on its own (sent straight to moto, not logged). One exception, whatever
+   the flags: a SendCommand with
    InstanceIds and no Targets reaches moto with Targets `instance-id` = those ids added
    (moto 5.2.1 would record it as sent to every instance of the region), and its
    answer is given back as AWS gives it (see aws_world.moto_request).
@@ -59,7 +64,8 @@ it): `"region"` (the credential scope's) always, and per operation
                         tag_specs {resource type: tags}, unmodelled (parameters naming
                         other resources), instance_profile (name or ARN as sent) and,
                         looked up, instance_profile_arn, role_arns
-  ec2 TerminateInstances, GetConsoleOutput, DescribeInstanceAttribute
+  ec2 TerminateInstances, StopInstances, StartInstances, GetConsoleOutput,
+      DescribeInstanceAttribute
                         instance_ids, resource_tags {instance id: tags}
   ec2 CreateTags        resource_ids, request_tags, resource_tags {id: tags}
   rds RestoreDBInstanceFromDBSnapshot
@@ -67,8 +73,9 @@ it): `"region"` (the credential scope's) always, and per operation
                         parameter_group (null: not sent), request_tags, snapshot
                         {arn, engine, engine_version, tags} (looked up)
   rds AddTagsToResource resource_name, request_tags, resource_tags {ARN: tags}
-  rds ModifyDBInstance, DeleteDBInstance
+  rds ModifyDBInstance, DeleteDBInstance, StartDBInstance
                         db_instance_id, resource_tags {identifier: tags}
+  rds StopDBInstance    the same and snapshot_id (DBSnapshotIdentifier, null: not sent)
   rds DescribeDBInstances, DescribeDBSnapshots
                         db_instance_id, snapshot_id (null: not sent)
   ssm PutParameter      name, overwrite, request_tags (null: no Tags), resource_tags
@@ -445,6 +452,7 @@ class Handler(BaseHTTPRequestHandler):
         action = action_of(self.headers, body)
         json_protocol = bool(self.headers.get("X-Amz-Target"))
         content_type = self.headers.get("Content-Type", "")
+        self._start_databases_stopped_too_long()
         fault = self.server.plan.choose()
         if fault == "drop":
             self.server.record(service, action, None, fault)
@@ -459,7 +467,8 @@ class Handler(BaseHTTPRequestHandler):
             self.server.record(service, action, status, fault)
             self._send(status, headers, payload)
             return
-        call = aws_rules.parse_call(service, action, region_of(self.headers), body, json_protocol)
+        call = aws_rules.parse_call(service, action, region_of(self.headers), body, json_protocol,
+                                    access_key_of(self.headers))
         world = self.server.world
         if service == "ssm" and action == "SendCommand":
             self._look_up_targets(call)
@@ -492,6 +501,24 @@ class Handler(BaseHTTPRequestHandler):
                     world.remember_launch(call, answer)
             return
         self._forward_and_play(call, body)
+
+    def _start_databases_stopped_too_long(self) -> None:
+        """AWS starts a DB instance that has been stopped for seven days (the timing's
+        `rds_auto_start`): each one due is started in moto (StartDBInstance, sent straight
+        to moto and not logged: no client made that call), before any request sees it."""
+        world = self.server.world
+        for due in world.take_due_auto_starts():
+            lookup = aws_authz.Lookup("rds", lambda *_: None, form={
+                "Action": "StartDBInstance", "Version": aws_authz.RDS_VERSION, "DBInstanceIdentifier": due.db_id})
+            headers, body = lookup_request(lookup, due.region, due.access_key)
+            answer = self._ask_moto(headers, body, f"to start {due.db_id}")
+            if answer is None or answer[0] != 200:
+                world.auto_start_failed(due)
+                sys.stderr.write(f"fault_proxy: moto did not start {due.db_id} "
+                                 f"(HTTP {answer[0] if answer else 'none'}); trying again later\n")
+                continue
+            sys.stderr.write(f"fault_proxy: started {due.db_id}, stopped for the timing's rds_auto_start "
+                             "(AWS starts a DB instance stopped for seven days)\n")
 
     def _look_up_targets(self, call: aws_rules.Call) -> None:
         """Asks moto for the states and tags of a SendCommand's instances (the world
@@ -539,6 +566,11 @@ class Handler(BaseHTTPRequestHandler):
         if answer is None:
             return
         status, payload = answer
+        action = (lookup.form or {}).get("Action")
+        if action in ("DescribeInstances", "DescribeDBInstances"):
+            # The states moto has now, for the rules on this request (ec2.stop.state, ...).
+            self.server.world.observe(
+                aws_rules.Call(lookup.service, action, call.region, dict(lookup.form or {})), status, payload)
         found = lookup.read(status, payload, self.server.world)
         if found is None:
             sys.stderr.write(f"fault_proxy: moto did not answer the look-up for {call.action} (HTTP {status})\n")
@@ -629,6 +661,11 @@ def main(argv: list[str] | None = None) -> int:
                         "sub-second periods)")
     p.add_argument("--time-scale", type=float, default=env.get("FEATUREENV_AWS_TIME_SCALE", "1.0"),
                    help="multiply every timing period by this factor (default $FEATUREENV_AWS_TIME_SCALE or 1.0)")
+    p.add_argument("--rds-auto-start-seconds", type=float, metavar="S",
+                   default=env.get("FEATUREENV_AWS_RDS_AUTO_START_SECONDS") or None,
+                   help="start a DB instance stopped (through this layer) for S seconds, as AWS starts one stopped "
+                        "for seven days (default $FEATUREENV_AWS_RDS_AUTO_START_SECONDS or the timing's own: "
+                        "realistic 7 days, fast 1008 s, both times --time-scale; S is not scaled)")
     p.add_argument("--iam-policy", metavar="PATH",
                    help="refuse, as AWS would, requests signed with --iam-access-key that this IAM policy "
                         "(docs/iam-policy.json) does not allow (needs --iam-cluster-id and --iam-access-key)")
@@ -651,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rate must be within [0, 1]")
     if args.time_scale < 0:
         p.error("--time-scale must not be negative")
+    if args.rds_auto_start_seconds is not None:
+        if args.rds_auto_start_seconds < 0:
+            p.error("--rds-auto-start-seconds must not be negative")
+        if args.timing == "off":
+            p.error("--rds-auto-start-seconds needs AWS timing (--timing fast or realistic, not off)")
     iam_flags = (args.iam_policy, args.iam_cluster_id, args.iam_access_key)
     if any(iam_flags) and not all(iam_flags):
         p.error("--iam-policy, --iam-cluster-id and --iam-access-key go together")
@@ -663,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     host, _, port = args.listen.rpartition(":")
     log: IO[str] = open(args.log, "a", encoding="utf-8") if args.log else sys.stderr
     consoles = simulator_consoles(args.instances_dir.resolve()) if args.instances_dir else no_consoles
-    world = World(timing_for(args.timing, args.time_scale), consoles=consoles)
+    world = World(timing_for(args.timing, args.time_scale, args.rds_auto_start_seconds), consoles=consoles)
     server = Proxy(
         (host or "127.0.0.1", int(port)), args.upstream, FaultPlan(args.rate, args.seed, args.mix), log,
         strict=args.strict, world=world, iam=iam,

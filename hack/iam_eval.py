@@ -844,6 +844,13 @@ def _logged_on_db(c: _Logged) -> list[Request]:
     return rds_on_db(f"rds:{c.entry['action']}", rds_arn(c.region, c.account, "db", db_id), c.tags_of(db_id))
 
 
+def _logged_stop_db(c: _Logged) -> list[Request]:
+    if c.get("snapshot_id"):
+        raise c.unsupported("with DBSnapshotIdentifier: the snapshot it takes first (rds:CreateDBSnapshot, "
+                            "rds:AddTagsToResource, the snapshot resource) is not modelled")
+    return _logged_on_db(c)
+
+
 def _logged_on_parameter(c: _Logged) -> list[Request]:
     name = str(c.known("name"))
     return ssm_on_parameter(f"ssm:{c.entry['action']}", ssm_arn(c.region, c.account, name), c.tags_of(name))
@@ -888,6 +895,8 @@ LOGGED_CALLS: dict[tuple[str, str], Any] = {
     ("ec2", "RunInstances"): _logged_run_instances,
     ("ec2", "CreateTags"): _logged_create_tags,
     ("ec2", "TerminateInstances"): _logged_on_instances,
+    ("ec2", "StopInstances"): _logged_on_instances,
+    ("ec2", "StartInstances"): _logged_on_instances,
     ("ec2", "GetConsoleOutput"): _logged_on_instances,
     ("ec2", "DescribeInstanceAttribute"): _logged_on_instances,
     ("rds", "DescribeDBInstances"): _logged_describe_db_instances,
@@ -896,6 +905,8 @@ LOGGED_CALLS: dict[tuple[str, str], Any] = {
     ("rds", "AddTagsToResource"): _logged_rds_add_tags,
     ("rds", "ModifyDBInstance"): _logged_on_db,
     ("rds", "DeleteDBInstance"): _logged_on_db,
+    ("rds", "StopDBInstance"): _logged_stop_db,
+    ("rds", "StartDBInstance"): _logged_on_db,
     ("ssm", "GetParameter"): _logged_on_parameter,
     ("ssm", "DeleteParameter"): _logged_on_parameter,
     ("ssm", "PutParameter"): _logged_put_parameter,

@@ -151,6 +151,29 @@ pub fn render_update_script(spec: &UpdateSpec) -> String {
     script
 }
 
+/// Renders the script a started-again instance runs after a sleep: Minikube back up
+/// (a stopped instance's containers do not come back by themselves), the deployments
+/// rolled out with the images they ran before, the outcome tagged as an update's
+/// (`featureenv.io/services=complete:<token>`). The user data does not run again on a
+/// start, so this goes over the update channel.
+pub fn render_wake_script(spec: &UpdateSpec) -> String {
+    let mut script = header("wake", &spec.environment, &spec.region, &spec.services);
+    let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
+    let _ = writeln!(
+        script,
+        "readonly COMPLETE_VALUE={}",
+        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_COMPLETE, spec.token))
+    );
+    let _ = writeln!(
+        script,
+        "readonly FAILED_VALUE={}",
+        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_FAILED, spec.token))
+    );
+    script.push_str(PRELUDE);
+    script.push_str(WAKE);
+    script
+}
+
 /// The values both scripts start with: what runs, where, and the services.
 fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage]) -> String {
     let registries: BTreeSet<(&str, &str)> = services.iter().filter_map(|s| ecr_registry(&s.image)).collect();
@@ -315,6 +338,20 @@ roll_out
 
 tag_outcome "$COMPLETE_VALUE"
 log "bootstrap complete"
+"#;
+
+/// Waking after a sleep: Minikube started again, the deployments rolled out.
+const WAKE: &str = r#"
+exec 9>>"$LOG_FILE"
+flock 9
+log "waking environment ${ENVIRONMENT}"
+if ! minikube status >/dev/null 2>&1; then
+  log "starting minikube"
+  minikube start
+fi
+roll_out
+tag_outcome "$COMPLETE_VALUE"
+log "awake"
 "#;
 
 /// A services update on a running instance: new images, rolled deployments.
@@ -746,6 +783,28 @@ esac"#,
     }
 
     #[test]
+    fn a_wake_starts_minikube_if_needed_rolls_out_and_tags_its_token() {
+        let wake = update();
+        let (ok, calls, _, log) = run_script_stubbed(&render_wake_script(&wake), 0, 0, false);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        assert!(calls.contains("minikube status"), "{calls}");
+        assert!(calls.contains("rollout status"), "{calls}");
+        assert!(
+            !calls.contains("ssm get-parameter"),
+            "the database is wired already:\n{calls}"
+        );
+        assert_eq!(
+            calls.lines().last().unwrap(),
+            "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/services,Value=complete:0123456789abcdef"
+        );
+        assert!(log.contains("awake"), "{log}");
+        let (ok, calls, _, log) = run_script_stubbed(&render_wake_script(&wake), 1, 0, false);
+        assert!(!ok);
+        assert!(calls.ends_with("Value=failed:0123456789abcdef\n"), "{calls}");
+        assert!(log.contains("wake failed (exit 1)"), "{log}");
+    }
+
+    #[test]
     fn a_failed_rollout_tags_the_update_failed() {
         let (ok, calls, _, log) = run_script_stubbed(&render_update_script(&update()), 1, 0, false);
         assert!(!ok);
@@ -759,6 +818,7 @@ esac"#,
     #[test]
     fn script_passes_bash_n() {
         bash_syntax_ok(&render_update_script(&update()));
+        bash_syntax_ok(&render_wake_script(&update()));
         bash_syntax_ok(&render_user_data(&spec()));
         bash_syntax_ok(&render_user_data(&BootstrapSpec {
             services: vec![],
@@ -783,7 +843,11 @@ esac"#,
                 ..spec()
             },
         ] {
-            for script in [render_user_data(&spec), render_update_script(&update())] {
+            for script in [
+                render_user_data(&spec),
+                render_update_script(&update()),
+                render_wake_script(&update()),
+            ] {
                 let file = write_script(&script);
                 let output = Command::new("shellcheck")
                     .args(["--shell=bash", "--severity=style"])

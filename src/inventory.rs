@@ -47,8 +47,8 @@ impl CloudState {
         self.described_at.is_some_and(|at| at > moment)
     }
 
-    /// Whether anything is on its way somewhere: booting, bootstrapping, shutting
-    /// down, restoring, being modified or deleted. Decides the poll interval.
+    /// Whether anything is on its way somewhere: booting, bootstrapping, stopping,
+    /// shutting down, restoring, being modified, stopped, started or deleted. Decides the poll interval.
     /// `given_up` instances (their environment failed) are not waited for;
     /// `updating` instances (id → update token) are, until they tag the update's
     /// outcome.
@@ -58,7 +58,11 @@ impl CloudState {
             InstanceState::Running if given_up.contains(&i.id) => false,
             InstanceState::Running => !i.tags.contains_key(tag::BOOTSTRAP) || !update_reported(i, updating),
             _ => false,
-        }) || self.databases.values().any(|d| d.status != DatabaseStatus::Available)
+        }) || self
+            .databases
+            .values()
+            // A stopped (sleeping) database is at rest; stopping and starting are not.
+            .any(|d| !matches!(d.status, DatabaseStatus::Available | DatabaseStatus::Stopped))
     }
 
     /// The live (not terminated) instances of an environment.

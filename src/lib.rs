@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod cloud;
 pub mod config;
 pub mod controller;
+pub mod cron;
 pub mod fence;
 pub mod http;
 pub mod inventory;

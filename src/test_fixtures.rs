@@ -52,6 +52,7 @@ pub fn class() -> FeatureEnvironmentClass {
             ]),
             max_per_namespace: None,
             namespace_selector: None,
+            sleep: None,
         },
     );
     c.metadata.annotations = Some(BTreeMap::from([(
@@ -71,6 +72,7 @@ pub fn environment_spec() -> FeatureEnvironmentSpec {
             image: format!("{ECR}/payments:pr-123"),
         }],
         instance_type: None,
+        sleeping: None,
     }
 }
 

@@ -1599,3 +1599,152 @@ async fn rbac_proof() {
     assert!(problems.is_empty(), "RBAC proof failed:\n{}", problems.join("\n"));
     println!("rbac_proof: ok in {}", elapsed(start));
 }
+
+/// Issue 12, sleep: `spec.sleeping: true` stops the instance and the database through
+/// the strict layer (AWS's states and their timing); `false` starts them, the boot
+/// simulator runs the wake script as the SSM agent would, and the environment is
+/// Ready again on the same instance and database. Then the class's schedule, a few
+/// seconds ahead (six-field cron with seconds), sleeps and wakes it by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sleep_and_wake() {
+    let start = Instant::now();
+    let stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-sleep".into(),
+        // RDS's seven days, shortened: a stopped database starts again by itself.
+        rds_auto_start_seconds: Some(6.0),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.apply_ok(&stack.environment_yaml(NS, "sleepy", "")).await;
+    let env = stack.wait_ready(NS, "sleepy", READY_TIMEOUT).await;
+    let status = env.status.unwrap();
+    let instance_id = status.instance.unwrap().id.unwrap();
+    let db_id = status.database.unwrap().id.unwrap();
+    let instance_state = || async {
+        let out = stack
+            .ec2()
+            .describe_instances()
+            .instance_ids(&instance_id)
+            .send()
+            .await
+            .unwrap();
+        out.reservations()[0].instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    let db_status = || async {
+        let out = stack
+            .rds()
+            .describe_db_instances()
+            .db_instance_identifier(&db_id)
+            .send()
+            .await
+            .unwrap();
+        out.db_instances()[0]
+            .db_instance_status()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": true}))
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(60))
+        .await;
+    assert_eq!(instance_state().await, "stopped");
+    assert_eq!(db_status().await, "stopped");
+    // RDS starts the stopped database again; the operator stops it again.
+    stack
+        .wait_for("the restarted database noticed", Duration::from_secs(60), || async {
+            event_reasons(&stack, "sleepy")
+                .await
+                .contains(&"DatabaseStarted".to_owned())
+        })
+        .await;
+    stack
+        .wait_for("the database stopped again", Duration::from_secs(60), || async {
+            db_status().await == "stopped"
+        })
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(30))
+        .await;
+    let slept_at = start.elapsed();
+
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": false}))
+        .await;
+    let woke = stack.wait_ready(NS, "sleepy", READY_TIMEOUT).await;
+    let woke_at = start.elapsed();
+    assert_eq!(instance_state().await, "running");
+    assert_eq!(db_status().await, "available");
+    let status = woke.status.unwrap();
+    assert_eq!(
+        status.instance.and_then(|i| i.id).as_deref(),
+        Some(instance_id.as_str()),
+        "same instance"
+    );
+    assert_eq!(
+        status.database.and_then(|d| d.id).as_deref(),
+        Some(db_id.as_str()),
+        "same database"
+    );
+    let reasons = event_reasons(&stack, "sleepy").await;
+    for reason in ["Sleeping", "Waking", "Awake"] {
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} missing from {reasons:?}"
+        );
+    }
+    println!(
+        "sleep: asleep {:.1}s after the apply's Ready, awake again {:.1}s after the wake request",
+        slept_at.as_secs_f64(),
+        (woke_at - slept_at).as_secs_f64()
+    );
+
+    // The class's schedule: the environment no longer sets spec.sleeping.
+    let now = jiff::Timestamp::now();
+    let at = |offset: i64| {
+        let t = (now + jiff::SignedDuration::from_secs(offset)).to_zoned(jiff::tz::TimeZone::UTC);
+        format!("{} {} {} * * *", t.second(), t.minute(), t.hour())
+    };
+    let schedule = serde_json::json!({"spec": {"sleep": {"schedules": [
+        {"sleep": at(5), "wake": at(25), "timeZone": "UTC"}
+    ]}}});
+    stack
+        .kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=merge",
+            "-p",
+            &schedule.to_string(),
+        ])
+        .await;
+    stack
+        .patch_env_spec(NS, "sleepy", serde_json::json!({"sleeping": null}))
+        .await;
+    stack
+        .wait_ready_reason(NS, "sleepy", "Asleep", Duration::from_secs(45))
+        .await;
+    let asleep = stack
+        .get_env(NS, "sleepy")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .sleep
+        .unwrap();
+    assert_eq!(asleep.decided_by, "Schedule");
+    assert!(asleep.next_change.is_some(), "the wake time is shown");
+    stack.wait_ready(NS, "sleepy", READY_TIMEOUT).await;
+    assert!(
+        jiff::Timestamp::now() >= now + jiff::SignedDuration::from_secs(25),
+        "woke before the schedule's wake time"
+    );
+    assert_eq!(instance_state().await, "running");
+    println!("sleep_and_wake: ok in {}", elapsed(start));
+}

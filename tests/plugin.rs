@@ -278,6 +278,19 @@ async fn plugin_commands() {
         "{out}"
     );
 
+    // sleep and wake: the operator stops and starts it; wait follows it back to Ready.
+    let out = ok(&stack, &alice, &["sleep", "pr-7"]).await;
+    assert!(out.contains("pr-7 goes to sleep"), "{out}");
+    stack
+        .wait_ready_reason(NS, "pr-7", "Asleep", Duration::from_secs(60))
+        .await;
+    let out = ok(&stack, &alice, &["list"]).await;
+    assert!(out.lines().nth(1).is_some_and(|l| l.contains("Sleeping")), "{out}");
+    let out = ok(&stack, &alice, &["wake", "pr-7"]).await;
+    assert!(out.contains("pr-7 wakes up"), "{out}");
+    let out = ok(&stack, &alice, &["wait", "pr-7", "--timeout", "120s"]).await;
+    assert!(out.contains("pr-7 is Ready"), "{out}");
+
     // wait on an environment that cannot become Ready: it times out, saying why.
     let missing = ok(
         &stack,

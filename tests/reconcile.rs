@@ -11,7 +11,7 @@ use std::time::Duration;
 use featureenv_operator::api::conditions::{self, DATABASE_READY, READY};
 use featureenv_operator::api::{FeatureEnvironment, FeatureEnvironmentClass, Phase, RdsPool};
 use featureenv_operator::cloud::fake::{FakeCloud, FaultKind, Trigger};
-use featureenv_operator::cloud::{Cloud, DatabaseStatus, tag};
+use featureenv_operator::cloud::{Cloud, DatabaseStatus, InstanceState, tag};
 use featureenv_operator::config::Config;
 use featureenv_operator::controller::{Context, environment, pool};
 use featureenv_operator::inventory::Inventory;
@@ -1354,4 +1354,198 @@ async fn a_bootstrap_over_the_user_data_limit_is_refused_before_launch() {
     );
     assert_eq!(status.launch_token, None, "not admitted");
     assert_eq!(h.fake.call_count("RunInstances"), 0, "nothing launched");
+}
+
+/// `spec.sleeping: true` stops the instance and the database (phase Sleeping,
+/// Asleep once both are stopped); a database RDS starts again by itself is stopped
+/// again; `false` starts both, sends the wake script once the instance runs, and the
+/// environment is Ready again when the instance tags the script's token. Nothing is
+/// launched or claimed anew.
+#[tokio::test]
+async fn sleeping_stops_and_waking_restarts_instance_and_database() {
+    let mut h = Harness::new(seeded_fake(23), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let status = h.get("pr-1").await.unwrap().status.unwrap();
+    let instance_id = status.instance.unwrap().id.unwrap();
+    let db_id = status.database.unwrap().id.unwrap();
+    let (launches, restores) = (
+        h.fake.call_count("RunInstances"),
+        h.fake.call_count("RestoreDBInstanceFromDBSnapshot"),
+    );
+    let instance_state = |h: &Harness| {
+        h.fake
+            .live_instances()
+            .into_iter()
+            .find(|i| i.instance.id == instance_id)
+            .map(|i| i.instance.state)
+    };
+    let db_status = |h: &Harness| {
+        h.fake
+            .databases()
+            .into_iter()
+            .find(|d| d.database.id == db_id)
+            .map(|d| d.database.status)
+    };
+
+    h.fake.set_slow_transitions(true);
+    h.patch_spec("pr-1", serde_json::json!({"sleeping": true})).await;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.phase("pr-1").await, Some(Phase::Sleeping));
+    assert_eq!(h.ready_reason("pr-1").await, "FallingAsleep");
+    h.fake.finish_transitions();
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.ready_reason("pr-1").await, "Asleep");
+    assert_eq!(instance_state(&h), Some(InstanceState::Stopped));
+    assert_eq!(db_status(&h), Some(DatabaseStatus::Stopped));
+    let sleep = h
+        .get("pr-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .sleep
+        .expect("sleep recorded");
+    assert!(
+        sleep.wanted && sleep.since.is_some() && sleep.decided_by == "Spec",
+        "{sleep:?}"
+    );
+    h.step("pr-1").await.unwrap();
+    assert_eq!(
+        h.fake.call_count("StopInstances"),
+        1,
+        "stopped once, however many passes"
+    );
+    assert_eq!(h.fake.call_count("StopDBInstance"), 1);
+
+    // Seven days later RDS starts the database by itself.
+    h.fake.restart_stopped_database(&db_id);
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.fake.call_count("StopDBInstance"), 2, "stopped again");
+    assert!(event_reasons(&h, "pr-1").await.contains(&"DatabaseStarted".to_owned()));
+    h.fake.finish_transitions();
+
+    h.patch_spec("pr-1", serde_json::json!({"sleeping": false})).await;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.phase("pr-1").await, Some(Phase::Waking));
+    assert_eq!(h.ready_reason("pr-1").await, "StartingInstance");
+    assert_eq!(h.fake.call_count("StartInstances"), 1);
+    assert_eq!(h.fake.call_count("StartDBInstance"), 1);
+    assert!(h.fake.scripts().is_empty(), "no script before the instance runs");
+    h.fake.finish_transitions();
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.ready_reason("pr-1").await, "StartingServices");
+    let scripts = h.fake.scripts();
+    assert_eq!(scripts.len(), 1, "the wake script, sent once the instance runs");
+    assert!(scripts[0].script.contains("minikube start"), "{}", scripts[0].script);
+    let token = h
+        .get("pr-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .sleep
+        .unwrap()
+        .wake
+        .unwrap()
+        .token;
+    h.step("pr-1").await.unwrap();
+    assert_eq!(h.fake.scripts().len(), 1, "sent once, however many passes");
+
+    h.fake.set_services_tag(&instance_id, &format!("complete:{token}"));
+    h.step("pr-1").await.unwrap();
+    let status = h.get("pr-1").await.unwrap().status.unwrap();
+    assert_eq!(status.phase, Phase::Ready, "{:?}", status.conditions);
+    assert!(
+        status.sleep.as_ref().is_some_and(|s| !s.wanted && s.since.is_none()),
+        "{:?}",
+        status.sleep
+    );
+    assert_eq!(h.fake.call_count("RunInstances"), launches, "nothing launched anew");
+    assert_eq!(
+        h.fake.call_count("RestoreDBInstanceFromDBSnapshot"),
+        restores,
+        "nothing restored anew"
+    );
+    let reasons = event_reasons(&h, "pr-1").await;
+    for reason in ["Sleeping", "Waking", "Awake"] {
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} missing from {reasons:?}"
+        );
+    }
+}
+
+/// A class's schedule sleeps an environment at its sleep time and wakes it at its
+/// wake time (six-field cron, seconds first, a few seconds ahead); an environment
+/// that sets `sleeping: false` keeps awake through it.
+#[tokio::test]
+async fn a_class_schedule_sleeps_and_wakes_its_environments() {
+    use featureenv_operator::api::class::{SleepPolicy, SleepSchedule};
+    let mut h = Harness::new(seeded_fake(24), (2, 5)).await;
+    let now = Timestamp::now();
+    let second = |offset: i64| {
+        let t = (now + jiff::SignedDuration::from_secs(offset)).to_zoned(jiff::tz::TimeZone::UTC);
+        format!("{} {} {} * * *", t.second(), t.minute(), t.hour())
+    };
+    let mut nightly = cluster::class("nightly", Some("integration"));
+    nightly.metadata.annotations = None;
+    nightly.spec.sleep = Some(SleepPolicy {
+        schedules: vec![SleepSchedule {
+            sleep: second(8),
+            wake: Some(second(14)),
+            time_zone: "UTC".into(),
+        }],
+    });
+    h.create_class(&nightly).await;
+    create(&h, cluster::environment("scheduled", "nightly")).await;
+    let mut opted_out = cluster::environment("opted-out", "nightly");
+    opted_out.spec.sleeping = Some(false);
+    create(&h, opted_out).await;
+    for name in ["scheduled", "opted-out"] {
+        h.drive(name, async |h| h.phase(name).await == Some(Phase::Ready)).await;
+    }
+    let next = h
+        .get("scheduled")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .sleep
+        .unwrap()
+        .next_change;
+    assert!(next.is_some(), "the next sleep time is shown");
+
+    tokio::time::sleep_until(tokio::time::Instant::now() + until(now, 9)).await;
+    for name in ["scheduled", "opted-out"] {
+        h.step(name).await.unwrap();
+        h.fake.finish_transitions();
+        h.step(name).await.unwrap();
+    }
+    assert_eq!(h.phase("scheduled").await, Some(Phase::Sleeping));
+    assert_eq!(h.ready_reason("scheduled").await, "Asleep");
+    assert_eq!(
+        h.phase("opted-out").await,
+        Some(Phase::Ready),
+        "spec.sleeping: false keeps it awake"
+    );
+
+    tokio::time::sleep_until(tokio::time::Instant::now() + until(now, 15)).await;
+    h.step("scheduled").await.unwrap();
+    h.fake.finish_transitions();
+    h.step("scheduled").await.unwrap();
+    assert_eq!(h.phase("scheduled").await, Some(Phase::Waking));
+    let status = h.get("scheduled").await.unwrap().status.unwrap();
+    let instance_id = status.instance.unwrap().id.unwrap();
+    let token = status.sleep.unwrap().wake.expect("wake script sent").token;
+    h.fake.set_services_tag(&instance_id, &format!("complete:{token}"));
+    h.step("scheduled").await.unwrap();
+    assert_eq!(h.phase("scheduled").await, Some(Phase::Ready));
+}
+
+/// How long from now until `offset` seconds after `start`.
+fn until(start: Timestamp, offset: i64) -> Duration {
+    let at = start + jiff::SignedDuration::from_secs(offset);
+    Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
 }

@@ -6,6 +6,10 @@
 --   a Secret in the way, ...) -> Degraded, whatever the phase
 --   Pending, Provisioning -> Progressing  (message: the Ready condition's reason and message)
 --   Updating              -> Progressing  (an edit of spec.services rolling out; message: what)
+--   Waking                -> Progressing  (spec.sleeping set back to false: the instance and
+--                                          the database starting, the services coming back)
+--   Sleeping              -> Suspended    (spec.sleeping: true, instance and database stopped;
+--                                          message: the Ready condition's reason and message)
 --   Terminating           -> Progressing
 --   no status yet, or status older than the spec -> Progressing
 --   any other phase       -> Unknown
@@ -84,6 +88,13 @@ if phase == "Updating" then
   return hs
 end
 
+if phase == "Waking" then
+  -- Like an update: the edit (sleeping: false) is done once the instance reports healthy.
+  hs.status = "Progressing"
+  hs.message = describe(ready, "Waking: starting the instance and the database")
+  return hs
+end
+
 local generation = obj.metadata and obj.metadata.generation
 local observed = obj.status.observedGeneration
 if generation ~= nil and observed ~= nil and observed < generation then
@@ -95,6 +106,14 @@ end
 if ready ~= nil and ready.status == "False" and unsatisfiable[ready.reason] then
   hs.status = "Degraded"
   hs.message = describe(ready, phase)
+  return hs
+end
+
+-- After the stale-status check: a sleeping environment just told to wake is not
+-- suspended any more, it waits for the operator.
+if phase == "Sleeping" then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "Sleeping: instance and database stopped")
   return hs
 end
 

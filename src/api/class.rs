@@ -65,6 +65,42 @@ pub struct FeatureEnvironmentClassSpec {
     /// ValidatingAdmissionPolicy and by the operator before it launches anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// When environments of this class sleep (instance and database stopped) and
+    /// wake by themselves; an environment's `spec.sleeping` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepPolicy>,
+}
+
+/// Sleep schedules: the latest time any of them fires since an environment was
+/// created decides whether it sleeps (a sleep time) or is awake (a wake time).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepPolicy {
+    /// The schedules, e.g. sleep at `0 20 * * 1-5` and wake at `0 7 * * 1-5`.
+    #[schemars(length(min = 1))]
+    pub schedules: Vec<SleepSchedule>,
+}
+
+/// A pair of cron expressions (five fields, as a Kubernetes CronJob's, or six with
+/// seconds first, or `@daily` and the other macros) read in one time zone.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepSchedule {
+    /// When environments fall asleep, e.g. `0 20 * * 1-5` (weekdays at 20:00).
+    #[schemars(schema_with = "schema::cron")]
+    pub sleep: String,
+    /// When they wake, e.g. `0 7 * * 1-5`; omit to wake them only by
+    /// `spec.sleeping: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::cron")]
+    pub wake: Option<String>,
+    /// The IANA time zone both are read in, e.g. `Europe/Berlin`.
+    #[serde(default = "utc")]
+    pub time_zone: String,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
 }
 
 /// How to find the machine image: the union of the terms; the newest available

@@ -78,6 +78,12 @@ pub struct FeatureEnvironmentSpec {
     /// EC2 instance type; must be in the class's `instance.allowedTypes`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// `true` stops the instance and the database (phase Sleeping); `false` keeps or
+    /// brings them up, whatever the class's sleep schedules say. Unset: the class's
+    /// schedules decide (awake when it has none). An expired environment is deleted
+    /// asleep or awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleeping: Option<bool>,
 }
 
 /// An image under test.
@@ -102,16 +108,22 @@ pub enum Phase {
     Updating,
     Failed,
     Terminating,
+    /// Instance and database stopped (or stopping), by `spec.sleeping` or a schedule.
+    Sleeping,
+    /// Starting the instance and database again, until the instance reports healthy.
+    Waking,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 8] = [
         Self::Pending,
         Self::Provisioning,
         Self::Ready,
         Self::Updating,
         Self::Failed,
         Self::Terminating,
+        Self::Sleeping,
+        Self::Waking,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +134,8 @@ impl Phase {
             Self::Updating => "Updating",
             Self::Failed => "Failed",
             Self::Terminating => "Terminating",
+            Self::Sleeping => "Sleeping",
+            Self::Waking => "Waking",
         }
     }
 }
@@ -131,7 +145,8 @@ impl Phase {
 #[serde(rename_all = "camelCase")]
 pub struct FeatureEnvironmentStatus {
     /// Pending (not launched: waiting, or the spec cannot be satisfied), Provisioning,
-    /// Ready, Updating (an edit of spec.services rolling out), Failed, Terminating.
+    /// Ready, Updating (an edit of spec.services rolling out), Failed, Terminating,
+    /// Sleeping (instance and database stopped), Waking.
     #[serde(default)]
     pub phase: Phase,
     /// The generation whose whole spec is applied (an edit of spec.services counts
@@ -181,6 +196,36 @@ pub struct FeatureEnvironmentStatus {
     /// An edit of `spec.services` sent to the running instance, until it is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<ServicesUpdate>,
+    /// Sleep: whether the environment is to sleep and why, since when it sleeps, the
+    /// next change its class's schedules make, and a wake-up in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepStatus>,
+}
+
+/// An environment's sleep, as the operator decided it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepStatus {
+    /// Whether the environment is to sleep now.
+    #[serde(default)]
+    pub wanted: bool,
+    /// What decided it: `Spec` (spec.sleeping) or `Schedule` (the class's sleep
+    /// schedules).
+    #[serde(default)]
+    pub decided_by: String,
+    /// When the class's schedules next change `wanted` (absent when spec.sleeping
+    /// decides, or no schedule fires again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub next_change: Option<String>,
+    /// When the environment began to fall asleep; absent while awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// The script that brings the services back up, sent once the instance runs
+    /// again; the instance tags `featureenv.io/services=complete:<token>` when done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<ServicesUpdate>,
 }
 
 /// A services update: the instance was told to run `images` and tags itself

@@ -30,3 +30,15 @@ pub fn keyed_by_name(schema: &mut Schema) {
 pub fn set(schema: &mut Schema) {
     schema.insert("x-kubernetes-list-type".into(), "set".into());
 }
+
+/// A cron expression: five space-separated fields (six with seconds first) or a
+/// macro such as `@daily`. The
+/// operator parses the fields (`crate::cron`) and names a bad one in the class's
+/// condition; admission checks only the shape.
+pub fn cron(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^\s]+(\s+[^\s]+){4,5})$",
+        "maxLength": 128,
+    })
+}

@@ -215,16 +215,57 @@ impl FakeCloud {
             match i.instance.state {
                 InstanceState::Pending => i.instance.state = InstanceState::Running,
                 InstanceState::ShuttingDown => i.instance.state = InstanceState::Terminated,
+                InstanceState::Stopping => i.instance.state = InstanceState::Stopped,
                 _ => {}
             }
         }
         for d in s.databases.values_mut() {
-            if matches!(d.database.status, DatabaseStatus::Creating | DatabaseStatus::Modifying) {
-                d.database.status = DatabaseStatus::Available;
+            match d.database.status {
+                DatabaseStatus::Creating | DatabaseStatus::Modifying | DatabaseStatus::Starting => {
+                    d.database.status = DatabaseStatus::Available;
+                }
+                DatabaseStatus::Stopping => d.database.status = DatabaseStatus::Stopped,
+                _ => {}
             }
         }
         // Deleted databases disappear once the deletion finishes.
         s.databases.retain(|_, d| d.database.status != DatabaseStatus::Deleting);
+    }
+
+    /// What RDS does to a database stopped for seven days: start it again.
+    pub fn restart_stopped_database(&self, id: &str) {
+        if let Some(d) = self.state().databases.get_mut(id)
+            && d.database.status == DatabaseStatus::Stopped
+        {
+            d.database.status = DatabaseStatus::Available;
+        }
+    }
+
+    /// StopDBInstance / StartDBInstance: from `from` to `to`, through `via` while
+    /// transitions are slow; RDS's InvalidDBInstanceState from any other status.
+    async fn move_database(
+        &self,
+        id: &str,
+        op: &'static str,
+        from: DatabaseStatus,
+        via: DatabaseStatus,
+        to: DatabaseStatus,
+    ) -> CloudResult<()> {
+        let lost = self.enter(op).await?;
+        let mut s = self.state();
+        let slow = s.restores_start_creating;
+        let d = s.databases.get_mut(id).ok_or_else(|| not_found(op, id))?;
+        if d.database.status != from {
+            return Err(CloudError::InvalidState {
+                operation: op,
+                message: format!(
+                    "DB instance {id} is not in {from:?} state (it is {:?}).",
+                    d.database.status
+                ),
+            });
+        }
+        d.database.status = if slow { via } else { to };
+        finish(op, lost, Ok(()))
     }
 
     /// What the instance's bootstrap script does at the end: tag itself.
@@ -377,6 +418,17 @@ fn finish<T>(operation: &'static str, lost: bool, result: CloudResult<T>) -> Clo
     match (lost, result) {
         (true, Ok(_)) => Err(injected(operation, FaultKind::LostResponse)),
         (_, r) => r,
+    }
+}
+
+/// EC2's IncorrectInstanceState, mapped as the adapter maps it.
+fn incorrect_state(op: &'static str, id: &str, state: InstanceState) -> CloudError {
+    CloudError::InvalidState {
+        operation: op,
+        message: format!(
+            "The instance '{id}' is not in a state from which it can be changed ({}).",
+            state.as_str()
+        ),
     }
 }
 
@@ -540,6 +592,46 @@ impl Compute for FakeCloud {
         finish(OP, lost, Ok(()))
     }
 
+    async fn stop_instance(&self, id: &str) -> CloudResult<()> {
+        const OP: &str = "StopInstances";
+        let lost = self.enter(OP).await?;
+        let mut s = self.state();
+        let slow = s.instances_start_pending;
+        let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
+        match i.instance.state {
+            InstanceState::Running => {
+                i.instance.state = if slow {
+                    InstanceState::Stopping
+                } else {
+                    InstanceState::Stopped
+                };
+            }
+            InstanceState::Stopping | InstanceState::Stopped => {}
+            state => return Err(incorrect_state(OP, id, state)),
+        }
+        finish(OP, lost, Ok(()))
+    }
+
+    async fn start_instance(&self, id: &str) -> CloudResult<()> {
+        const OP: &str = "StartInstances";
+        let lost = self.enter(OP).await?;
+        let mut s = self.state();
+        let slow = s.instances_start_pending;
+        let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
+        match i.instance.state {
+            InstanceState::Stopped => {
+                i.instance.state = if slow {
+                    InstanceState::Pending
+                } else {
+                    InstanceState::Running
+                };
+            }
+            InstanceState::Pending | InstanceState::Running => {}
+            state => return Err(incorrect_state(OP, id, state)),
+        }
+        finish(OP, lost, Ok(()))
+    }
+
     async fn console_output(&self, id: &str) -> CloudResult<Option<String>> {
         const OP: &str = "GetConsoleOutput";
         let lost = self.enter(OP).await?;
@@ -672,6 +764,28 @@ impl Databases for FakeCloud {
         }
         d.master_password = Some(password.to_owned());
         finish(OP, lost, Ok(()))
+    }
+
+    async fn stop_database(&self, id: &str) -> CloudResult<()> {
+        self.move_database(
+            id,
+            "StopDBInstance",
+            DatabaseStatus::Available,
+            DatabaseStatus::Stopping,
+            DatabaseStatus::Stopped,
+        )
+        .await
+    }
+
+    async fn start_database(&self, id: &str) -> CloudResult<()> {
+        self.move_database(
+            id,
+            "StartDBInstance",
+            DatabaseStatus::Stopped,
+            DatabaseStatus::Starting,
+            DatabaseStatus::Available,
+        )
+        .await
     }
 
     async fn delete_database(&self, id: &str) -> CloudResult<()> {

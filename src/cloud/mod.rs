@@ -131,6 +131,10 @@ pub enum DatabaseStatus {
     Modifying,
     Deleting,
     Failed,
+    /// StopDBInstance under way, done, and StartDBInstance under way.
+    Stopping,
+    Stopped,
+    Starting,
     /// Any other RDS status string (backing-up, rebooting, …).
     Other(String),
 }
@@ -142,6 +146,9 @@ impl DatabaseStatus {
             "available" => Self::Available,
             "modifying" | "resetting-master-credentials" => Self::Modifying,
             "deleting" => Self::Deleting,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "starting" => Self::Starting,
             "failed" | "incompatible-restore" | "incompatible-parameters" => Self::Failed,
             other => Self::Other(other.to_owned()),
         }
@@ -198,6 +205,12 @@ pub trait Compute: Send + Sync {
     async fn terminate_instance(&self, id: &str) -> CloudResult<()>;
     /// The instance's console output (decoded), if AWS has any yet.
     async fn console_output(&self, id: &str) -> CloudResult<Option<String>>;
+    /// StopInstances (EBS root volume kept); a state it cannot stop from is
+    /// `CloudError::InvalidState`.
+    async fn stop_instance(&self, id: &str) -> CloudResult<()>;
+    /// StartInstances of a stopped instance; `CloudError::InvalidState` while it is
+    /// still stopping.
+    async fn start_instance(&self, id: &str) -> CloudResult<()>;
 }
 
 /// RDS: snapshots and database instances.
@@ -218,6 +231,12 @@ pub trait Databases: Send + Sync {
     async fn set_master_password(&self, id: &str, password: &str) -> CloudResult<()>;
     /// Delete without a final snapshot; an unknown id is `CloudError::NotFound`.
     async fn delete_database(&self, id: &str) -> CloudResult<()>;
+    /// StopDBInstance of an available instance (RDS starts it again by itself after
+    /// seven days); any other status is `CloudError::InvalidState`.
+    async fn stop_database(&self, id: &str) -> CloudResult<()>;
+    /// StartDBInstance of a stopped instance; any other status is
+    /// `CloudError::InvalidState`.
+    async fn start_database(&self, id: &str) -> CloudResult<()>;
 }
 
 /// SSM Parameter Store: where an instance reads its database credentials.

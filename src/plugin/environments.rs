@@ -1,4 +1,5 @@
-//! The plugin's commands on environments as objects: create, list, extend, wait.
+//! The plugin's commands on environments as objects: create, list, extend, sleep,
+//! wake, wait.
 //! I/O against the API server with the caller's identity.
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub fn environment(request: &Request, owner: &str) -> anyhow::Result<FeatureEnvi
         owner: Some(owner.to_owned()),
         services,
         instance_type: request.instance_type.clone(),
+        sleeping: None,
     };
     let mut env = FeatureEnvironment::new(&request.name, spec);
     if let Some(value) = owner_label_value(owner) {
@@ -238,6 +240,21 @@ async fn write_ttl(t: &Target, name: &str, extension: &Extension) -> anyhow::Res
         "featureenvironment.featureenv.io/{name} extended: expires at {} (spec.ttl {ttl})",
         extension.expires_at
     );
+    Ok(())
+}
+
+/// Sets `spec.sleeping`: the operator stops or starts the instance and database.
+pub async fn set_sleeping(t: &Target, name: &str, sleeping: bool) -> anyhow::Result<()> {
+    get(t, name).await?;
+    let patch = serde_json::json!({"spec": {"sleeping": sleeping}});
+    let api: Api<FeatureEnvironment> = Api::namespaced(t.client.clone(), &t.namespace);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let what = if sleeping {
+        "goes to sleep (instance and database stopping)"
+    } else {
+        "wakes up (`kubectl featureenv wait` until it is Ready)"
+    };
+    println!("featureenvironment.featureenv.io/{name} {what}");
     Ok(())
 }
 

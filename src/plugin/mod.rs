@@ -1,5 +1,5 @@
 //! `kubectl featureenv`: the kubectl plugin for application engineers. Creates,
-//! lists, extends and waits for FeatureEnvironments, and reaches into one: its
+//! lists, extends, sleeps, wakes and waits for FeatureEnvironments, and reaches into one: its
 //! database credentials, URLs, a shell over SSM Session Manager, the bootstrap log.
 //! Uses the caller's kubeconfig and AWS credentials, never the operator's.
 
@@ -76,6 +76,11 @@ pub enum Command {
         #[arg(value_parser = duration_arg)]
         duration: Duration,
     },
+    /// Stop an environment's instance and database until `wake` (spec.sleeping: true).
+    Sleep { name: String },
+    /// Start a sleeping environment again (spec.sleeping: false; this also keeps it
+    /// awake through its class's sleep schedule).
+    Wake { name: String },
     /// Print the database connection of an environment (from its Secret).
     Creds {
         name: String,
@@ -186,6 +191,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => environments::list(t, all_namespaces, owner, all_owners).await,
         Command::Extend { name, duration } => environments::extend(t, &name, duration).await,
         Command::Wait { name, timeout } => environments::wait(t, &name, timeout).await,
+        Command::Sleep { name } => environments::set_sleeping(t, &name, true).await,
+        Command::Wake { name } => environments::set_sleeping(t, &name, false).await,
         Command::Creds { name, output } => access::creds(t, &name, output).await,
         Command::Open { name } => access::open(t, &name).await,
         Command::Shell { name } => access::shell(t, &name).await,

@@ -110,6 +110,39 @@ def test_featureenvironment_health(obj: dict[str, Any], status: str, message: st
     assert run_health(FE_SCRIPT, obj, tmp_path) == (status, message)
 
 
+# Sleep and wake: handcrafted objects until tests/e2e.rs records a sleeping and a waking
+# environment (tests/support/fixtures.rs); the reasons here are placeholders, the script
+# reads whatever the operator writes.
+SLEEPING_READY = cond("Ready", "False", "Sleeping",
+                      "instance i-0aaaaaaaaaaaaaaaa stopped, database fe-integration-0c66c781fc-0 stopped")
+WAKING_READY = cond("Ready", "False", "Waking", "instance i-0aaaaaaaaaaaaaaaa pending, waiting for the services")
+
+
+@pytest.mark.parametrize(
+    "obj, status, message",
+    [
+        (fe("Sleeping", conditions=[SLEEPING_READY], generation=2, observed=2), "Suspended",
+         "Sleeping: instance i-0aaaaaaaaaaaaaaaa stopped, database fe-integration-0c66c781fc-0 stopped"),
+        (fe("Sleeping", generation=2, observed=2), "Suspended", "Sleeping: instance and database stopped"),
+        # Told to wake (spec.sleeping: false), not seen yet: no longer suspended.
+        (fe("Sleeping", conditions=[SLEEPING_READY], generation=3, observed=2), "Progressing",
+         "Waiting for the operator to observe generation 3"),
+        # A sleeping environment whose class is gone is broken, not merely asleep.
+        (fe("Sleeping", conditions=[cond("Ready", "False", "ClassNotFound", "class standard not found")]),
+         "Degraded", "ClassNotFound: class standard not found"),
+        # Waking holds observedGeneration back until the instance is healthy, like an update.
+        (fe("Waking", conditions=[WAKING_READY], generation=3, observed=2), "Progressing",
+         "Waking: instance i-0aaaaaaaaaaaaaaaa pending, waiting for the services"),
+        (fe("Waking"), "Progressing", "Waking: starting the instance and the database"),
+    ],
+    ids=["sleeping", "sleeping-no-condition", "sleeping-told-to-wake", "sleeping-class-gone", "waking",
+         "waking-no-condition"],
+)
+def test_sleeping_is_suspended_and_waking_progressing(obj: dict[str, Any], status: str, message: str,
+                                                      tmp_path: Path) -> None:
+    assert run_health(FE_SCRIPT, obj, tmp_path) == (status, message)
+
+
 def pool(status: dict[str, Any] | None, *, warm: int | None = 1, generation: int = 1) -> dict[str, Any]:
     spec: dict[str, Any] = {"source": {"dbInstanceIdentifier": "integration-db"}, "instanceClass": "db.t3.micro",
                             "maxSize": 20, "warm": warm}

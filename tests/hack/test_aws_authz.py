@@ -124,4 +124,36 @@ def test_calls_without_resource_tags_need_no_look_up_and_unknown_ones_only_their
     assert detail(jsoncall("ecr", "DescribeImages", {"repositoryName": "payments"})) == (
         {"region": "eu-west-1", "registry_id": None, "repository": "payments"}, None)
     assert detail(query("rds", "DescribeDBInstances")) == ({"region": "eu-west-1", "db_instance_id": None}, None)
-    assert detail(query("ec2", "StopInstances", **{"InstanceId.1": "i-1"})) == ({"region": "eu-west-1"}, None)
+    assert detail(query("ec2", "RebootInstances", **{"InstanceId.1": "i-1"})) == ({"region": "eu-west-1"}, None)
+
+
+EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15"
+
+
+def test_stop_and_start_are_decided_on_the_instances_tags_and_teach_their_states() -> None:
+    """StopInstances / StartInstances: the instances and the tags they carry now (one
+    DescribeInstances by instance-id), the same look-up teaching the layer their states."""
+    for action in ("StopInstances", "StartInstances"):
+        fields, lookup = detail(query("ec2", action, **{"InstanceId.1": "i-1", "InstanceId.2": "i-2"}))
+        assert fields == {"region": "eu-west-1", "instance_ids": ["i-1", "i-2"], "resource_tags": None}, action
+        assert lookup is not None and lookup.form == {
+            "Action": "DescribeInstances", "Version": "2016-11-15", "Filter.1.Name": "instance-id",
+            "Filter.1.Value.1": "i-1", "Filter.1.Value.2": "i-2"}, action
+        answer = (f'<DescribeInstancesResponse xmlns="{EC2_NS}"><reservationSet><item><instancesSet><item>'
+                  "<instanceId>i-1</instanceId><instanceState><code>80</code><name>stopped</name></instanceState>"
+                  "<tagSet><item><key>featureenv.io/cluster</key><value>e2e</value></item></tagSet></item>"
+                  "</instancesSet></item></reservationSet></DescribeInstancesResponse>").encode()
+        assert lookup.read(200, answer, World(None)) == {"resource_tags": {"i-1": {"featureenv.io/cluster": "e2e"}}}
+
+
+def test_stop_and_start_db_are_decided_on_the_databases_tags() -> None:
+    fields, lookup = detail(query("rds", "StopDBInstance", DBInstanceIdentifier="fe-1"))
+    assert fields == {"region": "eu-west-1", "db_instance_id": "fe-1", "resource_tags": None, "snapshot_id": None}
+    assert lookup is not None and lookup.form is not None and lookup.form["DBInstanceIdentifier"] == "fe-1"
+    assert lookup.read(200, db_answer({"featureenv.io/cluster": "e2e"}), World(None)) == {
+        "resource_tags": {"fe-1": {"featureenv.io/cluster": "e2e"}}}
+    fields, _ = detail(query("rds", "StopDBInstance", DBInstanceIdentifier="fe-1", DBSnapshotIdentifier="before"))
+    assert fields["snapshot_id"] == "before"
+    fields, lookup = detail(query("rds", "StartDBInstance", DBInstanceIdentifier="fe-1"))
+    assert fields == {"region": "eu-west-1", "db_instance_id": "fe-1", "resource_tags": None}
+    assert lookup is not None and lookup.form is not None and lookup.form["Action"] == "DescribeDBInstances"

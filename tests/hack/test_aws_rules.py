@@ -61,6 +61,8 @@ def ssm(action: str, **doc: Any) -> Call:
 
 
 class Seen(NothingObserved):
+    """What the layer has seen; a state "pending (launch)" is `pending` after the launch."""
+
     def __init__(self, imds: set[str] = frozenset(), engines: dict[str, str] | None = None,
                  db_tags: dict[str, set[str]] | None = None, param_tags: dict[str, set[str]] | None = None,
                  states: dict[str, str] | None = None) -> None:
@@ -72,7 +74,8 @@ class Seen(NothingObserved):
         return instance_id in self.imds
 
     def instance_state(self, instance_id: str) -> str | None:
-        return self.states.get(instance_id)
+        state = self.states.get(instance_id)
+        return "pending" if state == "pending (launch)" else state
 
     def db_engine(self, db_id: str) -> str | None:
         return self.engines.get(db_id)
@@ -82,6 +85,9 @@ class Seen(NothingObserved):
 
     def parameter_tag_keys(self, name: str) -> set[str]:
         return self.param_tags.get(name, set())
+
+    def instance_launch_pending(self, instance_id: str) -> bool:
+        return self.states.get(instance_id) == "pending (launch)"
 
 
 NONE = NothingObserved()
@@ -166,6 +172,52 @@ def test_describe_instances_page_size() -> None:
     assert violated(query("DescribeInstances", MaxResults="5", **{"InstanceId.1": "i-1"})) == (
         "InvalidParameterCombination", "ec2.describe.max-results",
         "The parameter instancesSet cannot be used with the parameter maxResults")
+
+
+OURS = "i-0aaaaaaaaaaaaaaaa"
+OTHER = "i-0bbbbbbbbbbbbbbbb"
+
+
+def stop_start(action: str, *ids: str) -> Call:
+    """StopInstances / StartInstances as the operator sends them (one id, nothing else)."""
+    return query(action, **{f"InstanceId.{n}": iid for n, iid in enumerate(ids, start=1)})
+
+
+@pytest.mark.parametrize("state", ["running", "pending", "stopping", "stopped", None])
+def test_stop_of_an_instance_that_has_run_passes(state: str | None) -> None:
+    """`pending` here is a start's (the instance has been running); stopping and stopped
+    are accepted and stay as they are; an unknown state is moto's to answer."""
+    assert check(stop_start("StopInstances", OURS), Seen(states={OURS: state} if state else {})) is None
+
+
+@pytest.mark.parametrize("state", ["shutting-down", "terminated"])
+def test_stop_of_a_terminated_instance_is_refused(state: str) -> None:
+    seen = Seen(states={OTHER: "running", OURS: state})
+    assert violated(stop_start("StopInstances", OTHER, OURS), seen) == (
+        "IncorrectInstanceState", "ec2.stop.state", f"This instance '{OURS}' is not in a state from which it can be stopped.")
+
+
+def test_stop_of_an_instance_still_pending_after_its_launch_is_refused() -> None:
+    assert violated(stop_start("StopInstances", OURS), Seen(states={OURS: "pending (launch)"})) == (
+        "IncorrectInstanceState", "ec2.stop.state",
+        f"Instance '{OURS}' cannot be stopped as it has never reached the 'running' state.")
+
+
+@pytest.mark.parametrize("state", ["stopped", "running", "pending", "pending (launch)", None])
+def test_start_of_a_stopped_running_or_pending_instance_passes(state: str | None) -> None:
+    assert check(stop_start("StartInstances", OURS), Seen(states={OURS: state} if state else {})) is None
+
+
+@pytest.mark.parametrize("state", ["stopping", "shutting-down", "terminated"])
+def test_start_of_a_stopping_or_terminated_instance_is_refused(state: str) -> None:
+    assert violated(stop_start("StartInstances", OURS), Seen(states={OURS: state})) == (
+        "IncorrectInstanceState", "ec2.start.state", f"The instance '{OURS}' is not in a state from which it can be started.")
+
+
+def test_stop_and_start_rules_apply_to_their_own_action_only() -> None:
+    seen = Seen(states={OURS: "stopping"})
+    assert check(stop_start("StopInstances", OURS), seen) is None
+    assert check(stop_start("TerminateInstances", OURS), Seen(states={OURS: "terminated"})) is None
 
 
 # --- RDS -------------------------------------------------------------------------------
@@ -456,6 +508,7 @@ def test_every_rule_has_a_source_and_is_documented() -> None:
         assert f"`{r.id}`" in docs, f"docs/local-stack.md does not list rule {r.id}"
     assert aws_rules.rules_table() in docs, "docs/local-stack.md: paste `hack/fault_proxy.py --list-rules` again"
     for state_rule in ("rds.state.deleting", "rds.state.not-available", "rds.state.exists",
+                       "rds.state.modify-stopped", "rds.state.stop", "rds.state.start",
                        "ec2.run.client-token-idempotency"):
         assert f"`{state_rule}`" in docs
 
@@ -464,9 +517,19 @@ def test_timing_presets_and_scale() -> None:
     assert timing_for("off", 1.0) is None
     assert timing_for("fast", 1.0) == FAST
     assert FAST.ec2_pending == 0.5 and FAST.rds_creating == 1.0 and FAST.rds_deleting == 0.5 and FAST.tag_lag == 0.3
+    assert (FAST.ec2_stopping, FAST.ec2_starting, FAST.rds_stopping, FAST.rds_starting) == (1.0, 0.5, 1.0, 1.0)
+    assert (REALISTIC.ec2_stopping, REALISTIC.ec2_starting, REALISTIC.rds_stopping, REALISTIC.rds_starting) == (
+        30.0, 16.0, 240.0, 480.0)
+    assert REALISTIC.rds_auto_start == 7 * 24 * 3600 and FAST.rds_auto_start == 1008.0
     half = timing_for("realistic", 0.5)
     assert half is not None and half.rds_creating == REALISTIC.rds_creating / 2 == 300.0
-    assert half.ec2_pending == 7.5
+    assert half.ec2_pending == 7.5 and half.rds_auto_start == 302400.0 and half.rds_starting == 240.0
+
+
+def test_the_auto_start_delay_is_given_in_seconds_not_scaled() -> None:
+    timing = timing_for("fast", 3.0, rds_auto_start=5.0)
+    assert timing is not None and timing.rds_auto_start == 5.0 and timing.rds_stopping == 3.0
+    assert timing_for("off", 1.0, rds_auto_start=5.0) is None
 
 
 def test_filters_the_layer_rechecks() -> None:

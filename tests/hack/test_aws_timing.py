@@ -5,6 +5,9 @@ deadline; no fixed sleeps."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 from botocore.exceptions import ClientError
 
-from test_fault_proxy import clients, start_proxy, stop
+from test_fault_proxy import REPO, clients, start_proxy, stop
 from test_strict_layer import OPERATOR_TAGS, launch, refused, restore
 
 T = TypeVar("T")
@@ -167,3 +170,94 @@ def test_realistic_timing_scales(moto_endpoint: str, seeded: dict[str, Any], tmp
         assert instance(ec2, launch(ec2, seeded, OPERATOR_TAGS))["State"]["Name"] == "running"
     finally:
         stop(proc)
+
+
+# --- stop and start ---------------------------------------------------------------------
+
+
+def state_change(answer: dict[str, Any], key: str) -> tuple[str, str]:
+    [item] = answer[key]
+    return item["PreviousState"]["Name"], item["CurrentState"]["Name"]
+
+
+def test_stop_reads_stopping_then_stopped_and_start_pending_then_running(
+    timed: dict[str, Any], seeded: dict[str, Any], aws: Any
+) -> None:
+    ec2 = timed["ec2"]
+    iid = launch(ec2, seeded, OPERATOR_TAGS)
+    # Still pending after its launch: AWS refuses to stop what has never run.
+    refused(lambda: ec2.stop_instances(InstanceIds=[iid]), "IncorrectInstanceState",
+            f"Instance '{iid}' cannot be stopped as it has never reached the 'running' state.")
+    until(lambda: instance(ec2, iid)["State"]["Name"], lambda s: s == "running")
+
+    assert state_change(ec2.stop_instances(InstanceIds=[iid]), "StoppingInstances") == ("running", "stopping")
+    assert instance(aws("ec2"), iid)["State"]["Name"] == "stopped", "moto: stopped at once"
+    assert instance(ec2, iid)["State"] == {"Code": 64, "Name": "stopping"}
+    refused(lambda: ec2.start_instances(InstanceIds=[iid]), "IncorrectInstanceState",
+            f"The instance '{iid}' is not in a state from which it can be started.")
+    assert state_change(ec2.stop_instances(InstanceIds=[iid]), "StoppingInstances") == ("stopping", "stopping")
+    assert until(lambda: instance(ec2, iid)["State"]["Name"], lambda s: s == "stopped") == ["stopping", "stopped"]
+
+    assert state_change(ec2.start_instances(InstanceIds=[iid]), "StartingInstances") == ("stopped", "pending")
+    assert instance(aws("ec2"), iid)["State"]["Name"] == "running", "moto: running at once"
+    assert until(lambda: instance(ec2, iid)["State"]["Name"], lambda s: s == "running") == ["pending", "running"]
+    assert state_change(ec2.start_instances(InstanceIds=[iid]), "StartingInstances") == ("running", "running")
+    # Running again, it can be stopped again (it has been running: no launch refusal).
+    assert state_change(ec2.stop_instances(InstanceIds=[iid]), "StoppingInstances") == ("running", "stopping")
+
+
+def test_database_stop_reads_stopping_then_stopped_and_start_starting_then_available(timed: dict[str, Any]) -> None:
+    rds = timed["rds"]
+    db_id = "fe-timing-" + uuid.uuid4().hex[:8]
+    restore(rds, db_id, {"featureenv.io/cluster": "timing-sleep"})
+    refused(lambda: rds.stop_db_instance(DBInstanceIdentifier=db_id), "InvalidDBInstanceState",
+            f"Instance {db_id} is not in available state.")  # still creating
+    until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "available")
+
+    assert rds.stop_db_instance(DBInstanceIdentifier=db_id)["DBInstance"]["DBInstanceStatus"] == "stopping"
+    refused(lambda: rds.start_db_instance(DBInstanceIdentifier=db_id), "InvalidDBInstanceState",
+            f"Instance {db_id} is not stopped, it cannot be started.")
+    refused(lambda: rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="A" * 32,
+                                           ApplyImmediately=True), "InvalidDBInstanceState")
+    assert until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "stopped") == ["stopping", "stopped"]
+    refused(lambda: rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="A" * 32,
+                                           ApplyImmediately=True), "InvalidDBInstanceState",
+            "You can't modify a stopped DB instance. Start the DB instance, and then modify it.")
+    # moto's own refusal, with the same words: a stop of what is stopped.
+    refused(lambda: rds.stop_db_instance(DBInstanceIdentifier=db_id), "InvalidDBInstanceState",
+            f"Instance {db_id} is not in available state.")
+
+    assert rds.start_db_instance(DBInstanceIdentifier=db_id)["DBInstance"]["DBInstanceStatus"] == "starting"
+    refused(lambda: rds.stop_db_instance(DBInstanceIdentifier=db_id), "InvalidDBInstanceState",
+            f"Instance {db_id} is not in available state.")
+    assert until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "available") == [
+        "starting", "available"]
+    rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="A" * 32, ApplyImmediately=True)
+
+
+def test_a_database_stopped_too_long_is_started_again(moto_endpoint: str, tmp_path: Path) -> None:
+    """--rds-auto-start-seconds 2 for AWS's seven days: the DB starts on its own, reads
+    `starting` (a stop is refused), then `available`, and can be stopped again."""
+    proc, url = start_proxy(moto_endpoint, 0.0, tmp_path / "p.jsonl",
+                            extra=("--timing", "fast", "--rds-auto-start-seconds", "2"))
+    try:
+        rds = clients(url)["rds"]
+        db_id = "fe-timing-" + uuid.uuid4().hex[:8]
+        restore(rds, db_id, {"featureenv.io/cluster": "timing-auto-start"})
+        until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "available")
+        rds.stop_db_instance(DBInstanceIdentifier=db_id)
+        seen = until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "starting")
+        assert seen == ["stopping", "stopped", "starting"]
+        refused(lambda: rds.stop_db_instance(DBInstanceIdentifier=db_id), "InvalidDBInstanceState")
+        assert until(lambda: database(rds, db_id)["DBInstanceStatus"], lambda s: s == "available")[-1] == "available"
+        assert rds.stop_db_instance(DBInstanceIdentifier=db_id)["DBInstance"]["DBInstanceStatus"] == "stopping"
+    finally:
+        stop(proc)
+    entries = [e for e in (json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines())]
+    assert not any(e["action"] == "StartDBInstance" for e in entries), "no client made that call: not in the log"
+
+
+def test_auto_start_flag_needs_timing(moto_endpoint: str) -> None:
+    out = subprocess.run([sys.executable, str(REPO / "hack/fault_proxy.py"), "--upstream", moto_endpoint,
+                          "--timing", "off", "--rds-auto-start-seconds", "5"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--rds-auto-start-seconds needs AWS timing" in out.stderr

@@ -12,7 +12,7 @@ from botocore.parsers import create_parser
 import json
 
 from aws_rules import INSTANCE_NOT_FOUND, Call
-from aws_world import FAST, Answer, World, moto_request
+from aws_world import FAST, STATE_CODES, Answer, AutoStart, World, moto_request, timing_for
 
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15"
 RDS_NS = "http://rds.amazonaws.com/doc/2014-10-31/"
@@ -144,7 +144,8 @@ def test_without_timing_answers_pass_untouched() -> None:
 
 def describe_many(instances: dict[str, tuple[str, dict[str, str]]]) -> bytes:
     items = "".join(
-        f"<item><instanceId>{iid}</instanceId><instanceState><code>0</code><name>{state}</name></instanceState>"
+        f"<item><instanceId>{iid}</instanceId><instanceState><code>{STATE_CODES.get(state, 0)}</code>"
+        f"<name>{state}</name></instanceState>"
         f"<tagSet>{''.join(f'<item><key>{k}</key><value>{v}</value></item>' for k, v in tags.items())}</tagSet></item>"
         for iid, (state, tags) in instances.items())
     return (f'<DescribeInstancesResponse xmlns="{EC2_NS}"><reservationSet><item><instancesSet>{items}</instancesSet>'
@@ -197,3 +198,253 @@ def test_moto_gets_the_targets_of_a_send_command_and_the_answer_is_as_sent() -> 
                        "TargetCount": 2, "TimeoutSeconds": 1200}
     refused = Answer(400, [], b'{"__type": "InvalidInstanceId"}')
     assert World(None).rewrite(call, refused) == refused
+
+
+# --- stop and start ------------------------------------------------------------------------
+
+
+def state_change(action: str, iid: str, current: tuple[int, str], previous: tuple[int, str]) -> bytes:
+    """moto's StopInstances / StartInstances answer (it says `stopping` / `pending` always)."""
+    return (f'<{action}Response xmlns="{EC2_NS}"><instancesSet><item><instanceId>{iid}</instanceId>'
+            f"<currentState><code>{current[0]}</code><name>{current[1]}</name></currentState>"
+            f"<previousState><code>{previous[0]}</code><name>{previous[1]}</name></previousState></item>"
+            f"</instancesSet></{action}Response>").encode()
+
+
+def moto_stop(iid: str, previous: tuple[int, str]) -> bytes:
+    return state_change("StopInstances", iid, (64, "stopping"), previous)
+
+
+def moto_start(iid: str, previous: tuple[int, str]) -> bytes:
+    return state_change("StartInstances", iid, (0, "pending"), previous)
+
+
+def described_state(world: World, iid: str, moto_state: str) -> dict[str, object]:
+    """DescribeInstances of `iid` (moto has it in `moto_state`) as the layer answers it."""
+    answer = Answer(200, [], describe_many({iid: (moto_state, {})}))
+    out = parsed("ec2", "DescribeInstances", world.rewrite(Call("ec2", "DescribeInstances"), answer).body)
+    return out["Reservations"][0]["Instances"][0]["State"]  # type: ignore[no-any-return]
+
+
+def transitions(world: World, action: str, iid: str, moto_answer: bytes) -> tuple[str, str]:
+    """(previous, current) state names of the answer the layer gives for moto's."""
+    call = Call("ec2", action, params={"InstanceId.1": iid})
+    world.observe(call, 200, moto_answer)
+    out = parsed("ec2", action, world.rewrite(call, Answer(200, [], moto_answer)).body)
+    [item] = out["StoppingInstances" if action == "StopInstances" else "StartingInstances"]
+    return item["PreviousState"]["Name"], item["CurrentState"]["Name"]
+
+
+def test_an_instance_reads_stopping_then_stopped_and_pending_then_running_again() -> None:
+    clock = Clock()
+    world = World(FAST, now=clock)
+    world.observe(Call("ec2", "RunInstances"), 200, run_answer("i-1").body)
+    assert world.instance_launch_pending("i-1"), "pending after its launch: never running yet"
+    clock.t += FAST.ec2_pending + 0.01
+    world.observe(Call("ec2", "DescribeInstances"), 200, describe_answer("i-1", {}).body)
+    assert not world.instance_launch_pending("i-1") and world.instance_state("i-1") == "running"
+
+    # moto has it stopped at once; AWS answers running -> stopping, and reads stopping.
+    assert transitions(world, "StopInstances", "i-1", moto_stop("i-1", (16, "running"))) == ("running", "stopping")
+    assert described_state(world, "i-1", "stopped") == {"Code": 64, "Name": "stopping"}
+    assert world.instance_state("i-1") == "stopping"
+    # A second stop while stopping changes nothing (and does not restart the clock).
+    clock.t += FAST.ec2_stopping / 2
+    assert transitions(world, "StopInstances", "i-1", moto_stop("i-1", (80, "stopped"))) == ("stopping", "stopping")
+    clock.t += FAST.ec2_stopping / 2 + 0.01
+    assert described_state(world, "i-1", "stopped") == {"Code": 80, "Name": "stopped"}
+    assert world.instance_state("i-1") == "stopped" and not world.instance_launch_pending("i-1")
+    assert transitions(world, "StopInstances", "i-1", moto_stop("i-1", (80, "stopped"))) == ("stopped", "stopped")
+
+    # Started: moto has it running at once; AWS answers stopped -> pending, reads pending.
+    assert transitions(world, "StartInstances", "i-1", moto_start("i-1", (80, "stopped"))) == ("stopped", "pending")
+    assert described_state(world, "i-1", "running") == {"Code": 0, "Name": "pending"}
+    assert world.instance_state("i-1") == "pending"
+    assert not world.instance_launch_pending("i-1"), "pending again after a start: it has been running"
+    assert transitions(world, "StartInstances", "i-1", moto_start("i-1", (16, "running"))) == ("pending", "pending")
+    clock.t += FAST.ec2_starting + 0.01
+    assert described_state(world, "i-1", "running") == {"Code": 16, "Name": "running"}
+    assert transitions(world, "StartInstances", "i-1", moto_start("i-1", (16, "running"))) == ("running", "running")
+    # A state filter sees the emulated state: stopped again, it is not `stopped` yet.
+    world.observe(Call("ec2", "StopInstances"), 200, moto_stop("i-1", (16, "running")))
+    filtered = Call("ec2", "DescribeInstances", params={"Filter.1.Name": "instance-state-name",
+                                                        "Filter.1.Value.1": "stopped"})
+    answer = Answer(200, [], describe_many({"i-1": ("stopped", {})}))
+    assert parsed("ec2", "DescribeInstances", world.rewrite(filtered, answer).body)["Reservations"] == []
+
+
+def test_without_timing_stop_and_start_answers_are_moto_s() -> None:
+    world = World(None)
+    call = Call("ec2", "StopInstances", params={"InstanceId.1": "i-1"})
+    answer = Answer(200, [], moto_stop("i-1", (16, "running")))
+    world.observe(call, 200, answer.body)
+    assert world.rewrite(call, answer) == answer
+    assert world.instance_state("i-1") == "stopped" and not world.instance_launch_pending("i-1")
+
+
+def db_answer(action: str, db_id: str, status: str) -> bytes:
+    return (f'<{action}Response xmlns="{RDS_NS}"><{action}Result>{db_element(db_id, status)}</{action}Result>'
+            f"</{action}Response>").encode()
+
+
+def db_listing(db_id: str, status: str) -> bytes:
+    return db_answer("DescribeDBInstances", db_id, status).replace(
+        b"<DescribeDBInstancesResult>", b"<DescribeDBInstancesResult><DBInstances>").replace(
+        b"</DescribeDBInstancesResult>", b"</DBInstances></DescribeDBInstancesResult>")
+
+
+def db_status(world: World, db_id: str, moto_status: str) -> str:
+    """DescribeDBInstances of `db_id` (moto has it `moto_status`) as the layer answers it."""
+    call = Call("rds", "DescribeDBInstances", params={"DBInstanceIdentifier": db_id})
+    body = db_listing(db_id, moto_status)
+    world.observe(call, 200, body)
+    return str(parsed("rds", "DescribeDBInstances", world.rewrite(call, Answer(200, [], body)).body)[
+        "DBInstances"][0]["DBInstanceStatus"])
+
+
+def refusal(world: World, action: str, db_id: str = "fe-1") -> tuple[str, str, str] | None:
+    v = world.state_violation(Call("rds", action, params={"DBInstanceIdentifier": db_id}))
+    return (v.code, v.rule, v.message) if v else None
+
+
+def db_call(world: World, action: str, moto_status: str, db_id: str = "fe-1") -> str:
+    """Stop/StartDBInstance accepted by moto: the status the layer's answer gives."""
+    call = Call("rds", action, params={"DBInstanceIdentifier": db_id})
+    body = db_answer(action, db_id, moto_status)
+    world.observe(call, 200, body)
+    return str(parsed("rds", action, world.rewrite(call, Answer(200, [], body)).body)["DBInstance"]["DBInstanceStatus"])
+
+
+NOT_AVAILABLE = ("InvalidDBInstanceState", "rds.state.not-available", "Database instance is not in available state.")
+
+
+def test_a_database_reads_stopping_then_stopped_and_starting_then_available() -> None:
+    clock = Clock()
+    world = World(FAST, now=clock)
+    assert db_status(world, "fe-1", "available") == "available"
+    assert refusal(world, "StopDBInstance") is None and refusal(world, "ModifyDBInstance") is None
+
+    assert db_call(world, "StopDBInstance", "stopped") == "stopping"
+    assert db_status(world, "fe-1", "stopped") == "stopping"
+    assert refusal(world, "StartDBInstance") == (
+        "InvalidDBInstanceState", "rds.state.start", "Instance fe-1 is not stopped, it cannot be started.")
+    assert refusal(world, "ModifyDBInstance") == NOT_AVAILABLE
+    clock.t += FAST.rds_stopping + 0.01
+    assert db_status(world, "fe-1", "stopped") == "stopped"
+    assert refusal(world, "StartDBInstance") is None, "moto itself refuses a stop of what it has stopped"
+    assert refusal(world, "ModifyDBInstance") == (
+        "InvalidDBInstanceState", "rds.state.modify-stopped",
+        "You can't modify a stopped DB instance. Start the DB instance, and then modify it.")
+
+    assert db_call(world, "StartDBInstance", "available") == "starting"
+    assert db_status(world, "fe-1", "available") == "starting"
+    assert refusal(world, "StopDBInstance") == (
+        "InvalidDBInstanceState", "rds.state.stop", "Instance fe-1 is not in available state.")
+    assert refusal(world, "ModifyDBInstance") == NOT_AVAILABLE
+    clock.t += FAST.rds_starting + 0.01
+    assert db_status(world, "fe-1", "available") == "available"
+    assert refusal(world, "StopDBInstance") is None and refusal(world, "ModifyDBInstance") is None
+
+
+def test_a_restore_still_creating_cannot_be_stopped() -> None:
+    clock = Clock()
+    world = World(FAST, now=clock)
+    restore = Call("rds", "RestoreDBInstanceFromDBSnapshot", params={"DBInstanceIdentifier": "fe-2"})
+    world.observe(restore, 200, db_answer("RestoreDBInstanceFromDBSnapshot", "fe-2", "available"))
+    for status in ("creating", "backing-up"):
+        assert db_status(world, "fe-2", "available") == status
+        assert refusal(world, "StopDBInstance", "fe-2") == (
+            "InvalidDBInstanceState", "rds.state.stop", "Instance fe-2 is not in available state.")
+        clock.t += FAST.rds_creating
+    clock.t += FAST.rds_backing_up
+    assert db_status(world, "fe-2", "available") == "available"
+    assert refusal(world, "StopDBInstance", "fe-2") is None
+
+
+def test_a_stopped_database_cannot_be_modified_whatever_the_timing() -> None:
+    world = World(None)
+    assert db_status(world, "fe-1", "stopped") == "stopped"
+    assert refusal(world, "ModifyDBInstance")[1] == "rds.state.modify-stopped"  # type: ignore[index]
+    assert refusal(world, "StopDBInstance") is None and refusal(world, "StartDBInstance") is None
+    assert world.take_due_auto_starts() == [], "no timing, no clock"
+
+
+def stopped_by_the_operator(world: World, db_id: str) -> None:
+    call = Call("rds", "StopDBInstance", region="eu-west-1", params={"DBInstanceIdentifier": db_id},
+                access_key="operator-key")
+    world.observe(call, 200, db_answer("StopDBInstance", db_id, "stopped"))
+
+
+def test_a_database_stopped_for_the_auto_start_delay_is_started_again() -> None:
+    clock = Clock()
+    timing = timing_for("fast", 1.0, rds_auto_start=5.0)
+    world = World(timing, now=clock)
+    stopped_by_the_operator(world, "fe-1")
+    stopped_at = clock.t
+    due_at = stopped_at + FAST.rds_stopping + 5.0  # five seconds after it reads `stopped`
+    clock.t = due_at - 0.01
+    assert world.take_due_auto_starts() == []
+    assert db_status(world, "fe-1", "stopped") == "stopped"
+    clock.t = due_at + 0.2
+    [due] = world.take_due_auto_starts()
+    assert due == AutoStart("fe-1", "eu-west-1", "operator-key", stopped_at=stopped_at, start_at=due_at)
+    assert world.take_due_auto_starts() == [], "taken once"
+    # moto started it (the proxy's part): `starting` from when AWS started it, then available.
+    assert db_status(world, "fe-1", "available") == "starting"
+    assert refusal(world, "StopDBInstance") == (
+        "InvalidDBInstanceState", "rds.state.stop", "Instance fe-1 is not in available state.")
+    clock.t = due_at + FAST.rds_starting + 0.01
+    assert db_status(world, "fe-1", "available") == "available"
+    # ... and the operator stops it again: the seven days count anew.
+    stopped_by_the_operator(world, "fe-1")
+    clock.t += FAST.rds_stopping + 4.0
+    assert world.take_due_auto_starts() == []
+
+
+def test_an_auto_start_moto_refused_is_tried_again() -> None:
+    clock = Clock()
+    world = World(timing_for("fast", 1.0, rds_auto_start=5.0), now=clock)
+    stopped_by_the_operator(world, "fe-1")
+    clock.t += FAST.rds_stopping + 5.0
+    [due] = world.take_due_auto_starts()
+    world.auto_start_failed(due)
+    assert world.db_status("fe-1") == "stopped"
+    assert [d.db_id for d in world.take_due_auto_starts()] == ["fe-1"]
+
+
+def test_only_databases_still_stopped_are_started_and_late_notice_reads_available() -> None:
+    clock = Clock()
+    world = World(timing_for("fast", 1.0, rds_auto_start=5.0), now=clock)
+    for db_id in ("fe-started", "fe-deleted", "fe-late"):
+        stopped_by_the_operator(world, db_id)
+    assert db_call(world, "StartDBInstance", "available", "fe-started") == "starting"
+    world.observe(Call("rds", "DeleteDBInstance", params={"DBInstanceIdentifier": "fe-deleted"}), 200,
+                  db_answer("DeleteDBInstance", "fe-deleted", "deleting"))
+    # Nobody asked for an hour: AWS started it long ago, it is available by now.
+    clock.t += 3600
+    assert [d.db_id for d in world.take_due_auto_starts()] == ["fe-late"]
+    assert world.db_status("fe-late") == "available"
+
+
+def test_a_deleted_stopped_database_is_forgotten_and_its_identifier_restored_anew() -> None:
+    """AWS deletes a stopped DB instance; once gone, nothing of it is left to refuse or
+    to start, and a restore under its identifier is a new instance."""
+    clock = Clock()
+    world = World(timing_for("fast", 1.0, rds_auto_start=5.0), now=clock)
+    stopped_by_the_operator(world, "fe-1")
+    clock.t += FAST.rds_stopping + 0.01
+    assert world.db_status("fe-1") == "stopped"
+    world.observe(Call("rds", "DeleteDBInstance", params={"DBInstanceIdentifier": "fe-1"}), 200,
+                  db_answer("DeleteDBInstance", "fe-1", "deleting"))
+    assert world.db_status("fe-1") == "deleting"
+    clock.t += FAST.rds_deleting + 0.01
+    assert world.db_status("fe-1") is None
+    assert refusal(world, "ModifyDBInstance") is None, "moto answers DBInstanceNotFound itself"
+    restore = Call("rds", "RestoreDBInstanceFromDBSnapshot", params={"DBInstanceIdentifier": "fe-1"})
+    world.observe(restore, 200, db_answer("RestoreDBInstanceFromDBSnapshot", "fe-1", "available"))
+    clock.t += 3600
+    assert world.take_due_auto_starts() == [] and world.db_status("fe-1") == "available"
+    # Stopped behind the layer's back (straight in moto): the old instance's stop does not count.
+    assert db_status(world, "fe-1", "stopped") == "stopped"
+    clock.t += 3600
+    assert world.take_due_auto_starts() == []

@@ -520,8 +520,10 @@ def ended(result_json: Path) -> float:
     return epoch(json.loads(read(result_json))["exited_at"])
 
 
-SLOW_BOOT = "#!/bin/bash\necho $$ > \"$PWD/bash.pid\"\nsleep 4\n"
-QUICK_BOOT = "#!/bin/bash\nexit 0\n"
+# User data standing in for a finished bootstrap: Minikube is stopped at every boot
+# (hack/instance/minikube) and a bootstrap starts it.
+SLOW_BOOT = "#!/bin/bash\necho $$ > \"$PWD/bash.pid\"\nminikube start >/dev/null\nsleep 4\n"
+QUICK_BOOT = "#!/bin/bash\nminikube start >/dev/null\nexit 0\n"
 
 
 @dataclass
@@ -621,7 +623,8 @@ def test_a_command_runs_as_the_agent_runs_it_and_tags_the_instance(agent: Agent)
     assert f"kubectl set image deployment/frontend frontend={REGISTRY}/frontend:latest\n" in calls
     assert f"kubectl rollout status deployment/payments --timeout=15m\n" in calls
     assert f"aws ec2 create-tags --resources {iid} --tags Key=featureenv.io/services,Value=complete:{TOKEN}\n" in calls
-    assert "minikube start" not in calls and "ssm get-parameter" not in calls
+    assert calls.count("minikube start") == 1, "the boot's; the update does not start Minikube"
+    assert "ssm get-parameter" not in calls
     # Appended to the bootstrap's log and mirrored to the console.
     assert "featureenv: services update complete" in read(d / "bootstrap.log")
     assert "featureenv: services update complete" in read(d / "console.log")
@@ -697,3 +700,122 @@ def test_one_list_commands_call_per_step(seeded: dict[str, Any], aws: Any, moto_
     finally:
         idle.shutdown()
         busy.shutdown()
+
+
+# --------------------------------------------------------------------------------------
+# Stopped and started again: a stopped instance runs nothing; a start is a boot, but not
+# the user data's
+
+
+RUNS_ONCE = "#!/bin/bash\necho ran >> \"$PWD/user-data-runs\"\nminikube start >/dev/null\n"
+# What a command finds on the instance right after a start, before anything starts Minikube.
+PROBE = ("#!/bin/bash\nminikube status >/dev/null; echo $? > \"$PWD/minikube-status\"\n"
+         "kubectl rollout status deployment/payments 2> \"$PWD/kubectl.err\"; echo $? > \"$PWD/kubectl-exit\"\n")
+WAKE_TOKEN = "feedfacecafebeef"
+# The operator's wake, as the brief has it: start Minikube, wait for the deployments, tag
+# the outcome on its own instance (the instance id from IMDSv2, the real AWS CLI).
+WAKE = f"""#!/bin/bash
+set -euo pipefail
+minikube start
+kubectl rollout status deployment/payments --timeout=15m
+token="$(curl -fsS -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')"
+id="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)"
+aws ec2 create-tags --region {REGION} --resources "$id" --tags Key=featureenv.io/services,Value=complete:{WAKE_TOKEN}
+"""
+
+
+def imds_port(sim: Sim) -> int:
+    started = next(line for line in sim.lines if " started cluster=" in line)
+    return int(re.search(r" imds=127\.0\.0\.1:(\d+) ", started).group(1))  # type: ignore[union-attr]
+
+
+def imds_answers(port: int, iid: str) -> bool:
+    """Whether the simulator's metadata service answers for the instance (a token PUT)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("PUT", f"/{iid}/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def line_at(sim: Sim, prefix: str) -> float:
+    """When the simulator printed its first line starting (after the timestamp) with `prefix`."""
+    line = next(line for line in list(sim.lines) if line.split(" ", 1)[1].startswith(prefix))
+    return epoch(line.split(" ", 1)[0])
+
+
+def test_a_stopped_instance_runs_nothing_and_a_start_is_a_boot_without_the_user_data(
+    seeded: dict[str, Any], moto_endpoint: str, tmp_path: Path
+) -> None:
+    from awsenv import client
+    from test_fault_proxy import clients, start_proxy, stop
+
+    cluster = "sleep-" + uuid.uuid4().hex[:6]
+    direct = client("ec2", moto_endpoint, REGION)
+    iid = launch(direct, seeded["amiIds"]["newer"], cluster, "sleeper", RUNS_ONCE)
+    proxy, url = start_proxy(moto_endpoint, 0.0, tmp_path / "proxy.jsonl", extra=("--timing", "fast"))
+    sim = start_sim(moto_endpoint, cluster, tmp_path / "instances")
+    try:
+        operator = clients(url)  # the operator's calls go through the strict layer
+        ec2, ssm = operator["ec2"], operator["ssm"]
+
+        def state() -> str:
+            return str(ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+        wait_until("the boot", lambda: iid in sim.results(), 30)
+        port = imds_port(sim)
+        assert imds_answers(port, iid)
+        hanging = send(ssm, iid, "#!/bin/bash\necho $$ > \"$PWD/pid\"\nsleep 300\n")
+        pid = int(wait_until("the command to start",
+                             lambda: read(sim.dir(iid) / "commands" / hanging / "pid").strip(), 30))
+        wait_until("running, as the layer has it", lambda: state() == "running", 30)
+
+        # Stopped: the command is killed, metadata and Minikube are gone.
+        ec2.stop_instances(InstanceIds=[iid])
+        wait_until("the halt", lambda: any(f"halted instance={iid}" in line for line in sim.lines), 30)
+        assert any(f"killed instance={iid} command={hanging} reason=instance-not-running" in line for line in sim.lines)
+        wait_until("the command's process group to end", lambda: not pid_alive(pid), 15)
+        assert read(sim.dir(iid) / "minikube.state") == "Stopped\n"
+        assert not imds_answers(port, iid)
+
+        # Commands sent while it is stopped: AWS accepts them (a stopped node is in a valid
+        # state) and tries to deliver them until their delivery timeout.
+        late = str(unvalidated_ssm(moto_endpoint).send_command(  # straight to moto: 1 s delivery timeout
+            DocumentName="AWS-RunShellScript", InstanceIds=[iid], TimeoutSeconds=1,
+            Targets=[{"Key": "instance-id", "Values": [iid]}],
+            Parameters={"commands": ["#!/bin/bash\ntouch \"$PWD/ran\"\n"]})["Command"]["CommandId"])
+        probe = send(ssm, iid, PROBE)
+        wait_until("the late command to time out", lambda: any(
+            f"undelivered instance={iid} command={late} " in line for line in sim.lines), 30)
+        assert probe not in {m.group(3) for m in (COMMAND_RE.match(line) for line in list(sim.lines)) if m}
+        wait_until("stopped, as the layer has it", lambda: state() == "stopped", 30)
+
+        # Started: metadata and agent come back after the boot delay; the user data does not run again.
+        started_at = time.time()
+        ec2.start_instances(InstanceIds=[iid])
+        wait_until("the restart", lambda: any(f"restarted instance={iid}" in line for line in sim.lines), 30)
+        assert line_at(sim, f"restarted instance={iid}") >= started_at + BOOT_SECONDS - 0.05
+        assert imds_answers(port, iid)
+        wake = send(ssm, iid, WAKE)
+        wait_until("the wake", lambda: wake in {m.group(3) for m in (COMMAND_RE.match(line) for line in list(sim.lines))
+                                               if m}, 60)
+        lines = {m.group(3): m for m in (COMMAND_RE.match(line) for line in list(sim.lines)) if m}
+        # The command held while it was stopped ran first, after the restart, and found
+        # Minikube stopped (the node container does not come back with the host).
+        assert command_started(sim, iid, probe) >= line_at(sim, f"restarted instance={iid}") - 0.05
+        probe_dir = sim.dir(iid) / "commands" / probe
+        assert read(probe_dir / "minikube-status").strip() == "7"
+        assert read(probe_dir / "kubectl-exit").strip() == "1"
+        assert "connection to the server 192.168.49.2:8443 was refused" in read(probe_dir / "kubectl.err")
+        assert (lines[wake].group(4), lines[wake].group(5)) == ("0", f"complete:{WAKE_TOKEN}")
+        assert command_started(sim, iid, wake) >= ended(probe_dir / "result.json") - 0.05
+        assert services_tag(direct, iid) == f"complete:{WAKE_TOKEN}"
+        assert read(sim.dir(iid) / "minikube.state") == "Running\n"
+        assert read(sim.dir(iid) / "user-data-runs") == "ran\n", "cloud-init runs user scripts once per instance"
+        assert not (sim.dir(iid) / "commands" / late).exists()
+        assert sum(" bootstrap " in line and iid in line for line in sim.lines) == 1
+    finally:
+        stop(proxy)
+        code = sim.stop()
+    assert code == 0, "\n".join(sim.stderr)

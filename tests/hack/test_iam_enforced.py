@@ -53,6 +53,8 @@ def enforced(moto_endpoint: str, seeded: dict[str, Any],
         clients(moto_endpoint)["ec2"].create_tags(Resources=[instance["InstanceId"]],
                                                   Tags=[{"Key": BOOTSTRAP_TAG, "Value": "complete"}])
         env.update_services(instance)
+        env.sleep(instance, spare)
+        env.wake(instance, spare)
         env.janitor()
         env.clean_up(spare)
         yield {"log": log, "url": url, "cluster": cluster, "env": env, "lines": lines(log)}
@@ -87,7 +89,8 @@ def test_one_environments_calls_are_all_allowed(enforced: dict[str, Any]) -> Non
         "ec2:TerminateInstances", "rds:DescribeDBSnapshots", "rds:RestoreDBInstanceFromDBSnapshot",
         "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:AddTagsToResource", "rds:DeleteDBInstance",
         "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:GetParametersByPath",
-        "ssm:SendCommand", "ssm:DeleteParameter", "ecr:DescribeImages"}, issued
+        "ssm:SendCommand", "ssm:DeleteParameter", "ecr:DescribeImages",
+        "ec2:StopInstances", "ec2:StartInstances", "rds:StopDBInstance", "rds:StartDBInstance"}, issued
     assert [e for e in entries if e["status"] != 200 or e.get("rejected")] == []
 
 
@@ -155,14 +158,44 @@ def test_ec2_denial_is_unauthorized_operation(enforced: dict[str, Any], aws: Any
 
 
 def test_a_call_the_model_cannot_decide_is_refused(enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]) -> None:
-    """No model of StopInstances's authorization: refused (never guessed), saying why."""
+    """No model of RebootInstances's authorization: refused (never guessed), saying why."""
     env: Environment = enforced["env"]
     before = len(lines(enforced["log"]))
     with pytest.raises(ClientError) as refused:
-        env.ec2.stop_instances(InstanceIds=["i-0123456789abcdef0"])
+        env.ec2.reboot_instances(InstanceIds=["i-0123456789abcdef0"])
     assert refused.value.response["Error"]["Code"] == "UnauthorizedOperation"
     [entry] = added_since(enforced["log"], before)
     assert entry["rule"] == "iam" and "no model of its authorization" in entry["iam_unsupported"]
+
+
+def test_stopping_or_starting_another_clusters_resources_is_access_denied(
+    enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]
+) -> None:
+    """The sleep statements at request time: another installation's instance and
+    database (made straight in moto) cannot be stopped or started; moto never sees the
+    calls, they stay as they were."""
+    env: Environment = enforced["env"]
+    other_db, other_arn = other_clusters_spare(aws, seeded)
+    other_instance = aws("ec2").run_instances(
+        ImageId=seeded["amiIds"]["newer"], InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": CLUSTER_TAG, "Value": "someone-else"}]}],
+    )["Instances"][0]["InstanceId"]
+    before = len(lines(enforced["log"]))
+    for call, code in ((lambda: env.ec2.stop_instances(InstanceIds=[other_instance]), "UnauthorizedOperation"),
+                       (lambda: env.ec2.start_instances(InstanceIds=[other_instance]), "UnauthorizedOperation"),
+                       (lambda: env.rds.stop_db_instance(DBInstanceIdentifier=other_db), "AccessDenied"),
+                       (lambda: env.rds.start_db_instance(DBInstanceIdentifier=other_db), "AccessDenied")):
+        with pytest.raises(ClientError) as refused:
+            call()
+        assert refused.value.response["Error"]["Code"] == code
+    added = added_since(enforced["log"], before)
+    assert [(e["action"], e["rule"]) for e in added] == [
+        ("StopInstances", "iam"), ("StartInstances", "iam"), ("StopDBInstance", "iam"), ("StartDBInstance", "iam")]
+    assert f"rds:StopDBInstance on arn:aws:rds:us-east-1:123456789012:db:{other_db}" in added[2]["iam_denied"][0]
+    state = aws("ec2").describe_instances(InstanceIds=[other_instance])["Reservations"][0]["Instances"][0]["State"]
+    assert state["Name"] == "running"
+    assert aws("rds").describe_db_instances(DBInstanceIdentifier=other_db)["DBInstances"][0][
+        "DBInstanceStatus"] == "available"
 
 
 def test_another_access_key_is_not_checked(enforced: dict[str, Any], aws: Any, seeded: dict[str, Any]) -> None:

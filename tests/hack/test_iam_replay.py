@@ -189,6 +189,35 @@ class Environment:
                               Parameters={"commands": ["#!/bin/bash\necho update\n"], "executionTimeout": ["1200"]},
                               Comment=f"featureenv: update services of {self.key}", TimeoutSeconds=1200)
 
+    def instance_state(self, iid: str) -> str:
+        return str(self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"])
+
+    def database_status(self, db_id: str) -> str:
+        return str(self.rds.describe_db_instances(DBInstanceIdentifier=db_id)["DBInstances"][0]["DBInstanceStatus"])
+
+    def sleep(self, instance: dict[str, Any], spare: dict[str, Any]) -> None:
+        """spec.sleeping: true, as the operator is to make it: StopInstances with one id
+        (no Force, no Hibernate), StopDBInstance without a snapshot, on what it launched
+        and claimed, once each can be stopped."""
+        iid, db_id = instance["InstanceId"], spare["DBInstanceIdentifier"]
+        wait_for("the instance to run", lambda: self.instance_state(iid) == "running")
+        self.ec2.stop_instances(InstanceIds=[iid])
+        self.rds.stop_db_instance(DBInstanceIdentifier=db_id)
+        wait_for("both to be stopped", lambda: (self.instance_state(iid), self.database_status(db_id)) == (
+            "stopped", "stopped"))
+
+    def wake(self, instance: dict[str, Any], spare: dict[str, Any]) -> None:
+        """spec.sleeping: false: StartDBInstance, StartInstances, and once the instance
+        runs again the wake command (minikube start, wait, tag the outcome)."""
+        iid, db_id = instance["InstanceId"], spare["DBInstanceIdentifier"]
+        self.rds.start_db_instance(DBInstanceIdentifier=db_id)
+        self.ec2.start_instances(InstanceIds=[iid])
+        wait_for("both to be back", lambda: (self.instance_state(iid), self.database_status(db_id)) == (
+            "running", "available"))
+        self.ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[iid],
+                              Parameters={"commands": ["#!/bin/bash\nminikube start\n"], "executionTimeout": ["1200"]},
+                              Comment=f"featureenv: wake {self.key}", TimeoutSeconds=1200)
+
     def janitor(self) -> None:
         """janitor.rs sweep: list the tree (names only)."""
         self.ssm.get_parameters_by_path(Path=f"/featureenv/{self.cluster}", Recursive=True, WithDecryption=False,
@@ -225,6 +254,8 @@ def replayed(moto_endpoint: str, seeded: dict[str, Any],
         # The bootstrap script tags its own instance (instance credentials, not through the proxy).
         clients(moto_endpoint)["ec2"].create_tags(Resources=[instance["InstanceId"]], Tags=[{"Key": BOOTSTRAP_TAG, "Value": "complete"}])
         env.update_services(instance)
+        env.sleep(instance, spare)
+        env.wake(instance, spare)
         env.janitor()
         env.clean_up(spare)
         yield {"log": log, "lines": log.read_text().splitlines(), "cluster": cluster, "env": env, "aws": through}
@@ -263,8 +294,11 @@ def test_one_environments_calls_pass_the_iam_check(replayed: dict[str, Any], see
         "ec2:TerminateInstances", "rds:DescribeDBSnapshots", "rds:RestoreDBInstanceFromDBSnapshot",
         "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:AddTagsToResource", "rds:DeleteDBInstance",
         "ssm:GetParameter", "ssm:PutParameter", "ssm:AddTagsToResource", "ssm:GetParametersByPath",
-        "ssm:SendCommand", "ssm:DeleteParameter", "ecr:DescribeImages"}, issued
+        "ssm:SendCommand", "ssm:DeleteParameter", "ecr:DescribeImages",
+        "ec2:StopInstances", "ec2:StartInstances", "rds:StopDBInstance", "rds:StartDBInstance"}, issued
     assert [e for e in entries if e["status"] != 200] == [], "the replay is the operator's good path"
+    stop = next(e for e in entries if e["action"] == "StopDBInstance")
+    assert stop["resource_tags"][stop["db_instance_id"]][CLAIMED_BY_TAG] == replayed["env"].uid
     # The tags the checks decide on were learned from moto, not assumed.
     claim = next(e for e in entries if (e["service"], e["action"]) == ("rds", "AddTagsToResource"))
     assert claim["resource_tags"][claim["resource_name"]][CLUSTER_TAG] == replayed["cluster"]

@@ -37,7 +37,15 @@ def calls(tmp_path: Path) -> str:
     return (tmp_path / "calls.log").read_text()
 
 
-def test_kubectl_builds_the_secret_from_stdin_without_recording_it(run: Any, tmp_path: Path) -> None:
+@pytest.fixture()
+def started(run: Any) -> Any:
+    """`run` on an instance whose Minikube the bootstrap has started."""
+    assert run(["minikube", "start"]).returncode == 0
+    return run
+
+
+def test_kubectl_builds_the_secret_from_stdin_without_recording_it(started: Any, tmp_path: Path) -> None:
+    run = started
     argv = ["kubectl", "create", "secret", "generic", "featureenv-database",
             "--from-file=connection=/dev/stdin", "--dry-run=client", "-o", "yaml"]
     out = run(argv, stdin="postgres://app:S3cretPW@db/app")
@@ -50,10 +58,11 @@ def test_kubectl_builds_the_secret_from_stdin_without_recording_it(run: Any, tmp
     nothing = run(["kubectl", "apply", "-f", "-"], stdin="")
     assert nothing.returncode == 1 and "error: no objects passed to apply" in nothing.stderr
     assert "S3cretPW" not in calls(tmp_path) and "cG9zdGdyZXM" not in calls(tmp_path)
-    assert calls(tmp_path).splitlines()[0] == " ".join(argv)
+    assert calls(tmp_path).splitlines()[1] == " ".join(argv)
 
 
-def test_kubectl_set_image_and_rollout(run: Any) -> None:
+def test_kubectl_set_image_and_rollout(started: Any) -> None:
+    run = started
     ok = run(["kubectl", "set", "image", "deployment/payments", "payments=r/payments:1"])
     assert (ok.returncode, ok.stdout) == (0, "deployment.apps/payments image updated\n")
     wrong = run(["kubectl", "set", "image", "deployment/payments", "orders=r/orders:1"])
@@ -62,7 +71,8 @@ def test_kubectl_set_image_and_rollout(run: Any) -> None:
     assert (rollout.returncode, rollout.stdout) == (0, 'deployment "payments" successfully rolled out\n')
 
 
-def test_minikube_addons_and_docker_env(run: Any) -> None:
+def test_minikube_addons_and_docker_env(started: Any) -> None:
+    run = started
     for addon in ("ingress", "dashboard", "logviewer", "metrics-server"):
         assert run(["minikube", "addons", "enable", addon]).returncode == 0, addon
     bad = run(["minikube", "addons", "enable", "logs"])
@@ -71,6 +81,49 @@ def test_minikube_addons_and_docker_env(run: Any) -> None:
     assert run(["minikube", "status"]).returncode == 0
     env = run(["bash", "-c", 'eval "$(minikube docker-env --shell bash)" && echo "$DOCKER_HOST"'])
     assert env.stdout.strip() == "tcp://192.168.49.2:2376"
+
+
+STOPPED_STATUS = ("minikube\ntype: Control Plane\nhost: Stopped\nkubelet: Stopped\napiserver: Stopped\n"
+                  "kubeconfig: Stopped\n\n")
+RUNNING_STATUS = ("minikube\ntype: Control Plane\nhost: Running\nkubelet: Running\napiserver: Running\n"
+                  "kubeconfig: Configured\n\n")
+REFUSED = "The connection to the server 192.168.49.2:8443 was refused - did you specify the right host or port?\n"
+
+
+def test_minikube_is_stopped_at_every_boot_until_started(run: Any, tmp_path: Path) -> None:
+    """A fresh boot from the image (which stops Minikube before its snapshot), and an
+    instance stopped and started again (the simulator writes `Stopped`): the cluster is
+    down until `minikube start`, and everything needing it fails."""
+    for boot in ("fresh", "restarted"):
+        if boot == "restarted":
+            (tmp_path / "minikube.state").write_text("Stopped\n")
+        status = run(["minikube", "status"])
+        assert (status.returncode, status.stdout) == (7, STOPPED_STATUS), boot
+        docker_env = run(["minikube", "docker-env", "--shell", "bash"])
+        assert docker_env.returncode == 89 and docker_env.stdout == "", boot
+        assert "host is not running: state=Stopped" in docker_env.stderr
+        assert run(["minikube", "addons", "enable", "ingress"]).returncode == 89, boot
+        for argv in (["kubectl", "rollout", "status", "deployment/payments"], ["kubectl", "apply", "-f", "-"],
+                     ["kubectl", "wait", "--for=condition=Available", "deployment", "--all"]):
+            refused = run(argv, stdin="kind: Secret\n")
+            assert (refused.returncode, refused.stderr) == (1, REFUSED), (boot, argv)
+        # A client-side dry run needs no API server.
+        dry = run(["kubectl", "create", "secret", "generic", "s", "--from-file=k=/dev/stdin", "--dry-run=client",
+                   "-o", "yaml"], stdin="v")
+        assert dry.returncode == 0 and "kind: Secret" in dry.stdout, boot
+        start = run(["minikube", "start"])
+        assert start.returncode == 0 and "Restarting existing docker container" in start.stdout, boot
+        status = run(["minikube", "status"])
+        assert (status.returncode, status.stdout) == (0, RUNNING_STATUS), boot
+        assert run(["kubectl", "rollout", "status", "deployment/payments"]).returncode == 0, boot
+        wait = run(["kubectl", "wait", "--for=condition=Available", "deployment", "--all", "--timeout=10m"])
+        assert wait.returncode == 0, boot
+    # `minikube start` on a bootstrapped (running) instance: accepted, nothing to restart.
+    again = run(["minikube", "start"])
+    assert again.returncode == 0 and "Restarting" not in again.stdout and "Done!" in again.stdout
+    assert run(["minikube", "status"]).returncode == 0
+    stop = run(["minikube", "stop"])
+    assert stop.returncode == 0 and run(["minikube", "status"]).returncode == 7
 
 
 def test_logger_mirrors_stdin_to_stderr(run: Any, tmp_path: Path) -> None:

@@ -148,6 +148,53 @@ def test_user_data_hop_limit_and_page_size(layer: dict[str, Any], seeded: dict[s
             "InvalidParameterCombination")
 
 
+def test_stop_and_start_of_a_terminated_instance_are_refused(
+    layer: dict[str, Any], seeded: dict[str, Any], aws: Any
+) -> None:
+    """moto stops and even starts again a terminated instance; AWS refuses both. The
+    state comes from moto just before the call, so a termination behind the layer's
+    back counts too."""
+    ec2 = layer["ec2"]
+    ours, behind, alive = (launch(ec2, seeded, OPERATOR_TAGS) for _ in range(3))
+    ec2.terminate_instances(InstanceIds=[ours])
+    aws("ec2").terminate_instances(InstanceIds=[behind])
+    for iid in (ours, behind):
+        refused(lambda iid=iid: ec2.stop_instances(InstanceIds=[iid]), "IncorrectInstanceState",
+                f"This instance '{iid}' is not in a state from which it can be stopped.")
+        refused(lambda iid=iid: ec2.start_instances(InstanceIds=[iid]), "IncorrectInstanceState",
+                f"The instance '{iid}' is not in a state from which it can be started.")
+        assert instance_state(aws("ec2"), iid) == "terminated", "moto never saw the calls"
+    # One bad id refuses the whole request, as AWS does.
+    refused(lambda: ec2.stop_instances(InstanceIds=[alive, ours]), "IncorrectInstanceState")
+    assert instance_state(aws("ec2"), alive) == "running"
+    stopped = ec2.stop_instances(InstanceIds=[alive])["StoppingInstances"][0]
+    assert stopped["InstanceId"] == alive and instance_state(aws("ec2"), alive) == "stopped"
+    ec2.start_instances(InstanceIds=[alive])
+    entries = [e for e in read_log(layer["log"]) if e["action"] in ("StopInstances", "StartInstances")]
+    assert {(e["action"], e.get("rule")) for e in entries if e.get("rejected")} == {
+        ("StopInstances", "ec2.stop.state"), ("StartInstances", "ec2.start.state")}
+    assert entries[-1]["instance_ids"] == [alive] and entries[-1]["resource_tags"] == {alive: OPERATOR_TAGS}
+    # Without the layer, moto does both.
+    aws("ec2").start_instances(InstanceIds=[behind])
+    assert instance_state(aws("ec2"), behind) == "running"
+
+
+def test_a_stopped_database_cannot_be_modified(layer: dict[str, Any]) -> None:
+    """moto modifies a stopped DB instance; AWS refuses (whatever the timing: here off)."""
+    rds = layer["rds"]
+    db_id = "fe-stopped-" + uuid.uuid4().hex[:6]
+    restore(rds, db_id, {"featureenv.io/cluster": "strict"})
+    rds.stop_db_instance(DBInstanceIdentifier=db_id)
+    refused(lambda: rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="A" * 32,
+                                           ApplyImmediately=True), "InvalidDBInstanceState",
+            "You can't modify a stopped DB instance. Start the DB instance, and then modify it.")
+    rds.start_db_instance(DBInstanceIdentifier=db_id)
+    rds.modify_db_instance(DBInstanceIdentifier=db_id, MasterUserPassword="A" * 32, ApplyImmediately=True)
+    entry = [e for e in read_log(layer["log"]) if e["action"] == "StopDBInstance"][-1]
+    assert (entry["db_instance_id"], entry["snapshot_id"]) == (db_id, None)
+    assert entry["resource_tags"][db_id]["featureenv.io/cluster"] == "strict", "looked up in moto"
+
+
 # --- RDS -------------------------------------------------------------------------------
 
 

@@ -63,6 +63,9 @@ pub struct StackOptions {
     pub janitor_interval: String,
     pub janitor_grace: String,
     pub lease_duration: String,
+    /// The strict layer starts a database stopped this long again by itself, as RDS
+    /// does after seven days (`--rds-auto-start-seconds`); `None`: the profile's.
+    pub rds_auto_start_seconds: Option<f64>,
     /// RdsPool `integration` overrides (warm, maxSize) applied after the example.
     pub pool: Option<(u32, u32)>,
     /// Build the operator processes from this binary (the bench uses a release build).
@@ -83,6 +86,7 @@ impl Default for StackOptions {
             janitor_grace: "1h".into(),
             lease_duration: "15s".into(),
             pool: None,
+            rds_auto_start_seconds: None,
             operator_bin: PathBuf::from(OPERATOR_BIN),
         }
     }
@@ -201,8 +205,14 @@ impl Stack {
 
     fn start_fault_proxy(&mut self, rate: f64) {
         let addr_file = self.dir.join("fault-proxy.addr");
+        let auto_start: Vec<String> = self
+            .opts
+            .rds_auto_start_seconds
+            .map(|s| vec!["--rds-auto-start-seconds".to_owned(), s.to_string()])
+            .unwrap_or_default();
         let child = Command::new("python3")
             .arg(format!("{ROOT}/hack/fault_proxy.py"))
+            .args(&auto_start)
             .args(["--listen", "127.0.0.1:0", "--upstream", &self.moto.endpoint()])
             .args(["--rate", &rate.to_string(), "--seed", &self.opts.fault_seed.to_string()])
             .args(["--timing", &self.opts.aws_timing.0])

@@ -126,6 +126,20 @@ impl Compute for AwsCloud {
         Ok(())
     }
 
+    async fn stop_instance(&self, id: &str) -> CloudResult<()> {
+        let request = self.ec2.stop_instances().instance_ids(id).send();
+        self.call(EC2, "StopInstances", request).await?;
+        tracing::info!(instance_id = id, "stopping instance");
+        Ok(())
+    }
+
+    async fn start_instance(&self, id: &str) -> CloudResult<()> {
+        let request = self.ec2.start_instances().instance_ids(id).send();
+        self.call(EC2, "StartInstances", request).await?;
+        tracing::info!(instance_id = id, "starting instance");
+        Ok(())
+    }
+
     async fn console_output(&self, id: &str) -> CloudResult<Option<String>> {
         let request = self.ec2.get_console_output().instance_id(id).latest(true).send();
         let output = self.call(EC2, "GetConsoleOutput", request).await?;

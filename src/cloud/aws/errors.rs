@@ -105,6 +105,9 @@ fn kind_of_code(code: &str) -> Option<Kind> {
         // SSM Run Command: the instance is no managed node yet (its agent has not
         // registered) or no longer (shutting down). Retried; the update waits.
         "InvalidInstanceId" => Kind::InvalidState,
+        // StopInstances/StartInstances of an instance in a state they cannot change
+        // (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+        "IncorrectInstanceState" => Kind::InvalidState,
 
         // Server side trouble: retried with bounded backoff.
         "InternalError"

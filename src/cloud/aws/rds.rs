@@ -151,6 +151,20 @@ impl Databases for AwsCloud {
         tracing::info!(db_instance_id = id, "deleting database");
         Ok(())
     }
+
+    async fn stop_database(&self, id: &str) -> CloudResult<()> {
+        let request = self.rds.stop_db_instance().db_instance_identifier(id).send();
+        self.call(RDS, "StopDBInstance", request).await?;
+        tracing::info!(db_instance_id = id, "stopping database");
+        Ok(())
+    }
+
+    async fn start_database(&self, id: &str) -> CloudResult<()> {
+        let request = self.rds.start_db_instance().db_instance_identifier(id).send();
+        self.call(RDS, "StartDBInstance", request).await?;
+        tracing::info!(db_instance_id = id, "starting database");
+        Ok(())
+    }
 }
 
 fn rds_tags(tags: &Tags) -> Vec<Tag> {

@@ -11,6 +11,7 @@ mod cleanup;
 mod dereference;
 mod report;
 mod schedule;
+mod sleep;
 pub mod status;
 mod update;
 pub mod validate;
@@ -165,11 +166,32 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     if let Some(outcome) = &database {
         act::record_database(ctx, &id, &mut status, outcome);
     }
-    let services = match update::services(&pass, &mut status, &instance).await? {
-        Ok(services) => services,
+    let desire = match sleep::desire(
+        env.spec.sleeping,
+        class.spec.sleep.as_ref(),
+        &resolved.class_name,
+        created,
+        now,
+    ) {
+        Ok(desire) => desire,
         Err(invalid) => return refuse(invalid).await,
     };
-    let next = settle(&pass, &status, &current, &instance, &database, services).await;
+    sleep::record(&mut status, desire.as_ref());
+    let sleeping = sleep::step(&pass, &mut status, &instance, database.as_ref()).await?;
+    let services = match &sleeping {
+        // Asleep or waking: an edit of the services is applied once awake.
+        Some(_) if status.services_token.as_deref() == Some(update::wanted_token(&resolved).as_str()) => {
+            Services::Applied
+        }
+        Some(_) => Services::Updating {
+            message: "spec.services changed; the update follows the wake-up".into(),
+        },
+        None => match update::services(&pass, &mut status, &instance).await? {
+            Ok(services) => services,
+            Err(invalid) => return refuse(invalid).await,
+        },
+    };
+    let next = settle(&pass, &status, &current, &instance, &database, services, sleeping).await;
     report::write(ctx, &api, env, &id, &current, &next).await?;
     let fast_poll = ctx.config.fast_poll_interval;
     let timeout = resolved.readiness_timeout;
@@ -235,6 +257,7 @@ async fn settle(
     instance: &Instance,
     database: &Option<DbOutcome>,
     services: Services,
+    sleep: Option<status::SleepState>,
 ) -> FeatureEnvironmentStatus {
     let Pass {
         ctx,
@@ -256,6 +279,7 @@ async fn settle(
         namespace: &id.namespace,
         name: &id.name,
         services,
+        sleep,
     };
     let mut observed = Observed {
         instance: Some(instance),

@@ -49,8 +49,23 @@ pub fn next_wake(
     {
         wake = wake.min(until(deadline, now) + Duration::from_millis(100));
     }
-    if status.phase == Phase::Updating {
+    if status.phase == Phase::Updating || status.phase == Phase::Waking {
         wake = wake.min(UPDATE_WAIT);
+    }
+    if status.phase == Phase::Sleeping
+        && crate::api::conditions::find(&status.conditions, crate::api::conditions::READY)
+            .is_some_and(|c| c.reason == "FallingAsleep")
+    {
+        wake = wake.min(UPDATE_WAIT);
+    }
+    // The class's schedule changes its mind at this moment.
+    if let Some(at) = status
+        .sleep
+        .as_ref()
+        .and_then(|s| s.next_change.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    {
+        wake = wake.min(until(at, now) + Duration::from_millis(100));
     }
     if matches!(database, Some(DbOutcome::Exhausted(_))) {
         wake = wake.min(POOL_WAIT);

@@ -151,6 +151,19 @@ pub enum Services {
     Failed { message: String },
 }
 
+/// Where an environment's sleep stands (see `sleep`), when it sleeps or wakes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SleepState {
+    /// Stop requests sent; instance or database not stopped yet.
+    FallingAsleep { message: String },
+    /// Instance and database stopped.
+    Asleep { message: String },
+    /// Starting them again, then the services; `reason` says which step.
+    Waking { reason: &'static str, message: String },
+    /// The instance reported that its services did not come back.
+    WakeFailed { message: String },
+}
+
 /// Inputs to [`next_status`] besides the observations.
 pub struct StatusInputs<'a> {
     pub generation: Option<i64>,
@@ -164,6 +177,8 @@ pub struct StatusInputs<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub services: Services,
+    /// Set while the environment sleeps or wakes; decides the phase.
+    pub sleep: Option<SleepState>,
 }
 
 /// The next status: phase, the three conditions, instance details, endpoints and
@@ -309,6 +324,20 @@ fn decide_phase(
     if already_failed {
         // Keep the failure reason and message as they were.
         status.phase = Phase::Failed;
+    } else if let Some(sleep) = &inputs.sleep {
+        let (phase, reason, message) = match sleep {
+            SleepState::FallingAsleep { message } => (Phase::Sleeping, "FallingAsleep", message.clone()),
+            SleepState::Asleep { message } => (Phase::Sleeping, "Asleep", message.clone()),
+            SleepState::Waking { reason, message } => (Phase::Waking, *reason, message.clone()),
+            SleepState::WakeFailed { message } => (Phase::Failed, "WakeFailed", with_console(message.clone())),
+        };
+        status.phase = phase;
+        set_condition(
+            &mut status.conditions,
+            ConditionUpdate::new(READY, false, reason, message),
+            generation,
+            now,
+        );
     } else if let Err(
         nr @ NotReady {
             reason: "BootstrapFailed",
@@ -394,9 +423,14 @@ pub fn invalid_status(
     status
 }
 
-/// Whether the phase changed into `Ready` with this status (for the time-to-ready metric).
+/// Whether the environment became Ready for the first time with this status (for
+/// the time-to-ready metric, which counts from creation): back to Ready after an
+/// update or a wake-up does not count again.
 pub fn became_ready(before: &FeatureEnvironmentStatus, after: &FeatureEnvironmentStatus) -> bool {
-    before.phase != Phase::Ready && after.phase == Phase::Ready && conditions::is_true(&after.conditions, READY)
+    before.ready_at.is_none()
+        && after.ready_at.is_some()
+        && after.phase == Phase::Ready
+        && conditions::is_true(&after.conditions, READY)
 }
 
 #[cfg(test)]
@@ -447,6 +481,7 @@ mod tests {
             namespace: "team",
             name: "pr-1",
             services: Services::Applied,
+            sleep: None,
         }
     }
 
@@ -532,6 +567,11 @@ mod tests {
         let s3 = next_status(&s2, &obs, &inputs("2026-11-28T10:09:00Z", &endpoints));
         assert_eq!(s3.ready_at, s2.ready_at);
         assert!(!became_ready(&s2, &s3));
+        // Back to Ready after an update or a wake-up is not a first time.
+        for phase in [Phase::Updating, Phase::Waking] {
+            let away = FeatureEnvironmentStatus { phase, ..s2.clone() };
+            assert!(!became_ready(&away, &s3), "{phase:?} → Ready counted as a first Ready");
+        }
     }
 
     #[test]
