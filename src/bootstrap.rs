@@ -33,6 +33,19 @@ pub struct ServiceImage {
     pub image: String,
 }
 
+impl ServiceImage {
+    /// The images an environment's status records, as the scripts take them.
+    pub fn all_of(images: &[crate::api::environment::DeployedImage]) -> Vec<Self> {
+        images
+            .iter()
+            .map(|i| Self {
+                name: i.name.clone(),
+                image: i.image.clone(),
+            })
+            .collect()
+    }
+}
+
 /// Everything the instance needs to know; deliberately nothing secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootstrapSpec {
@@ -134,21 +147,7 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
 /// new images, roll the deployments, tag itself with the outcome. Same prelude as
 /// the bootstrap (logging, IMDSv2, the ERR trap that tags the failure).
 pub fn render_update_script(spec: &UpdateSpec) -> String {
-    let mut script = header("services update", &spec.environment, &spec.region, &spec.services);
-    let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
-    let _ = writeln!(
-        script,
-        "readonly COMPLETE_VALUE={}",
-        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_COMPLETE, spec.token))
-    );
-    let _ = writeln!(
-        script,
-        "readonly FAILED_VALUE={}",
-        shell_quote(&format!("{}:{}", tag::BOOTSTRAP_FAILED, spec.token))
-    );
-    script.push_str(PRELUDE);
-    script.push_str(UPDATE);
-    script
+    command_script("services update", spec, UPDATE)
 }
 
 /// Renders the script a started-again instance runs after a sleep: Minikube back up
@@ -157,7 +156,13 @@ pub fn render_update_script(spec: &UpdateSpec) -> String {
 /// (`featureenv.io/services=complete:<token>`). The user data does not run again on a
 /// start, so this goes over the update channel.
 pub fn render_wake_script(spec: &UpdateSpec) -> String {
-    let mut script = header("wake", &spec.environment, &spec.region, &spec.services);
+    command_script("wake", spec, WAKE)
+}
+
+/// A script sent over SSM Run Command: the services, the outcome tag
+/// (`featureenv.io/services=complete:<token>` or `failed:<token>`), the prelude, `body`.
+fn command_script(task: &str, spec: &UpdateSpec, body: &str) -> String {
+    let mut script = header(task, &spec.environment, &spec.region, &spec.services);
     let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
     let _ = writeln!(
         script,
@@ -170,7 +175,7 @@ pub fn render_wake_script(spec: &UpdateSpec) -> String {
         shell_quote(&format!("{}:{}", tag::BOOTSTRAP_FAILED, spec.token))
     );
     script.push_str(PRELUDE);
-    script.push_str(WAKE);
+    script.push_str(body);
     script
 }
 

@@ -241,6 +241,29 @@ impl FakeCloud {
         }
     }
 
+    /// StopInstances / StartInstances: from `from` to `to`, through `via` while
+    /// transitions are slow; already on the way or there is no error, as on EC2; any
+    /// other state is IncorrectInstanceState.
+    async fn move_instance(
+        &self,
+        id: &str,
+        op: &'static str,
+        from: InstanceState,
+        via: InstanceState,
+        to: InstanceState,
+    ) -> CloudResult<()> {
+        let lost = self.enter(op).await?;
+        let mut s = self.state();
+        let slow = s.instances_start_pending;
+        let i = s.instances.get_mut(id).ok_or_else(|| not_found(op, id))?;
+        match i.instance.state {
+            state if state == from => i.instance.state = if slow { via } else { to },
+            state if state == via || state == to => {}
+            state => return Err(incorrect_state(op, id, state)),
+        }
+        finish(op, lost, Ok(()))
+    }
+
     /// StopDBInstance / StartDBInstance: from `from` to `to`, through `via` while
     /// transitions are slow; RDS's InvalidDBInstanceState from any other status.
     async fn move_database(
@@ -593,43 +616,15 @@ impl Compute for FakeCloud {
     }
 
     async fn stop_instance(&self, id: &str) -> CloudResult<()> {
-        const OP: &str = "StopInstances";
-        let lost = self.enter(OP).await?;
-        let mut s = self.state();
-        let slow = s.instances_start_pending;
-        let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
-        match i.instance.state {
-            InstanceState::Running => {
-                i.instance.state = if slow {
-                    InstanceState::Stopping
-                } else {
-                    InstanceState::Stopped
-                };
-            }
-            InstanceState::Stopping | InstanceState::Stopped => {}
-            state => return Err(incorrect_state(OP, id, state)),
-        }
-        finish(OP, lost, Ok(()))
+        use InstanceState::{Running, Stopped, Stopping};
+        self.move_instance(id, "StopInstances", Running, Stopping, Stopped)
+            .await
     }
 
     async fn start_instance(&self, id: &str) -> CloudResult<()> {
-        const OP: &str = "StartInstances";
-        let lost = self.enter(OP).await?;
-        let mut s = self.state();
-        let slow = s.instances_start_pending;
-        let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
-        match i.instance.state {
-            InstanceState::Stopped => {
-                i.instance.state = if slow {
-                    InstanceState::Pending
-                } else {
-                    InstanceState::Running
-                };
-            }
-            InstanceState::Pending | InstanceState::Running => {}
-            state => return Err(incorrect_state(OP, id, state)),
-        }
-        finish(OP, lost, Ok(()))
+        use InstanceState::{Pending, Running, Stopped};
+        self.move_instance(id, "StartInstances", Stopped, Pending, Running)
+            .await
     }
 
     async fn console_output(&self, id: &str) -> CloudResult<Option<String>> {

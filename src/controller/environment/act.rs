@@ -208,14 +208,7 @@ fn bootstrap_spec(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Bootstr
     BootstrapSpec {
         environment: id.key.clone(),
         region: ctx.config.region.clone().unwrap_or_default(),
-        services: status
-            .images
-            .iter()
-            .map(|i| bootstrap::ServiceImage {
-                name: i.name.clone(),
-                image: i.image.clone(),
-            })
-            .collect(),
+        services: bootstrap::ServiceImage::all_of(&status.images),
         addons: resolved.addons.iter().map(|a| a.as_str().to_owned()).collect(),
         database_parameter: resolved.database_pool.as_ref().map(|_| parameter_name(ctx, &id.uid)),
         database_wait_seconds: resolved.readiness_timeout.as_secs(),

@@ -293,14 +293,7 @@ async fn send_wake_script(
     let spec = UpdateSpec {
         environment: id.key.clone(),
         region: ctx.config.region.clone().unwrap_or_default(),
-        services: status
-            .images
-            .iter()
-            .map(|i| bootstrap::ServiceImage {
-                name: i.name.clone(),
-                image: i.image.clone(),
-            })
-            .collect(),
+        services: bootstrap::ServiceImage::all_of(&status.images),
         token: token.clone(),
     };
     let request = ScriptRequest {

@@ -74,13 +74,7 @@ async fn send(
     let script = bootstrap::render_update_script(&UpdateSpec {
         environment: id.key.clone(),
         region: ctx.config.region.clone().unwrap_or_default(),
-        services: images
-            .iter()
-            .map(|i| bootstrap::ServiceImage {
-                name: i.name.clone(),
-                image: i.image.clone(),
-            })
-            .collect(),
+        services: bootstrap::ServiceImage::all_of(&images),
         token: token.clone(),
     });
     let request = ScriptRequest {
