@@ -23,6 +23,8 @@ ETCD_VERSION="v3.6.5"
 CACHE="${FEATUREENV_K8S_CACHE:-$HOME/.cache/featureenv-operator/k8s}/$KUBE_VERSION-etcd-$ETCD_VERSION"
 
 say() { echo "k8s-binaries: $*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 has_all() { [[ -x "$1/kube-apiserver" && -x "$1/etcd" && -x "$1/kubectl" ]]; }
 
@@ -65,22 +67,7 @@ if ! command -v go >/dev/null; then
     exit 1
 fi
 
-# Module downloads go through the proxy; never let go switch toolchains behind our back.
-export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=mod" CGO_ENABLED=0
-
-mkdir -p "$(dirname "$CACHE")"
-# One build at a time (parallel test processes may all ask); the others wait and reuse it.
-exec 9>"$(dirname "$CACHE")/.build.lock"
-if ! flock -n 9; then
-    say "another build of the binaries is running; waiting for it"
-    flock 9
-fi
-if has_all "$CACHE"; then
-    echo "$CACHE"
-    exit 0
-fi
-STAGE="$(mktemp -d "$(dirname "$CACHE")/.build.XXXXXX")"
-trap 'rm -rf "$STAGE"' EXIT
+locked_stage "$CACHE" .build.lock "the binaries"
 
 major="${KUBE_VERSION#v}"; major="${major%%.*}"
 minor="${KUBE_VERSION#v*.}"; minor="${minor%%.*}"

@@ -21,6 +21,8 @@ KREW_VERSION="v0.4.3"
 CACHE="${FEATUREENV_GO_BIN_CACHE:-$HOME/.cache/featureenv-operator/go-bin}/krew-$KREW_VERSION"
 
 say() { echo "krew-tools: $*" >&2; }
+# shellcheck source=hack/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 has_all() { [[ -x "$1/validate-krew-manifest" && -x "$1/kubectl-krew" ]]; }
 
@@ -41,21 +43,7 @@ if ! command -v go >/dev/null; then
     exit 1
 fi
 
-# Module downloads go through the proxy; never let go switch toolchains behind our back.
-export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=mod" CGO_ENABLED=0
-
-mkdir -p "$(dirname "$CACHE")"
-exec 9>"$(dirname "$CACHE")/.krew-build.lock"
-if ! flock -n 9; then
-    say "another build of krew's tools is running; waiting for it"
-    flock 9
-fi
-if has_all "$CACHE"; then
-    echo "$CACHE"
-    exit 0
-fi
-STAGE="$(mktemp -d "$(dirname "$CACHE")/.build.XXXXXX")"
-trap 'rm -rf "$STAGE"' EXIT
+locked_stage "$CACHE" .krew-build.lock "krew's tools"
 
 build() { # command-name installed-as
     local cmd="$1" name="$2" start=$SECONDS

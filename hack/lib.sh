@@ -48,3 +48,27 @@ stop_pidfile() {
     fi
     rm -f "$file"
 }
+
+# locked_stage CACHE LOCK_NAME WHAT: before a one-time Go build into CACHE. Go settings
+# that keep the build on the module proxy and this toolchain; one build at a time
+# (parallel callers wait on LOCK_NAME beside CACHE and then reuse the result: CACHE is
+# printed and the script exits if it appeared meanwhile, as `has_all CACHE` tells);
+# otherwise STAGE is a fresh directory beside CACHE, removed when the script exits.
+locked_stage() {
+    local cache="$1" lock="$2" what="$3"
+    # Module downloads go through the proxy; never let go switch toolchains behind our back.
+    export GOTOOLCHAIN=local GOFLAGS="-buildvcs=false -mod=mod" CGO_ENABLED=0
+    mkdir -p "$(dirname "$cache")"
+    exec 9>"$(dirname "$cache")/$lock"
+    if ! flock -n 9; then
+        say "another build of $what is running; waiting for it"
+        flock 9
+    fi
+    if has_all "$cache"; then
+        echo "$cache"
+        exit 0
+    fi
+    STAGE="$(mktemp -d "$(dirname "$cache")/.build.XXXXXX")"
+    # shellcheck disable=SC2064  # expand STAGE now: it is this build's directory
+    trap "rm -rf '$STAGE'" EXIT
+}
