@@ -125,21 +125,61 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
         shell_quote(tag::BOOTSTRAP_COMPLETE)
     );
     let _ = writeln!(script, "readonly FAILED_VALUE={}", shell_quote(tag::BOOTSTRAP_FAILED));
+    script.push_str(&database_values(
+        spec.database_parameter.as_deref(),
+        spec.database_wait_seconds,
+    ));
+    script.push_str(&bash_array("ADDONS", spec.addons.iter().map(|a| minikube_addon(a))));
+    script.push_str(PRELUDE);
+    script.push_str(DATABASE);
+    script.push_str(BOOTSTRAP);
+    script
+}
+
+/// The values the database wiring reads: the parameter (empty: no database), how long
+/// to wait for it, and the Secret it goes to.
+fn database_values(parameter: Option<&str>, wait_seconds: u64) -> String {
+    let mut values = String::new();
     let _ = writeln!(
-        script,
+        values,
         "readonly DATABASE_PARAMETER={}",
-        shell_quote(spec.database_parameter.as_deref().unwrap_or(""))
+        shell_quote(parameter.unwrap_or(""))
     );
-    let _ = writeln!(script, "readonly DATABASE_WAIT_SECONDS={}", spec.database_wait_seconds);
-    let _ = writeln!(script, "readonly DATABASE_SECRET={}", shell_quote(DATABASE_SECRET));
+    let _ = writeln!(values, "readonly DATABASE_WAIT_SECONDS={wait_seconds}");
+    let _ = writeln!(values, "readonly DATABASE_SECRET={}", shell_quote(DATABASE_SECRET));
     let _ = writeln!(
-        script,
+        values,
         "readonly DATABASE_SECRET_KEY={}",
         shell_quote(DATABASE_SECRET_KEY)
     );
-    script.push_str(&bash_array("ADDONS", spec.addons.iter().map(|a| minikube_addon(a))));
+    values
+}
+
+/// What a claimed spare of a warm pool needs to become one environment's: its
+/// services' images (those under test among them), its database, and the token its
+/// outcome is tagged with. Nothing secret either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersonaliseSpec {
+    pub update: UpdateSpec,
+    /// The environment's SSM parameter, as in [`BootstrapSpec::database_parameter`].
+    pub database_parameter: Option<String>,
+    pub database_wait_seconds: u64,
+}
+
+/// Renders the script a claimed spare runs (SSM Run Command) to become the
+/// environment's: Minikube up (a `Stopped` pool's spare was just started), the
+/// environment's images pulled, the database Secret written and every deployment
+/// restarted to read it, the changed deployments rolled, the outcome tagged as an
+/// update's (`featureenv.io/services=complete:<token>`).
+pub fn render_personalise_script(spec: &PersonaliseSpec) -> String {
+    let mut script = command_header("personalisation", &spec.update);
+    script.push_str(&database_values(
+        spec.database_parameter.as_deref(),
+        spec.database_wait_seconds,
+    ));
     script.push_str(PRELUDE);
-    script.push_str(BOOTSTRAP);
+    script.push_str(DATABASE);
+    script.push_str(PERSONALISE);
     script
 }
 
@@ -162,6 +202,14 @@ pub fn render_wake_script(spec: &UpdateSpec) -> String {
 /// A script sent over SSM Run Command: the services, the outcome tag
 /// (`featureenv.io/services=complete:<token>` or `failed:<token>`), the prelude, `body`.
 fn command_script(task: &str, spec: &UpdateSpec, body: &str) -> String {
+    let mut script = command_header(task, spec);
+    script.push_str(PRELUDE);
+    script.push_str(body);
+    script
+}
+
+/// The values of a script sent over SSM Run Command, up to the prelude.
+fn command_header(task: &str, spec: &UpdateSpec) -> String {
     let mut script = header(task, &spec.environment, &spec.region, &spec.services);
     let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
     let _ = writeln!(
@@ -174,8 +222,6 @@ fn command_script(task: &str, spec: &UpdateSpec, body: &str) -> String {
         "readonly FAILED_VALUE={}",
         shell_quote(&format!("{}:{}", tag::BOOTSTRAP_FAILED, spec.token))
     );
-    script.push_str(PRELUDE);
-    script.push_str(body);
     script
 }
 
@@ -299,7 +345,22 @@ if ! minikube status >/dev/null 2>&1; then
 fi
 
 pull_images
+wire_database
 
+for addon in "${ADDONS[@]}"; do
+  log "enabling addon ${addon}"
+  minikube addons enable "$addon"
+done
+
+roll_out
+
+tag_outcome "$COMPLETE_VALUE"
+log "bootstrap complete"
+"#;
+
+/// Reading the database connection into its Secret; `wire_database` does nothing
+/// when no parameter is given (a spare of a warm pool has none until it is claimed).
+const DATABASE: &str = r#"
 # The operator writes the parameter once its database claim is confirmed, which may
 # be long after this instance boots (an empty pool means a fresh restore). Retry with
 # backoff (2 s doubling to 30 s) until DATABASE_WAIT_SECONDS have passed; a miss before
@@ -322,27 +383,43 @@ read_database_connection() {
   rm -f "$errors"
 }
 
-if [[ -n "$DATABASE_PARAMETER" ]]; then
+wire_database() {
+  if [[ -z "$DATABASE_PARAMETER" ]]; then
+    return 0
+  fi
   log "wiring the database from SSM parameter ${DATABASE_PARAMETER}"
   # Held in a variable (not argv) and piped to kubectl, so the value never shows up
   # in a process list or in this log.
+  local connection
   read_database_connection
   printf '%s' "$connection" |
     kubectl create secret generic "$DATABASE_SECRET" \
       --from-file="${DATABASE_SECRET_KEY}=/dev/stdin" --dry-run=client -o yaml |
     kubectl apply -f -
-  unset connection
+}
+"#;
+
+/// A claimed spare becoming one environment's. Its deployments ran without the
+/// database Secret while it waited (the AMI's services start without it); with the
+/// Secret written they are restarted to read it.
+const PERSONALISE: &str = r#"
+exec 9>>"$LOG_FILE"
+flock 9
+log "personalising a warm instance for environment ${ENVIRONMENT}"
+if ! minikube status >/dev/null 2>&1; then
+  log "starting minikube"
+  minikube start
 fi
-
-for addon in "${ADDONS[@]}"; do
-  log "enabling addon ${addon}"
-  minikube addons enable "$addon"
-done
-
+pull_images
+if [[ -n "$DATABASE_PARAMETER" ]]; then
+  wire_database
+  for name in "${SERVICE_NAMES[@]}"; do
+    kubectl rollout restart "deployment/${name}"
+  done
+fi
 roll_out
-
 tag_outcome "$COMPLETE_VALUE"
-log "bootstrap complete"
+log "personalised"
 "#;
 
 /// Waking after a sleep: Minikube started again, the deployments rolled out.

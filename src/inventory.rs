@@ -1,7 +1,8 @@
 //! The shared, batched view of our cloud resources. One paginated DescribeInstances
 //! and one DescribeDBInstances per interval — fast while anything is in transition,
 //! slow when all is stable — feed an in-memory cache that reconciles read. A change
-//! to a resource triggers the reconcile of its owner (environment or pool). The cost
+//! to a resource triggers the reconcile of its owner (environment, pool, or the
+//! class whose warm pool a spare instance belongs to). The cost
 //! of polling does not grow with the number of environments. Does I/O (the poll loop);
 //! the cache and the diff are plain synchronous state.
 
@@ -15,7 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, warn};
 
-use crate::api::{FeatureEnvironment, RdsPool};
+use crate::api::{FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
 use crate::cloud::{Cloud, CloudResult, Database, DatabaseStatus, Instance, InstanceState, tag};
 
 /// Our cloud resources as last described.
@@ -91,6 +92,16 @@ impl CloudState {
             .collect()
     }
 
+    /// The instances of a class's warm pool, claimed and terminated ones included
+    /// (a launch is known to have happened even once its spare is gone).
+    pub fn warm_pool_members(&self, class: &str) -> Vec<Instance> {
+        self.instances
+            .values()
+            .filter(|i| i.tags.get(tag::WARM_POOL).map(String::as_str) == Some(class))
+            .cloned()
+            .collect()
+    }
+
     pub fn pool_members(&self, pool: &str) -> Vec<Database> {
         self.databases
             .values()
@@ -106,6 +117,8 @@ pub struct Changes {
     /// `namespace/name` of environments.
     pub environments: Vec<(String, String)>,
     pub pools: Vec<String>,
+    /// Classes whose warm pool's instances changed.
+    pub classes: Vec<String>,
 }
 
 /// Compares two descriptions and names the owners of what changed, appeared or
@@ -113,7 +126,11 @@ pub struct Changes {
 pub fn diff(old: &CloudState, new: &CloudState) -> Changes {
     let mut envs = std::collections::BTreeSet::new();
     let mut pools = std::collections::BTreeSet::new();
+    let mut classes = std::collections::BTreeSet::new();
     let mut owner_of = |tags: &crate::cloud::Tags| {
+        if let Some(class) = tags.get(tag::WARM_POOL) {
+            classes.insert(class.clone());
+        }
         if let Some((ns, name)) = tags.get(tag::ENVIRONMENT).and_then(|e| e.split_once('/')) {
             envs.insert((ns.to_owned(), name.to_owned()));
         }
@@ -144,6 +161,7 @@ pub fn diff(old: &CloudState, new: &CloudState) -> Changes {
     Changes {
         environments: envs.into_iter().collect(),
         pools: pools.into_iter().collect(),
+        classes: classes.into_iter().collect(),
     }
 }
 
@@ -151,6 +169,7 @@ pub fn diff(old: &CloudState, new: &CloudState) -> Changes {
 pub struct Triggers {
     pub environments: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironment>>,
     pub pools: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>,
+    pub classes: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironmentClass>>,
 }
 
 impl Triggers {
@@ -165,6 +184,13 @@ impl Triggers {
     pub fn pool_stream(
         receiver: mpsc::UnboundedReceiver<ObjectRef<RdsPool>>,
     ) -> impl Stream<Item = ObjectRef<RdsPool>> {
+        receiver_stream(receiver)
+    }
+
+    /// The warm-pool triggers as a stream for `Controller::reconcile_on`.
+    pub fn class_stream(
+        receiver: mpsc::UnboundedReceiver<ObjectRef<FeatureEnvironmentClass>>,
+    ) -> impl Stream<Item = ObjectRef<FeatureEnvironmentClass>> {
         receiver_stream(receiver)
     }
 }
@@ -197,12 +223,14 @@ pub struct Inventory {
     wake: Notify,
     environments: mpsc::UnboundedSender<ObjectRef<FeatureEnvironment>>,
     pools: mpsc::UnboundedSender<ObjectRef<RdsPool>>,
+    classes: mpsc::UnboundedSender<ObjectRef<FeatureEnvironmentClass>>,
 }
 
 impl Inventory {
     pub fn new(cloud: Cloud, cluster_id: impl Into<String>) -> (Arc<Self>, Triggers) {
         let (env_tx, env_rx) = mpsc::unbounded_channel();
         let (pool_tx, pool_rx) = mpsc::unbounded_channel();
+        let (class_tx, class_rx) = mpsc::unbounded_channel();
         let inventory = Arc::new(Self {
             cloud,
             cluster_id: cluster_id.into(),
@@ -213,12 +241,14 @@ impl Inventory {
             wake: Notify::new(),
             environments: env_tx,
             pools: pool_tx,
+            classes: class_tx,
         });
         (
             inventory,
             Triggers {
                 environments: env_rx,
                 pools: pool_rx,
+                classes: class_rx,
             },
         )
     }
@@ -286,6 +316,14 @@ impl Inventory {
         for pool in changes.pools {
             let _ = self.pools.send(ObjectRef::new(&pool));
         }
+        for class in changes.classes {
+            let _ = self.classes.send(ObjectRef::new(&class));
+        }
+    }
+
+    /// Asks for a warm-pool reconcile of `class` (a claim took one of its spares).
+    pub fn notify_class(&self, class: &str) {
+        let _ = self.classes.send(ObjectRef::new(class));
     }
 
     /// Asks for a pool reconcile (e.g. after a claim took one of its spares).

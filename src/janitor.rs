@@ -1,7 +1,8 @@
 //! The janitor: periodically lists cloud resources tagged with our cluster id
 //! *first*, then the cluster objects, and removes what has had no owner for longer
 //! than the grace period (instances and claimed databases whose environment uid is
-//! gone, spares of deleted pools, SSM parameters of gone environments). Listing the
+//! gone, spares of deleted pools, spare instances of classes without a warm pool,
+//! SSM parameters of gone environments). Listing the
 //! cloud first means an object created in between is seen, never mistaken for gone.
 //! Does I/O.
 
@@ -87,10 +88,21 @@ impl Janitor {
             .collect();
         ctx.metrics.retain_pools(&pool_names);
 
+        // A spare of a class's warm pool is that pool's until claimed.
+        let warm_classes: BTreeSet<String> = ctx
+            .classes
+            .state()
+            .iter()
+            .filter(|c| c.spec.warm_pool.is_some())
+            .map(|c| c.name_any())
+            .collect();
+        ctx.metrics.retain_classes(&warm_classes);
+
         let mut found = BTreeSet::new();
         for i in instances.iter().filter(|i| !i.state.is_gone()) {
-            match i.tags.get(tag::UID) {
-                Some(uid) if uids.contains(uid) => {}
+            match (i.tags.get(tag::UID), i.tags.get(tag::WARM_POOL)) {
+                (Some(uid), _) if uids.contains(uid) => {}
+                (None, Some(class)) if warm_classes.contains(class) => {}
                 _ => {
                     found.insert(Orphan::Instance(i.id.clone()));
                 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics (prometheus-client). Labels are bounded sets — controller,
-//! error category, AWS service/operation/outcome, phase, pool and member state (pools
-//! are a handful, set by the platform team) — never per-environment names. Implements `CallObserver` so the AWS adapter can count calls.
+//! error category, AWS service/operation/outcome, phase, warm or cold start, pool or
+//! class and member state (pools and classes are a handful, set by the platform
+//! team) — never per-environment names. Implements `CallObserver` so the AWS adapter can count calls.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -54,6 +55,20 @@ struct PoolStateLabels {
     state: &'static str,
 }
 
+/// The `state` label values of `featureenv_instance_pool_members`.
+const INSTANCE_POOL_STATES: [&str; 4] = ["available", "launching", "stale", "claimed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassStateLabels {
+    class: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartLabels {
+    start: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
     resource: &'static str,
@@ -67,8 +82,11 @@ pub struct Metrics {
     aws_calls: Family<AwsCallLabels, Counter>,
     aws_failed_attempts: Family<AttemptLabels, Counter>,
     environments: Family<PhaseLabels, Gauge>,
-    time_to_ready: Histogram,
+    time_to_ready: Family<StartLabels, Histogram>,
     pool_members: Family<PoolStateLabels, Gauge>,
+    instance_pool_members: Family<ClassStateLabels, Gauge>,
+    /// Classes with `instance_pool_members` series (as `pools` for pools).
+    classes: Mutex<BTreeSet<String>>,
     /// Pools with `pool_members` series, so a deleted pool's series can be removed
     /// (a Family cannot list its label sets).
     pools: Mutex<BTreeSet<String>>,
@@ -96,10 +114,13 @@ impl Metrics {
         let environments = Family::<PhaseLabels, Gauge>::default();
         // Up to an hour: a cold start (restore plus boot) on AWS can pass 20 minutes, and a
         // p90 beyond the largest finite bucket would read as that bucket.
-        let time_to_ready = Histogram::new([
-            5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
-        ]);
+        let time_to_ready = Family::<StartLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0, 900.0, 1200.0, 1800.0, 2700.0, 3600.0,
+            ])
+        });
         let pool_members = Family::<PoolStateLabels, Gauge>::default();
+        let instance_pool_members = Family::<ClassStateLabels, Gauge>::default();
         let janitor_removals = Family::<ResourceLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
@@ -124,7 +145,16 @@ impl Metrics {
             aws_failed_attempts.clone(),
         );
         registry.register("environments", "FeatureEnvironments, by phase", environments.clone());
-        registry.register("time_to_ready_seconds", "From creation to Ready", time_to_ready.clone());
+        registry.register(
+            "time_to_ready_seconds",
+            "From creation to the first Ready, by start (warm: a spare of the class's warm pool; cold: launched for it)",
+            time_to_ready.clone(),
+        );
+        registry.register(
+            "instance_pool_members",
+            "Spare instances of a class's warm pool, by class and state (claimed: spares now serving an environment)",
+            instance_pool_members.clone(),
+        );
         registry.register(
             "pool_members",
             "RdsPool databases, by pool and state",
@@ -150,6 +180,9 @@ impl Metrics {
                 let _ = aws_failed_attempts.get_or_create(&AttemptLabels { service, reason });
             }
         }
+        for start in ["warm", "cold"] {
+            let _ = time_to_ready.get_or_create(&StartLabels { start });
+        }
         for phase in Phase::ALL {
             environments
                 .get_or_create(&PhaseLabels { phase: phase.as_str() })
@@ -165,6 +198,8 @@ impl Metrics {
             environments,
             time_to_ready,
             pool_members,
+            instance_pool_members,
+            classes: Mutex::default(),
             pools: Mutex::default(),
             janitor_removals,
             leader,
@@ -207,8 +242,38 @@ impl Metrics {
         }
     }
 
-    pub fn time_to_ready(&self, seconds: f64) {
-        self.time_to_ready.observe(seconds);
+    /// `start`: `warm` or `cold` ([`crate::api::environment::Start::as_str`]).
+    pub fn time_to_ready(&self, start: &'static str, seconds: f64) {
+        self.time_to_ready
+            .get_or_create(&StartLabels { start })
+            .observe(seconds);
+    }
+
+    /// A class's warm pool as last planned: `[available, launching, stale, claimed]`.
+    pub fn instance_pool_members(&self, class: &str, counts: [u32; 4]) {
+        self.classes.lock().expect("metrics lock").insert(class.to_owned());
+        for (state, n) in INSTANCE_POOL_STATES.into_iter().zip(counts) {
+            let labels = ClassStateLabels {
+                class: class.to_owned(),
+                state,
+            };
+            self.instance_pool_members.get_or_create(&labels).set(i64::from(n));
+        }
+    }
+
+    /// Drops the `instance_pool_members` series of classes not in `with_pools` (a
+    /// class deleted, or its warm pool removed).
+    pub fn retain_classes(&self, with_pools: &BTreeSet<String>) {
+        let mut classes = self.classes.lock().expect("metrics lock");
+        for gone in classes.iter().filter(|c| !with_pools.contains(*c)) {
+            for state in INSTANCE_POOL_STATES {
+                self.instance_pool_members.remove(&ClassStateLabels {
+                    class: gone.clone(),
+                    state,
+                });
+            }
+        }
+        classes.retain(|c| with_pools.contains(c));
     }
 
     pub fn pool_members(&self, pool: &str, warm: u32, claimed: u32, creating: u32, stale: u32) {

@@ -102,6 +102,19 @@ pub fn launch_attempt(token: &str) -> Option<u32> {
     token.strip_prefix("fe-")?.rsplit_once('-')?.1.parse().ok()
 }
 
+/// RunInstances ClientToken for a class's `number`-th spare (≤ 64 chars). Keyed by
+/// the class's uid, so a class deleted and made again never reuses a token EC2 still
+/// remembers.
+pub fn spare_token(class_uid: &str, number: u64) -> String {
+    format!("spare-{}-{number}", short_hash(&[class_uid], 40))
+}
+
+/// Names the personalisation of a claimed spare for one environment and its
+/// services (the outcome tag `featureenv.io/services=complete:<token>` carries it).
+pub fn personalisation_token(uid: &str, services_token: &str) -> String {
+    format!("p{}", short_hash(&[uid, services_token], 15))
+}
+
 /// SSM parameter holding an environment's database credentials. Keyed by uid so a
 /// re-created environment of the same name never reads its predecessor's.
 pub fn database_parameter(prefix: &str, cluster_id: &str, uid: &str) -> String {

@@ -19,7 +19,7 @@ use crate::api::{FeatureEnvironment, FeatureEnvironmentClass, RdsPool};
 use crate::cloud::Cloud;
 use crate::cloud::aws::AwsCloud;
 use crate::config::{Config, LogFormat};
-use crate::controller::{Context, environment, pool};
+use crate::controller::{Context, environment, pool, warm_pool};
 use crate::fence::Fence;
 use crate::inventory::{Inventory, Triggers};
 use crate::leader::{Elector, LeaseTiming};
@@ -203,7 +203,8 @@ pub fn watch_classes(
     (task, events)
 }
 
-/// Everything the leader runs: the inventory poll, both controllers and the janitor.
+/// Everything the leader runs: the inventory poll, the three controllers
+/// (environments, database pools, classes' warm pools) and the janitor.
 /// `classes` fills `ctx.classes`.
 pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers, classes: Writer<FeatureEnvironmentClass>) {
     let config = ctx.config.clone();
@@ -257,12 +258,16 @@ pub async fn run_controllers(ctx: Arc<Context>, triggers: Triggers, classes: Wri
         .reconcile_on(Triggers::environment_stream(triggers.environments))
         .run(environment::reconcile, environment::error_policy, ctx.clone())
         .for_each(|_| async {});
-    let pools = Controller::new(Api::<RdsPool>::all(client), watcher::Config::default())
+    let pools = Controller::new(Api::<RdsPool>::all(client.clone()), watcher::Config::default())
         .reconcile_on(Triggers::pool_stream(triggers.pools))
         .run(pool::reconcile, pool::error_policy, ctx.clone())
         .for_each(|_| async {});
+    let warm_pools = Controller::new(Api::<FeatureEnvironmentClass>::all(client), watcher::Config::default())
+        .reconcile_on(Triggers::class_stream(triggers.classes))
+        .run(warm_pool::reconcile, warm_pool::error_policy, ctx.clone())
+        .for_each(|_| async {});
     info!("controllers started");
-    tokio::join!(envs, pools);
+    tokio::join!(envs, pools, warm_pools);
     poll.abort();
     janitor.abort();
     class_watch.abort();

@@ -53,6 +53,7 @@ pub fn class() -> FeatureEnvironmentClass {
             max_per_namespace: None,
             namespace_selector: None,
             sleep: None,
+            warm_pool: None,
         },
     );
     c.metadata.annotations = Some(BTreeMap::from([(
@@ -102,6 +103,22 @@ pub fn spare(id: &str, restored_at: Option<i64>) -> crate::cloud::Database {
         port: None,
         master_username: None,
         created_at: restored_at.and_then(|s| jiff::Timestamp::from_second(s).ok()),
+        tags: crate::cloud::Tags::new(),
+    }
+}
+
+/// An instance `id` in `state`, untagged, launched at a fixed time.
+pub fn instance(id: &str, state: crate::cloud::InstanceState) -> crate::cloud::Instance {
+    crate::cloud::Instance {
+        id: id.into(),
+        arn: format!("arn:aws:ec2:us-east-1:123456789012:instance/{id}"),
+        instance_type: "t3.2xlarge".into(),
+        image_id: "ami-1".into(),
+        state,
+        public_ip: Some("54.1.2.3".into()),
+        public_dns: None,
+        private_ip: Some("10.0.0.7".into()),
+        launched_at: Some("2026-11-28T10:00:00Z".parse().expect("a timestamp")),
         tags: crate::cloud::Tags::new(),
     }
 }

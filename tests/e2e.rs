@@ -1484,8 +1484,9 @@ async fn rbac_proof() {
     .await;
     // A class that admits only some namespaces: the operator reads the namespace's
     // labels before it launches (the chart's `get namespaces`).
+    // And a warm pool: the operator writes the class's status (`featureenvironmentclasses/status`).
     let selector = format!(
-        r#"{{"spec":{{"namespaceSelector":{{"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"In","values":["{NS}"]}}]}}}}}}"#
+        r#"{{"spec":{{"warmPool":{{"size":1}},"namespaceSelector":{{"matchExpressions":[{{"key":"kubernetes.io/metadata.name","operator":"In","values":["{NS}"]}}]}}}}}}"#
     );
     stack
         .kubectl_ok(&[

@@ -13,7 +13,7 @@ use featureenv_operator::api::{FeatureEnvironment, FeatureEnvironmentClass, Phas
 use featureenv_operator::cloud::fake::{FakeCloud, FaultKind, Trigger};
 use featureenv_operator::cloud::{Cloud, DatabaseStatus, InstanceState, tag};
 use featureenv_operator::config::Config;
-use featureenv_operator::controller::{Context, environment, pool};
+use featureenv_operator::controller::{Context, environment, pool, warm_pool};
 use featureenv_operator::inventory::Inventory;
 use featureenv_operator::metrics::Metrics;
 use featureenv_operator::runtime;
@@ -189,8 +189,26 @@ impl Harness {
         }
     }
 
-    /// One round: refresh the inventory, reconcile the pool, then the environment.
-    /// Errors are returned so callers decide whether they mean a crash.
+    /// What a claimed spare does with the personalisation sent to it: tag its
+    /// outcome, `complete:<token>`.
+    fn run_personalisations(&self) {
+        for script in self.fake.scripts() {
+            if !script.script.contains("readonly TASK='personalisation'") {
+                continue;
+            }
+            let value = script
+                .script
+                .lines()
+                .find_map(|l| l.strip_prefix("readonly COMPLETE_VALUE="))
+                .expect("the script names its outcome")
+                .trim_matches('\'');
+            self.fake.set_services_tag(&script.instance_id, value);
+        }
+    }
+
+    /// One round: refresh the inventory, reconcile the pools (databases, then the
+    /// classes' warm pools), then the environment. Errors are returned so callers
+    /// decide whether they mean a crash.
     async fn step(&mut self, name: &str) -> Result<(), String> {
         self.ctx.inventory.refresh().await.map_err(|e| e.to_string())?;
         let pools: Api<RdsPool> = Api::all(self.client.clone());
@@ -198,6 +216,14 @@ impl Harness {
             pool::reconcile(Arc::new(p), self.ctx.clone())
                 .await
                 .map_err(|e| e.to_string())?;
+        }
+        let classes: Api<FeatureEnvironmentClass> = Api::all(self.client.clone());
+        for c in classes.list(&Default::default()).await.unwrap() {
+            if c.spec.warm_pool.is_some() {
+                warm_pool::reconcile(Arc::new(c), self.ctx.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
         self.ctx.inventory.refresh().await.map_err(|e| e.to_string())?;
         if let Some(env) = self.get(name).await {
@@ -263,6 +289,7 @@ impl Harness {
             }
             self.fake.finish_transitions();
             self.boot_instances();
+            self.run_personalisations();
         }
         panic!(
             "{name} did not reach the expected state; phase {:?}",
@@ -1548,4 +1575,223 @@ async fn a_class_schedule_sleeps_and_wakes_its_environments() {
 fn until(start: Timestamp, offset: i64) -> Duration {
     let at = start + jiff::SignedDuration::from_secs(offset);
     Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default()
+}
+
+/// A class `warm` with a warm pool of `size` spares kept `Running`.
+fn warm_class(size: u32) -> FeatureEnvironmentClass {
+    let mut class = cluster::class("warm", Some("integration"));
+    class.spec.warm_pool = Some(featureenv_operator::api::class::WarmPool {
+        size,
+        state: featureenv_operator::api::class::WarmState::Running,
+    });
+    class.metadata.annotations = None;
+    class
+}
+
+/// An environment of class `warm` of the class's instance type (a spare has no other).
+fn warm_environment(name: &str) -> FeatureEnvironment {
+    let mut env = cluster::environment(name, "warm");
+    env.spec.instance_type = None;
+    env
+}
+
+/// The live spares of class `warm` nobody claimed.
+fn free_spares(h: &Harness) -> Vec<String> {
+    h.fake
+        .live_instances()
+        .into_iter()
+        .filter(|i| i.instance.tags.contains_key(tag::WARM_POOL) && !i.instance.tags.contains_key(tag::UID))
+        .map(|i| i.instance.id)
+        .collect()
+}
+
+async fn warm_pool_status(h: &Harness) -> featureenv_operator::api::class::WarmPoolStatus {
+    let classes: Api<FeatureEnvironmentClass> = Api::all(h.client.clone());
+    let class = classes.get("warm").await.unwrap();
+    class.status.and_then(|s| s.warm_pool).unwrap_or_default()
+}
+
+fn start_of(env: &FeatureEnvironment) -> Option<featureenv_operator::api::environment::Start> {
+    env.status.as_ref()?.instance.as_ref()?.start
+}
+
+#[tokio::test]
+async fn a_warm_spare_is_claimed_personalised_and_replaced_and_without_one_the_launch_is_cold() {
+    use featureenv_operator::api::environment::Start;
+    let mut h = Harness::new(seeded_fake(21), (2, 5)).await;
+    h.create_class(&warm_class(1)).await;
+    h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+        .await;
+    let spare = free_spares(&h);
+    assert_eq!(spare.len(), 1, "one spare kept");
+    assert_eq!(h.fake.call_count("RunInstances"), 1);
+    assert!(
+        warm_pool_status(&h).await.pending_launches.is_empty(),
+        "its launch was seen"
+    );
+
+    let uid = create(&h, warm_environment("pr-1")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let env = h.get("pr-1").await.unwrap();
+    assert_eq!(start_of(&env), Some(Start::Warm));
+    let instance = env.status.as_ref().unwrap().instance.as_ref().unwrap().id.clone();
+    assert_eq!(instance.as_deref(), Some(spare[0].as_str()), "the spare, not a launch");
+    assert_eq!(h.instances_of(&uid), 1);
+    let personalisation = h
+        .fake
+        .scripts()
+        .into_iter()
+        .find(|s| s.instance_id == spare[0])
+        .expect("a personalisation sent to the spare");
+    assert!(
+        personalisation
+            .script
+            .contains(&format!("{ECR}/payments@sha256:{}", "b".repeat(64))),
+        "the image under test is loaded"
+    );
+    assert!(
+        personalisation.script.contains(&format!("/{uid}/database")),
+        "the database is wired"
+    );
+    let reasons = event_reasons(&h, "pr-1").await;
+    assert!(reasons.contains(&"InstanceClaimed".to_owned()), "{reasons:?}");
+
+    // The pool replaces what was claimed. Two environments arriving together: one
+    // takes the replacement, the other launches cold.
+    h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+        .await;
+    assert_eq!(h.fake.call_count("RunInstances"), 2, "the claimed spare is replaced");
+    let replacement = free_spares(&h);
+    let uid2 = create(&h, warm_environment("pr-2")).await;
+    let uid3 = create(&h, warm_environment("pr-3")).await;
+    for _ in 0..3 {
+        h.step("pr-2").await.unwrap();
+        h.step("pr-3").await.unwrap();
+    }
+    let starts = [
+        start_of(&h.get("pr-2").await.unwrap()),
+        start_of(&h.get("pr-3").await.unwrap()),
+    ];
+    assert!(
+        starts.contains(&Some(Start::Warm)) && starts.contains(&Some(Start::Cold)),
+        "{starts:?}"
+    );
+    for name in ["pr-2", "pr-3"] {
+        h.drive(name, async |h| h.phase(name).await == Some(Phase::Ready)).await;
+    }
+    assert_eq!(h.instances_of(&uid2) + h.instances_of(&uid3), 2);
+    assert_eq!(h.instances_of(&uid), 1, "the first environment keeps its instance");
+    let warm = if starts[0] == Some(Start::Warm) { "pr-2" } else { "pr-3" };
+    let warm_instance = h.get(warm).await.unwrap().status.unwrap().instance.unwrap().id;
+    assert_eq!(warm_instance.as_ref(), replacement.first());
+}
+
+#[tokio::test]
+async fn a_spare_of_a_superseded_image_is_replaced_and_a_claimed_one_is_not() {
+    let mut h = Harness::new(seeded_fake(22), (2, 5)).await;
+    h.create_class(&warm_class(1)).await;
+    h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+        .await;
+    let uid = create(&h, warm_environment("pr-1")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+        .await;
+    let old_spare = free_spares(&h);
+    let claimed = h
+        .get("pr-1")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .instance
+        .unwrap()
+        .id
+        .unwrap();
+
+    // A newer image is baked; the cached look-up expires.
+    h.fake.add_image(
+        "ami-00000000000000009",
+        "minikube-service-newer",
+        "self",
+        "2026-11-29T00:00:00Z".parse().unwrap(),
+        &[("featureenv.io/pipeline", "minikube-service")],
+    );
+    h.restart().await;
+    h.drive("none", async |h| {
+        warm_pool_status(h).await.image_id.as_deref() == Some("ami-00000000000000009")
+            && warm_pool_status(h).await.available == 1
+    })
+    .await;
+    let new_spare = free_spares(&h);
+    assert_eq!(new_spare.len(), 1);
+    assert_ne!(new_spare, old_spare, "the old spare was replaced");
+    let live: Vec<_> = h.fake.live_instances().into_iter().map(|i| i.instance).collect();
+    assert!(
+        !live.iter().any(|i| i.id == old_spare[0]),
+        "the old spare is terminated"
+    );
+    let kept = live
+        .iter()
+        .find(|i| i.id == claimed)
+        .expect("the claimed spare still runs");
+    assert_eq!(kept.tags.get(tag::UID), Some(&uid));
+    assert_eq!(
+        kept.image_id, "ami-00000000000000002",
+        "a claimed instance never changes"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_after_any_cloud_call_never_claims_a_spare_twice_or_launches_one_twice() {
+    use featureenv_operator::api::environment::Start;
+    let run = async |h: &mut Harness| -> String {
+        h.create_class(&warm_class(1)).await;
+        h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+            .await;
+        let uid = create(h, warm_environment("pr-1")).await;
+        h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+            .await;
+        uid
+    };
+    let total = {
+        let fake = seeded_fake(23);
+        fake.set_visibility_lag(3);
+        let mut h = Harness::new(fake, (1, 5)).await;
+        run(&mut h).await;
+        h.fake.total_calls()
+    };
+    let (_control_plane, client) = cluster::cluster().await;
+    let classes: Api<FeatureEnvironmentClass> = Api::all(client.clone());
+    for k in 1..=total {
+        let fake = seeded_fake(23);
+        // A new instance stays invisible to the next describes: after a crash only
+        // the launch tokens written to the class's status prevent a second spare.
+        fake.set_visibility_lag(3);
+        fake.fail("*", Trigger::NthCall(k), FaultKind::LostResponse);
+        let mut h = Harness::in_namespace(client.clone(), &format!("warm-crash-{k}"), fake, (1, 5)).await;
+        let uid = run(&mut h).await;
+        let env = h.get("pr-1").await.unwrap();
+        assert_eq!(
+            start_of(&env),
+            Some(Start::Warm),
+            "crash after call {k}: the spare was taken"
+        );
+        assert_eq!(h.instances_of(&uid), 1, "crash after call {k}: exactly one instance");
+        // Each instance carries one uid tag: no instance serves two environments, and
+        // the pool never launched a spare twice (the spare and its replacement).
+        assert!(
+            h.fake.instances().len() <= 2,
+            "crash after call {k}: {} instances launched",
+            h.fake.instances().len()
+        );
+        h.envs().delete("pr-1", &DeleteParams::default()).await.unwrap();
+        h.drive("pr-1", async |h| h.get("pr-1").await.is_none()).await;
+        assert_eq!(h.instances_of(&uid), 0, "crash after call {k}: instance leaked");
+        classes.delete("warm", &DeleteParams::default()).await.unwrap();
+        while classes.get_opt("warm").await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

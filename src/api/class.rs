@@ -17,12 +17,15 @@ use super::schema;
     group = "featureenv.io",
     version = "v1alpha1",
     kind = "FeatureEnvironmentClass",
+    status = "FeatureEnvironmentClassStatus",
     shortname = "feclass",
     category = "featureenv",
     doc = "What the platform team decides for every FeatureEnvironment of this class: the AMI selector, instance shape and placement, the baseline services and addons, TTL default and maximum, readiness timeout, endpoint URL templates, the database pool, and how many environments a namespace may have. Annotate one class featureenv.io/is-default-class=true to make it the default.",
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.instance.type"}"#,
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.databasePool"}"#,
     printcolumn = r#"{"name":"TTL","type":"string","jsonPath":".spec.ttl.default"}"#,
+    printcolumn = r#"{"name":"Warm","type":"integer","jsonPath":".spec.warmPool.size"}"#,
+    printcolumn = r#"{"name":"Spares","type":"integer","jsonPath":".status.warmPool.available"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -69,6 +72,73 @@ pub struct FeatureEnvironmentClassSpec {
     /// wake by themselves; an environment's `spec.sleeping` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<SleepPolicy>,
+    /// Spare instances kept launched from the newest image and bootstrapped with the
+    /// baseline, so a new environment of this class takes one and only loads its own
+    /// images and database instead of booting from scratch. Optional: with no spare
+    /// free, an environment launches as it would without a pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPool>,
+}
+
+/// The warm instance pool of a class.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPool {
+    /// Unclaimed spares to keep (never more: a spare of a superseded image is
+    /// terminated before its replacement is launched).
+    #[serde(default)]
+    #[schemars(range(max = 50))]
+    pub size: u32,
+    /// `Running` spares are claimed in seconds; `Stopped` ones cost only their volume
+    /// while they wait, and are started (a boot and a Minikube start) when claimed.
+    #[serde(default)]
+    pub state: WarmState,
+}
+
+/// What a spare waits in.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum WarmState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// What the operator reports of a class: its warm pool.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FeatureEnvironmentClassStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPoolStatus>,
+}
+
+/// The warm pool as last planned.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPoolStatus {
+    /// Bootstrapped, unclaimed spares of the newest image, ready to be claimed.
+    #[serde(default)]
+    pub available: u32,
+    /// Spares launched and still booting or bootstrapping (or stopping, for a
+    /// `Stopped` pool).
+    #[serde(default)]
+    pub launching: u32,
+    /// Unclaimed spares of a superseded image, about to be terminated.
+    #[serde(default)]
+    pub stale: u32,
+    /// The image spares are launched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Launch tokens written before their RunInstances: a launch cut off by a crash
+    /// is repeated with the same token (EC2 returns the instance it already made)
+    /// until a description shows it, so a crash never launches a spare twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_launches: Vec<String>,
+    /// Spares launched so far: numbers the next launch token (a token is never
+    /// reused; EC2 remembers tokens for a day after the instance is gone).
+    #[serde(default)]
+    pub launched: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// Sleep schedules: the latest time any of them fires since an environment was
@@ -171,9 +241,10 @@ pub struct InstanceTemplate {
     pub root_volume_gib: i32,
     /// Extra tags on the instance and its volumes. EC2's limits apply (keys up to 128
     /// characters, values up to 256, no `aws:` prefix, 50 tags per resource of which
-    /// the operator writes 5); `Name` and `featureenv.io/*` are the operator's own.
+    /// the operator writes up to 6 (a claimed spare's); `Name` and `featureenv.io/*`
+    /// are the operator's own.
     #[serde(default)]
-    #[schemars(extend("maxProperties" = 45, "x-kubernetes-validations" = [
+    #[schemars(extend("maxProperties" = 44, "x-kubernetes-validations" = [
         {
             "rule": "self.all(k, size(k) >= 1 && size(k) <= 128)",
             "message": "spec.instance.tags: keys must be 1 to 128 characters (EC2's limit)",

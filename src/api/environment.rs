@@ -33,6 +33,7 @@ use super::schema;
     printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Instance","type":"string","priority":1,"jsonPath":".status.instance.id"}"#,
+    printcolumn = r#"{"name":"Start","type":"string","priority":1,"jsonPath":".status.instance.start"}"#,
     printcolumn = r#"{"name":"Database","type":"string","priority":1,"jsonPath":".status.database.id"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     // `<namespace>/<name>` is the value of the featureenv.io/environment tag, and AWS
@@ -200,6 +201,11 @@ pub struct FeatureEnvironmentStatus {
     /// next change its class's schedules make, and a wake-up in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep: Option<SleepStatus>,
+    /// A warm start: the claimed spare told (SSM Run Command) to load this
+    /// environment's images and database; the environment is Ready once the instance
+    /// tags `featureenv.io/services=complete:<token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personalisation: Option<ServicesUpdate>,
 }
 
 /// An environment's sleep, as the operator decided it.
@@ -250,6 +256,25 @@ pub struct ServicesUpdate {
     pub failure: Option<String>,
 }
 
+/// How an environment got its instance.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// Claimed from the class's warm pool, already bootstrapped.
+    Warm,
+    /// Launched and bootstrapped for this environment.
+    Cold,
+}
+
+impl Start {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -258,6 +283,10 @@ fn is_zero(n: &u32) -> bool {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
+    /// `warm`: a spare of the class's warm pool, claimed; `cold`: launched for this
+    /// environment. Unset until decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Start>,
     /// The EC2 instance id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,

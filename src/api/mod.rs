@@ -12,7 +12,7 @@ mod schema;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use class::{FeatureEnvironmentClass, FeatureEnvironmentClassSpec};
+pub use class::{FeatureEnvironmentClass, FeatureEnvironmentClassSpec, FeatureEnvironmentClassStatus};
 pub use environment::{FeatureEnvironment, FeatureEnvironmentSpec, FeatureEnvironmentStatus, Phase};
 pub use pool::{RdsPool, RdsPoolSpec, RdsPoolStatus};
 

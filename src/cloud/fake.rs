@@ -599,6 +599,15 @@ impl Compute for FakeCloud {
         finish(OP, lost, Ok(found))
     }
 
+    async fn tag_instance(&self, id: &str, tags: &Tags) -> CloudResult<()> {
+        const OP: &str = "CreateTags";
+        let lost = self.enter(OP).await?;
+        let mut s = self.state();
+        let i = s.instances.get_mut(id).ok_or_else(|| not_found(OP, id))?;
+        i.instance.tags.extend(tags.clone());
+        finish(OP, lost, Ok(()))
+    }
+
     async fn terminate_instance(&self, id: &str) -> CloudResult<()> {
         const OP: &str = "TerminateInstances";
         let lost = self.enter(OP).await?;

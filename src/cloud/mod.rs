@@ -34,6 +34,12 @@ pub mod tag {
     /// Written by an instance when it has applied a services update (or failed to):
     /// `complete:<token>` / `failed:<token>`, the token naming the update.
     pub const SERVICES: &str = "featureenv.io/services";
+    /// On a spare instance: the class whose warm pool it belongs to (kept once
+    /// claimed: it says the instance started warm).
+    pub const WARM_POOL: &str = "featureenv.io/warm-pool";
+    /// On a spare instance: the client token it was launched with, which names the
+    /// pool's launch until a description shows it.
+    pub const SPARE: &str = "featureenv.io/spare";
 }
 
 /// One way of picking machine images; fields set together must all match.
@@ -201,6 +207,9 @@ pub trait Compute: Send + Sync {
     /// Instances carrying `key=value` (the targeted look-up that closes the window
     /// of EC2 eventual consistency right after a launch).
     async fn find_instances(&self, key: &str, value: &str) -> CloudResult<Vec<Instance>>;
+    /// CreateTags on one instance (a spare's claim); an unknown id is
+    /// `CloudError::NotFound`.
+    async fn tag_instance(&self, id: &str, tags: &Tags) -> CloudResult<()>;
     /// Terminate; an unknown id is `CloudError::NotFound`.
     async fn terminate_instance(&self, id: &str) -> CloudResult<()>;
     /// The instance's console output (decoded), if AWS has any yet.

@@ -52,7 +52,7 @@ struct Unconfirmed {
 }
 
 /// Spares this process is claiming and the inventory does not yet show as claimed,
-/// by database id. Picking a spare skips them, so two environments never pick the
+/// by resource id (a database, or an instance of a warm pool). Picking a spare skips them, so two environments never pick the
 /// same one, and the pool counts them as claimed. (Across processes the Lease
 /// guarantees one actor, and confirmation settles a hand-over.) Plain state.
 #[derive(Debug, Default)]
@@ -65,25 +65,37 @@ impl PendingClaims {
 
     /// Reserves the best spare among `members` for `uid`.
     fn reserve(&self, members: &[Database], uid: &str) -> Option<Database> {
+        let spares = claimable(members);
+        let id = self.reserve_first(spares.iter().map(|d| d.id.as_str()), uid)?;
+        spares.into_iter().find(|d| d.id == id).cloned()
+    }
+
+    /// Reserves for `uid` the first of `candidates` (resource ids, best first) that
+    /// nobody in this process is claiming.
+    pub fn reserve_first<'a>(&self, candidates: impl IntoIterator<Item = &'a str>, uid: &str) -> Option<String> {
         let mut pending = self.lock();
-        let candidate = claimable(members)
-            .into_iter()
-            .find(|d| !pending.contains_key(&d.id))?
-            .clone();
+        let id = candidates.into_iter().find(|id| !pending.contains_key(*id))?.to_owned();
         pending.insert(
-            candidate.id.clone(),
+            id.clone(),
             Unconfirmed {
                 uid: uid.to_owned(),
                 tagged: None,
             },
         );
-        Some(candidate)
+        Some(id)
     }
 
-    fn tagged(&self, database: &str, at: Instant) {
-        if let Some(claim) = self.lock().get_mut(database) {
+    /// The claim tag of `resource` was written (or its call failed: it may have
+    /// landed all the same) at `at`.
+    pub fn tagged(&self, resource: &str, at: Instant) {
+        if let Some(claim) = self.lock().get_mut(resource) {
             claim.tagged = Some(at);
         }
+    }
+
+    /// Whether this process is claiming `resource` for some environment.
+    pub fn is_claiming(&self, resource: &str) -> bool {
+        self.lock().contains_key(resource)
     }
 
     /// The database `uid` is claiming (one at a time: a claim is forgotten before

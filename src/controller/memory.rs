@@ -16,6 +16,8 @@ use crate::cloud::Database;
 pub struct Memory {
     /// Spares this process tagged as claimed and the inventory does not yet show.
     pub claims: PendingClaims,
+    /// The same for spare instances of the classes' warm pools.
+    pub instance_claims: PendingClaims,
     state: Mutex<State>,
 }
 
@@ -52,6 +54,7 @@ impl Memory {
     /// Forgets everything about a deleted object.
     pub fn forget(&self, uid: &str) {
         self.claims.forget(uid);
+        self.instance_claims.forget(uid);
         let mut state = self.state();
         state.environments.remove(uid);
         state.failures.remove(uid);

@@ -8,6 +8,7 @@ pub mod claim;
 pub mod environment;
 mod memory;
 pub mod pool;
+pub mod warm_pool;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -339,6 +339,10 @@ impl Stack {
             .arg(format!("{ROOT}/hack/boot_simulator.py"))
             .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
             .args(["--cluster-id", &self.opts.cluster_id, "--interval", "0.25"])
+            // The instance's own durations (OS boot, minikube, pulls, rollouts) at the
+            // strict layer's profile and scale: `fast` plays none.
+            .args(["--timing", &self.opts.aws_timing.0])
+            .args(["--time-scale", &self.opts.aws_timing.1.to_string()])
             // Each instance runs its real user data here; its bootstrap.log and the
             // stand-ins' calls.log are kept with the other logs of a failed test.
             .arg("--instances-dir")

@@ -119,6 +119,17 @@ impl Compute for AwsCloud {
         self.describe_instances_tagged(key, value).await
     }
 
+    async fn tag_instance(&self, id: &str, tags: &Tags) -> CloudResult<()> {
+        let request = self
+            .ec2
+            .create_tags()
+            .resources(id)
+            .set_tags(Some(ec2_tags(tags)))
+            .send();
+        self.call(EC2, "CreateTags", request).await?;
+        Ok(())
+    }
+
     async fn terminate_instance(&self, id: &str) -> CloudResult<()> {
         let request = self.ec2.terminate_instances().instance_ids(id).send();
         self.call(EC2, "TerminateInstances", request).await?;

@@ -14,7 +14,9 @@ use super::report::patch_status;
 use super::validate::Invalid;
 use super::{Identity, LOSSES_BEFORE_FAILING, Pass};
 use crate::api::conditions::{ConditionUpdate, READY, set_condition};
-use crate::api::environment::{DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase};
+use crate::api::environment::{
+    DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase, Start,
+};
 use crate::api::{FeatureEnvironment, OWNER_LABEL, owner_label_value};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
@@ -144,10 +146,14 @@ pub async fn replace_lost_instance(
         .map_or(1, |a| a + 1);
     next.launch_token = Some(naming::launch_token(&id.uid, attempt));
     let ami = next.instance.as_ref().and_then(|i| i.ami_id.clone());
+    // A replacement is launched for the environment, even if the lost one was a
+    // spare of the warm pool.
     next.instance = Some(InstanceStatus {
         ami_id: ami,
+        start: Some(Start::Cold),
         ..Default::default()
     });
+    next.personalisation = None;
     next.launched_at = None;
     next.ready_at = None;
     // An update sent to the lost instance died with it; the replacement boots with

@@ -1,7 +1,8 @@
 //! The FeatureEnvironment controller. A reconcile is a fixed pipeline:
 //! expiry first (it never depends on the spec or the class being valid) →
 //! dereference (class, AMI, digests, instance: `dereference`) → validate (pure:
-//! `validate`) → act (admission, launch, claim, hand-out: `act`, each idempotent) →
+//! `validate`) → act (admission, a spare of the warm pool or a launch, the database
+//! claim, hand-out: `warm`, `act`, each idempotent) →
 //! status (pure: `status`) written once (`report`) → when to look again (pure:
 //! `schedule`). Cleanup behind the `featureenv.io/cleanup` finalizer (`cleanup`)
 //! needs only the uid and the status, so it works whatever became of the spec.
@@ -15,6 +16,7 @@ mod sleep;
 pub mod status;
 mod update;
 pub mod validate;
+mod warm;
 
 use std::sync::Arc;
 
@@ -31,11 +33,13 @@ use self::dereference::InstanceSight;
 use self::status::{DatabaseObservation, Observed, Services, StatusInputs, next_status};
 use self::validate::{Invalid, Resolved};
 use super::{Context, Error, Result, instrumented};
-use crate::api::environment::{FeatureEnvironmentStatus, InstanceStatus, Phase};
+use crate::api::conditions::{ConditionUpdate, READY, set_condition};
+use crate::api::environment::{FeatureEnvironmentStatus, InstanceStatus, Phase, Start};
 use crate::api::{FINALIZER, FeatureEnvironment, FeatureEnvironmentClass};
 use crate::cloud::Instance;
 use crate::naming;
 
+pub use self::dereference::newest_image;
 pub use self::report::patch_status;
 
 pub const CONTROLLER: &str = "featureenvironment";
@@ -156,6 +160,34 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         }
     }
 
+    match &observed {
+        Some(instance) => warm::adopt(&pass, &mut status, instance).await,
+        None if status.instance.as_ref().and_then(|i| i.start).is_none() => {
+            if !warm::eligible(&pass) {
+                status.instance.get_or_insert_with(Default::default).start = Some(Start::Cold);
+            } else {
+                match warm::claim(&pass, &status).await? {
+                    warm::Claim::Pending => {
+                        let mut next = status.clone();
+                        next.phase = Phase::Provisioning;
+                        let message = format!("claiming a spare of class {}'s warm pool", resolved.class_name);
+                        let update = ConditionUpdate::new(READY, false, "ClaimingInstance", message);
+                        set_condition(&mut next.conditions, update, env.metadata.generation, now);
+                        report::write(ctx, &api, env, &id, &current, &next).await?;
+                        return Ok(Action::requeue(ctx.config.fast_poll_interval));
+                    }
+                    warm::Claim::NoSpare => {
+                        status.instance.get_or_insert_with(Default::default).start = Some(Start::Cold);
+                        // Written before the launch: a restarted operator must not
+                        // also claim a spare for it.
+                        report::patch_status(&api, &id.name, &status).await?;
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+
     let launch = act::instance(&pass, &status, observed);
     let claim = act::database(&pass, &status);
     let (instance, database) = match tokio::join!(launch, claim) {
@@ -163,6 +195,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
         (Err(e), _) | (_, Err(e)) => return Err(report::cloud_failure(&api, env, &id, &current, &status, e).await),
     };
     act::bind_parameter(ctx, &id, &status, &instance, &database).await?;
+    let personalisation = warm::personalise(&pass, &mut status, &instance).await?;
     if let Some(outcome) = &database {
         act::record_database(ctx, &id, &mut status, outcome);
     }
@@ -191,7 +224,12 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
             Err(invalid) => return refuse(invalid).await,
         },
     };
-    let next = settle(&pass, &status, &current, &instance, &database, services, sleeping).await;
+    let steps = Steps {
+        services,
+        sleep: sleeping,
+        personalisation,
+    };
+    let next = settle(&pass, &status, &current, &instance, &database, steps).await;
     report::write(ctx, &api, env, &id, &current, &next).await?;
     let fast_poll = ctx.config.fast_poll_interval;
     let timeout = resolved.readiness_timeout;
@@ -248,6 +286,14 @@ async fn pin_image_and_digests(
     Ok(Ok(()))
 }
 
+/// Where the steps after the launch stand: the services, a sleep, a spare's
+/// personalisation.
+struct Steps {
+    services: Services,
+    sleep: Option<status::SleepState>,
+    personalisation: Option<status::Personalisation>,
+}
+
 /// The status this pass arrives at, quoting the console when bootstrap failed or
 /// timed out.
 async fn settle(
@@ -256,9 +302,13 @@ async fn settle(
     current: &FeatureEnvironmentStatus,
     instance: &Instance,
     database: &Option<DbOutcome>,
-    services: Services,
-    sleep: Option<status::SleepState>,
+    steps: Steps,
 ) -> FeatureEnvironmentStatus {
+    let Steps {
+        services,
+        sleep,
+        personalisation,
+    } = steps;
     let Pass {
         ctx,
         env,
@@ -285,6 +335,7 @@ async fn settle(
         instance: Some(instance),
         database: database.as_ref().map(observation),
         console_tail: None,
+        personalisation,
     };
     let draft = next_status(status, &observed, &inputs);
     if draft.phase != Phase::Failed {

@@ -52,8 +52,13 @@ pub async fn write(
         Phase::Ready => {
             if became_ready(before, after) {
                 let created = env.creation_timestamp().map_or(Timestamp::now(), |t| t.0);
+                let start = after
+                    .instance
+                    .as_ref()
+                    .and_then(|i| i.start)
+                    .unwrap_or(crate::api::environment::Start::Cold);
                 ctx.metrics
-                    .time_to_ready(Timestamp::now().duration_since(created).as_secs_f64());
+                    .time_to_ready(start.as_str(), Timestamp::now().duration_since(created).as_secs_f64());
             }
             let url = after.endpoints.get("api").cloned().unwrap_or_default();
             ctx.event(env, EventType::Normal, "Ready", format!("environment ready {url}"))

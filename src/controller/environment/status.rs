@@ -17,6 +17,18 @@ pub struct Observed<'a> {
     pub database: Option<DatabaseObservation<'a>>,
     /// The tail of the console output, fetched when bootstrap failed or timed out.
     pub console_tail: Option<String>,
+    /// A claimed spare's personalisation, until its first Ready (`None`: a cold
+    /// start, or personalised).
+    pub personalisation: Option<Personalisation>,
+}
+
+/// Where a claimed spare's personalisation stands (see `warm`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Personalisation {
+    /// Starting the spare, waiting for its agent, or running the script.
+    InProgress { message: String },
+    /// The instance said it failed, or said nothing within the readiness timeout.
+    Failed { message: String },
 }
 
 #[derive(Debug, Clone)]
@@ -132,7 +144,12 @@ pub fn render_endpoints(
 /// Failure reasons that stay once reached: the environment keeps its resources for
 /// debugging until it is deleted or expires. Any other reason of a `Failed` phase
 /// (a spec or class the environment no longer satisfies) clears once fixed.
-pub const STICKY_FAILURES: [&str; 3] = ["BootstrapFailed", "BootstrapTimeout", "InstanceLost"];
+pub const STICKY_FAILURES: [&str; 4] = [
+    "BootstrapFailed",
+    "PersonalisationFailed",
+    "BootstrapTimeout",
+    "InstanceLost",
+];
 
 /// Whether the environment failed for good (see [`STICKY_FAILURES`]).
 pub fn failed_for_good(status: &FeatureEnvironmentStatus) -> bool {
@@ -213,7 +230,9 @@ fn record_observations(status: &mut FeatureEnvironmentStatus, observed: &Observe
             .as_ref()
             .and_then(|s| s.ami_id.clone())
             .or_else(|| Some(i.image_id.clone()));
+        let start = status.instance.as_ref().and_then(|s| s.start);
         status.instance = Some(InstanceStatus {
+            start,
             id: Some(i.id.clone()),
             instance_type: Some(i.instance_type.clone()),
             ami_id: ami,
@@ -248,7 +267,17 @@ fn set_half_conditions(
     generation: Option<i64>,
     now: Timestamp,
 ) -> (Result<(), NotReady>, Result<(), NotReady>) {
-    let instance = instance_readiness(observed.instance);
+    let instance = instance_readiness(observed.instance).and_then(|()| match &observed.personalisation {
+        None => Ok(()),
+        Some(Personalisation::InProgress { message }) => Err(NotReady {
+            reason: "Personalising",
+            message: message.clone(),
+        }),
+        Some(Personalisation::Failed { message }) => Err(NotReady {
+            reason: "PersonalisationFailed",
+            message: message.clone(),
+        }),
+    });
     let database = database_readiness(observed.database.as_ref());
     let cond = |r: &Result<(), NotReady>, type_, ok_reason: &str, ok_message: &str| match r {
         Ok(()) => ConditionUpdate::new(type_, true, ok_reason, ok_message),
@@ -340,7 +369,7 @@ fn decide_phase(
         );
     } else if let Err(
         nr @ NotReady {
-            reason: "BootstrapFailed",
+            reason: "BootstrapFailed" | "PersonalisationFailed",
             ..
         },
     ) = &instance
@@ -495,6 +524,7 @@ mod tests {
             instance: Some(&booted),
             database: None,
             console_tail: None,
+            personalisation: None,
         };
         let ready = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
         assert_eq!((ready.phase, ready.observed_generation), (Phase::Ready, Some(1)));
@@ -547,6 +577,7 @@ mod tests {
                 credentials_ready: true,
             }),
             console_tail: None,
+            personalisation: None,
         };
         let s1 = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
         assert_eq!(s1.phase, Phase::Provisioning);
@@ -582,6 +613,7 @@ mod tests {
             instance: Some(&booting),
             database: None,
             console_tail: Some("pulling images...".into()),
+            personalisation: None,
         };
         let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:30:00Z", &endpoints));
         assert_eq!(s.phase, Phase::Failed);
@@ -596,6 +628,7 @@ mod tests {
                 instance: Some(&done),
                 database: None,
                 console_tail: None,
+                personalisation: None,
             },
             &inputs("2026-11-28T10:31:00Z", &endpoints),
         );
@@ -612,6 +645,7 @@ mod tests {
                 instance: Some(&failed),
                 database: None,
                 console_tail: None,
+                personalisation: None,
             },
             &inputs("2026-11-28T10:01:00Z", &endpoints),
         );
@@ -628,6 +662,7 @@ mod tests {
                 pool: "integration".into(),
             }),
             console_tail: None,
+            personalisation: None,
         };
         let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
         assert_eq!(s.phase, Phase::Provisioning);
@@ -651,6 +686,7 @@ mod tests {
                 pool: "integration".into(),
             }),
             console_tail: None,
+            personalisation: None,
         };
         let s = next_status(&Default::default(), &obs, &inputs("2026-11-28T10:01:00Z", &endpoints));
         assert_eq!(s.phase, Phase::Provisioning);
@@ -675,6 +711,7 @@ mod tests {
                 credentials_ready: true,
             }),
             console_tail: None,
+            personalisation: None,
         };
         let ready = next_status(
             &Default::default(),

@@ -153,8 +153,9 @@ async fn progress(
     Services::Failed { message: failure }
 }
 
-/// Past the readiness timeout since it was sent, judged only on a fresh view of AWS.
-fn overdue(pass: &Pass<'_>, update: &ServicesUpdate) -> bool {
+/// Past the readiness timeout since it was sent (an update or a personalisation),
+/// judged only on a fresh view of AWS.
+pub(super) fn overdue(pass: &Pass<'_>, update: &ServicesUpdate) -> bool {
     let fresh = pass
         .ctx
         .inventory
