@@ -78,6 +78,16 @@ execute-user-data-ec2), so waking the services (`minikube start`, ...) is the jo
 command sent after the start. The boot delay counts from when this simulator first sees
 the instance running again (moto's state, not the strict layer's emulated `pending`).
 
+Timing (`--timing fast|realistic --time-scale F`, the pair the strict layer takes for
+AWS's own timing): `fast` (the default) is the stand-ins taking no time, as before;
+`realistic` plays the instance's own durations, each multiplied by F: the OS boot
+before the user data runs (added to --boot-seconds, which stays this simulator's own
+delay: `fast` adds 0), and, through FEATUREENV_SIM_* variables in every script's
+environment, `minikube start` from its stopped profile, `minikube addons enable`, a
+`docker pull` of an image the instance does not have (and of one it has), a
+`kubectl rollout status` of a deployment whose image changed (none when unchanged).
+Figures and sources: docs/local-stack.md, "Instance timing".
+
 Other stdout lines (`boot`, `command`, `halted`, `killed`, `restarted`, `started`,
 `stopped`, `undelivered`) never contain " bootstrap ". Each instance's directory also
 gets `result.json` (exit, value, wall and CPU seconds of the script and what it waited
@@ -398,6 +408,55 @@ class Invocation(Boot):
         return f"instance={self.instance_id} command={self.command_id}"
 
 
+@dataclass(frozen=True)
+class InstanceTiming:
+    """Seconds the instance itself takes, beyond what the stand-ins do at once."""
+
+    # EC2 `running` -> the user data starts (firmware, kernel, systemd, cloud-init).
+    boot: float
+    # `minikube start` of the stopped, baked profile (docker driver: the node container
+    # restarted, the control plane up again).
+    minikube_start: float
+    # `minikube addons enable|disable NAME` on a running cluster.
+    minikube_addon: float
+    # `docker pull` of an image the instance's daemon does not have, from in-region ECR.
+    docker_pull: float
+    # `docker pull` of an image it has (a manifest check, no layers).
+    docker_pull_present: float
+    # `kubectl rollout status` after `set image` changed the image: new pods started
+    # from an image already pulled, and ready.
+    rollout: float
+
+    def scaled(self, factor: float) -> "InstanceTiming":
+        return InstanceTiming(*(getattr(self, f) * factor for f in self.__dataclass_fields__))
+
+    def environment(self) -> dict[str, str]:
+        """The FEATUREENV_SIM_* variables hack/instance/ reads (0: no sleep)."""
+        return {
+            "FEATUREENV_SIM_MINIKUBE_START_SECONDS": f"{self.minikube_start:.3f}",
+            "FEATUREENV_SIM_MINIKUBE_ADDON_SECONDS": f"{self.minikube_addon:.3f}",
+            "FEATUREENV_SIM_DOCKER_PULL_SECONDS": f"{self.docker_pull:.3f}",
+            "FEATUREENV_SIM_DOCKER_PULL_PRESENT_SECONDS": f"{self.docker_pull_present:.3f}",
+            "FEATUREENV_SIM_ROLLOUT_SECONDS": f"{self.rollout:.3f}",
+        }
+
+
+# `fast`: nothing takes time (the stand-ins as they always were).
+INSTANCE_FAST = InstanceTiming(boot=0.0, minikube_start=0.0, minikube_addon=0.0, docker_pull=0.0,
+                               docker_pull_present=0.0, rollout=0.0)
+# Measured or documented figures where found, estimates otherwise; sources in
+# docs/local-stack.md ("Instance timing").
+INSTANCE_REALISTIC = InstanceTiming(boot=20.0, minikube_start=25.0, minikube_addon=8.0, docker_pull=20.0,
+                                    docker_pull_present=1.0, rollout=10.0)
+# `off` as the strict layer spells "no timing" (the e2e harness passes it the same pair).
+INSTANCE_PRESETS = {"fast": INSTANCE_FAST, "off": INSTANCE_FAST, "realistic": INSTANCE_REALISTIC}
+
+
+def instance_timing_for(mode: str, scale: float) -> InstanceTiming:
+    """The instance timing of `--timing MODE --time-scale SCALE`."""
+    return INSTANCE_PRESETS[mode].scaled(scale)
+
+
 def execution_timeout(parameters: dict[str, Any]) -> int:
     """AWS-RunShellScript's `executionTimeout` (seconds, a one-string list), else its default."""
     value = parameters.get("executionTimeout") or []
@@ -419,13 +478,16 @@ class Simulator:
         script_timeout: float = 600.0,
         ecr_cache_seconds: float = 30.0,
         out: Callable[[str], None] | None = None,
+        timing: InstanceTiming = INSTANCE_FAST,
     ) -> None:
         self.endpoint = endpoint
         self.region = region
         self.ec2 = client("ec2", endpoint, region)
         self.ssm = client("ssm", endpoint, region)
         self.cluster_id = cluster_id
-        self.boot_seconds = boot_seconds
+        self.timing = timing
+        # This simulator's own delay plus the OS boot the timing plays (0 when fast).
+        self.boot_seconds = boot_seconds + timing.boot
         self.script_timeout = script_timeout
         self.instances_dir = instances_dir.resolve()
         if not SAFE_PATH.match(str(self.instances_dir)):
@@ -727,6 +789,7 @@ class Simulator:
             "FEATUREENV_SIM_CURL": self.curl,
             "FEATUREENV_SIM_CACHE": str(self.cache_dir),
             "FEATUREENV_SIM_ECR_CACHE_SECONDS": str(int(self.ecr_cache_seconds)),
+            **self.timing.environment(),
         }
 
     def _boot(self, boot: Boot, inst: dict[str, Any]) -> None:
@@ -933,6 +996,14 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("FEATUREENV_SIM_BOOT_SECONDS", "3")),
         help="boot delay before the user data runs (env FEATUREENV_SIM_BOOT_SECONDS, default 3)",
     )
+    p.add_argument(
+        "--timing",
+        choices=sorted(INSTANCE_PRESETS),
+        default="fast",
+        help="instance-side durations: fast (none, the default; off: the same) or realistic "
+        "(docs/local-stack.md, 'Instance timing'); the realistic OS boot is added to --boot-seconds",
+    )
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiplies the --timing durations (default 1)")
     p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
     p.add_argument(
         "--instances-dir",
@@ -972,9 +1043,11 @@ def main(argv: list[str] | None = None) -> int:
         args.instances_dir,
         script_timeout=args.script_timeout,
         ecr_cache_seconds=args.ecr_cache_seconds,
+        timing=instance_timing_for(args.timing, args.time_scale),
     )
     sim.log(
-        f"started cluster={args.cluster_id} boot_seconds={args.boot_seconds} interval={args.interval} "
+        f"started cluster={args.cluster_id} boot_seconds={sim.boot_seconds:g} timing={args.timing} "
+        f"time_scale={args.time_scale:g} interval={args.interval} "
         f"endpoint={args.endpoint} instances_dir={sim.instances_dir} imds=127.0.0.1:{sim.imds.port} aws={sim.aws}"
     )
     try:

@@ -64,6 +64,8 @@ CLAIMED_BY_TAG = "featureenv.io/claimed-by"
 BOOTSTRAP_TAG = "featureenv.io/bootstrap"
 SERVICES_TAG = "featureenv.io/services"  # the outcome of a services update sent with SendCommand
 INSTANCE_TAG = "featureenv.io/instance"  # on the SSM parameter: the instance allowed to read it
+WARM_POOL_TAG = "featureenv.io/warm-pool"  # on a spare instance of a class's warm pool: the class
+SPARE_TAG = "featureenv.io/spare"  # on a spare instance: its RunInstances client token
 
 OPERATOR_ACTIONS = [
     "ec2:DescribeImages", "ec2:RunInstances", "ec2:CreateTags", "ec2:DescribeInstances",
@@ -95,6 +97,18 @@ INSTANCE_A = iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0aaaaaaaaaaaaaaaa")
 INSTANCE_B = iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0bbbbbbbbbbbbbbbb")
 INSTANCE_TAGS = dict(LAUNCH_TAGS)  # what the instance carries after launch
 OTHER_CLUSTER_INSTANCE = iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0cccccccccccccccc")
+
+# A warm-pool spare of class "standard" (spec.warmPool): launched with the cluster tag, the
+# warm-pool and spare tags, its own Name and the class's tags, but no uid and no
+# environment; claimed later by CreateTags of exactly uid, environment and Name.
+WARM_CLASS = "standard"
+SPARE_TOKEN = "fe-warm-standard-3f9a2c4d1b-0"
+SPARE_LAUNCH_TAGS = {"team": "platform", "Name": f"featureenv-spare-{WARM_CLASS}", CLUSTER_TAG: CLUSTER,
+                     WARM_POOL_TAG: WARM_CLASS, SPARE_TAG: SPARE_TOKEN}
+SPARE_INSTANCE = iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0ffffffffffffffff")
+SPARE_INSTANCE_TAGS = {**SPARE_LAUNCH_TAGS, BOOTSTRAP_TAG: "complete"}  # bootstrapped, unclaimed
+SPARE_CLAIM_TAGS = {UID_TAG: UID, ENV_TAG: ENVIRONMENT, "Name": "featureenv-team-payments-payments-pr-123"}
+CLAIMED_SPARE_TAGS = {**SPARE_INSTANCE_TAGS, **SPARE_CLAIM_TAGS}
 
 SNAPSHOT = "rds:integration-db-2026-11-28-03-00"
 SPARE = iam.rds_arn(REGION, ACCOUNT, "db", "fe-integration-7f3k2a9d1e-0")  # naming.rs pool_database_id
@@ -252,6 +266,18 @@ def operator_calls() -> dict[str, list[Request]]:
         "SendCommand(wake)": iam.ssm_send_command(
             region=REGION, account=ACCOUNT, document="AWS-RunShellScript", instance_id=INSTANCE_A.rsplit("/", 1)[1],
             instance_tags={**INSTANCE_TAGS, BOOTSTRAP_TAG: "complete", SERVICES_TAG: "complete:0123456789abcdef"}),
+        # A class's warm pool (spec.warmPool): launch a spare, stop it once bootstrapped
+        # (state Stopped), claim it for an environment, start it, personalise it over Run
+        # Command, terminate a stale or surplus one.
+        "RunInstances(spare)": launch({kind: SPARE_LAUNCH_TAGS for kind in TAGGED_AT_LAUNCH}),
+        "StopInstances(spare)": iam.ec2_on_instance("ec2:StopInstances", SPARE_INSTANCE, SPARE_INSTANCE_TAGS),
+        "CreateTags(claim spare)": iam.ec2_create_tags(SPARE_INSTANCE, SPARE_INSTANCE_TAGS, SPARE_CLAIM_TAGS),
+        "StartInstances(claimed spare)": iam.ec2_on_instance("ec2:StartInstances", SPARE_INSTANCE, CLAIMED_SPARE_TAGS),
+        "SendCommand(personalise)": iam.ssm_send_command(
+            region=REGION, account=ACCOUNT, document="AWS-RunShellScript",
+            instance_id=SPARE_INSTANCE.rsplit("/", 1)[1], instance_tags=CLAIMED_SPARE_TAGS),
+        "TerminateInstances(surplus spare)": iam.ec2_on_instance("ec2:TerminateInstances", SPARE_INSTANCE,
+                                                                 SPARE_INSTANCE_TAGS),
     }
 
 
@@ -275,6 +301,13 @@ def instance_calls() -> dict[str, list[Request]]:
                                                         {SERVICES_TAG: f"complete:{SERVICES_TOKEN}"}, a),
         "services update failed": iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS,
                                                       {SERVICES_TAG: f"failed:{SERVICES_TOKEN}"}, a),
+        # A claimed warm-pool spare: its bootstrap tag (as any launch) and the outcome of
+        # the personalise script the operator sends over Run Command.
+        "spare bootstrap complete": iam.ec2_create_tags(SPARE_INSTANCE, SPARE_LAUNCH_TAGS, {BOOTSTRAP_TAG: "complete"},
+                                                        iam.instance_principal(SPARE_INSTANCE)),
+        "personalise complete": iam.ec2_create_tags(SPARE_INSTANCE, CLAIMED_SPARE_TAGS,
+                                                    {SERVICES_TAG: f"complete:{SERVICES_TOKEN}"},
+                                                    iam.instance_principal(SPARE_INSTANCE)),
         # The SSM Agent keeping the instance a managed node.
         "ssm agent": [Request(action, "*", a) for action in sorted(SSM_AGENT_ACTIONS)],
     }
@@ -377,6 +410,10 @@ FOREIGN_INSTANCES = {
     "other-cluster": (OTHER_CLUSTER_INSTANCE, {**INSTANCE_TAGS, CLUSTER_TAG: OTHER_CLUSTER}),
     "untagged": (iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0dddddddddddddddd"), {}),
     "production": (iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0eeeeeeeeeeeeeeee"), {"Name": "orders-prod"}),
+    "other-cluster-spare": (iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0c0c0c0c0c0c0c0c0"),
+                            {**SPARE_INSTANCE_TAGS, CLUSTER_TAG: OTHER_CLUSTER}),
+    "untagged-spare": (iam.ec2_arn(REGION, ACCOUNT, "instance", "i-0d0d0d0d0d0d0d0d0"),
+                       {WARM_POOL_TAG: WARM_CLASS}),
 }
 
 
@@ -384,7 +421,7 @@ FOREIGN_INSTANCES = {
 def test_ec2_cannot_tag_or_terminate_an_instance_that_is_not_ours(instance: str) -> None:
     policy = rendered(POLICY)
     arn, existing = FOREIGN_INSTANCES[instance]
-    for tags in ({CLUSTER_TAG: CLUSTER}, LAUNCH_TAGS, {ENV_TAG: ENVIRONMENT}):
+    for tags in ({CLUSTER_TAG: CLUSTER}, LAUNCH_TAGS, {ENV_TAG: ENVIRONMENT}, SPARE_CLAIM_TAGS):
         assert_denied(policy, iam.ec2_create_tags(arn, existing, tags), f"CreateTags {tags}")
     for action in ("ec2:TerminateInstances", "ec2:GetConsoleOutput", "ec2:StopInstances", "ec2:StartInstances"):
         assert_denied(policy, iam.ec2_on_instance(action, arn, existing), action)
@@ -424,11 +461,129 @@ def test_ec2_cannot_retag_ours_to_another_cluster() -> None:
 
 
 def test_ec2_operator_never_tags_existing_instances() -> None:
-    """Least privilege: the operator tags instances only at launch; the instance
-    writes its own bootstrap tag."""
+    """Least privilege: the operator tags instances only at launch, and a warm-pool
+    spare when it claims it (below); the instance writes its own bootstrap tag."""
     policy = rendered(POLICY)
-    for tags in ({ENV_TAG: "team-x/other"}, {BOOTSTRAP_TAG: "complete"}):
+    for tags in ({ENV_TAG: "team-x/other"}, {BOOTSTRAP_TAG: "complete"}, SPARE_CLAIM_TAGS):
         assert_denied(policy, iam.ec2_create_tags(INSTANCE_A, INSTANCE_TAGS, tags), str(tags))
+
+
+# --- warm pool: spares launched with our tags, claimed with three keys ---------------
+# Each test first shows the legitimate call allowed, so that none passes on a policy
+# that simply has no warm-pool statements.
+
+SPARE_SPECS = {kind: SPARE_LAUNCH_TAGS for kind in TAGGED_AT_LAUNCH}
+
+
+@pytest.mark.parametrize("request_", launch(SPARE_SPECS), ids=str)
+def test_spare_launch_authorizes_every_resource_type(request_: Request) -> None:
+    """A spare: cluster and warm-pool tags, no uid, no environment, IMDSv2."""
+    assert not {UID_TAG, ENV_TAG} & set(SPARE_LAUNCH_TAGS)
+    assert iam.allowed(rendered(POLICY), request_), dict(request_.context)
+
+
+SPARE_LAUNCH_DENIED = {
+    **{f"{kind}-without-cluster": (kind, _without(SPARE_LAUNCH_TAGS, CLUSTER_TAG)) for kind in TAGGED_AT_LAUNCH},
+    **{f"{kind}-of-another-cluster": (kind, {**SPARE_LAUNCH_TAGS, CLUSTER_TAG: OTHER_CLUSTER})
+       for kind in TAGGED_AT_LAUNCH},
+    # Neither a spare (no warm-pool tag) nor an environment's instance (no uid, environment).
+    **{f"{kind}-without-warm-pool": (kind, _without(SPARE_LAUNCH_TAGS, WARM_POOL_TAG)) for kind in TAGGED_AT_LAUNCH},
+}
+
+
+@pytest.mark.parametrize("case", list(SPARE_LAUNCH_DENIED))
+def test_spare_launch_denied_when_a_new_resource_lacks_our_tags(case: str) -> None:
+    policy = rendered(POLICY)
+    assert_allowed(policy, launch(SPARE_SPECS))
+    kind, tags = SPARE_LAUNCH_DENIED[case]
+    requests = launch({**SPARE_SPECS, kind: tags})
+    assert_denied(policy, requests, case)
+    # By the RunInstances statement itself, not only by the tag-on-create CreateTags.
+    assert not iam.allowed(policy, only(requests, "ec2:RunInstances", f":{kind}/")), case
+
+
+def test_spare_launch_denied_without_imdsv2() -> None:
+    policy = rendered(POLICY)
+    assert_allowed(policy, launch(SPARE_SPECS))
+    requests = launch(SPARE_SPECS, http_tokens="optional")
+    assert not iam.allowed(policy, only(requests, "ec2:RunInstances", ":instance/")), "IMDSv1 spare allowed"
+
+
+def claim(existing: dict[str, str], tags: dict[str, str] = SPARE_CLAIM_TAGS, arn: str = SPARE_INSTANCE) -> list[Request]:
+    return iam.ec2_create_tags(arn, existing, tags)
+
+
+def test_claim_tags_a_spare_of_ours_with_exactly_three_keys() -> None:
+    policy = rendered(POLICY)
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS))
+    assert_allowed(policy, claim(SPARE_LAUNCH_TAGS))  # before its bootstrap tag (a claim never waits for it)
+    assert_allowed(policy, claim(CLAIMED_SPARE_TAGS))  # a retry of the claim, the same tags again
+    for key in SPARE_CLAIM_TAGS:  # any subset of the three
+        assert_allowed(policy, claim(SPARE_INSTANCE_TAGS, {key: SPARE_CLAIM_TAGS[key]}))
+    assert [s["Sid"] for s in load(POLICY)["Statement"] if s["Sid"] in iam.decide(
+        policy, claim(SPARE_INSTANCE_TAGS)[0]).allowed_by] == ["EC2ClaimOwnWarmPoolSpares"]
+
+
+CLAIM_DENIED_ON = {
+    "an environment's instance (no warm-pool tag)": INSTANCE_TAGS,
+    "a spare without the cluster tag": _without(SPARE_INSTANCE_TAGS, CLUSTER_TAG),
+    "another cluster's spare": {**SPARE_INSTANCE_TAGS, CLUSTER_TAG: OTHER_CLUSTER},
+    "an untagged instance": {},
+}
+
+
+@pytest.mark.parametrize("case", list(CLAIM_DENIED_ON))
+def test_claim_denied_on_an_instance_that_is_not_our_spare(case: str) -> None:
+    policy = rendered(POLICY)
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS))
+    assert_denied(policy, claim(CLAIM_DENIED_ON[case]), case)
+
+
+CLAIM_DENIED_KEYS = {
+    "cluster, ours": {CLUSTER_TAG: CLUSTER},
+    "cluster, another": {CLUSTER_TAG: OTHER_CLUSTER},
+    "warm-pool": {WARM_POOL_TAG: "other-class"},
+    "spare token": {SPARE_TAG: "fe-warm-other"},
+    "bootstrap": {BOOTSTRAP_TAG: "complete"},
+    "services": {SERVICES_TAG: f"complete:{SERVICES_TOKEN}"},
+    "owner": {"featureenv.io/owner": "mallory@example.com"},
+    "a class tag": {"team": "platform"},
+    "name in another case": {"name": "x"},
+}
+
+
+@pytest.mark.parametrize("case", list(CLAIM_DENIED_KEYS))
+def test_claim_denied_for_any_other_key(case: str) -> None:
+    """Alone or along with the three claim keys."""
+    policy = rendered(POLICY)
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS))
+    extra = CLAIM_DENIED_KEYS[case]
+    assert_denied(policy, claim(SPARE_INSTANCE_TAGS, extra), case)
+    assert_denied(policy, claim(SPARE_INSTANCE_TAGS, {**SPARE_CLAIM_TAGS, **extra}), case)
+
+
+def test_claim_cannot_retag_cluster_or_warm_pool_even_without_the_key_list() -> None:
+    """Defence in depth: the claim statement also requires the request to carry no
+    cluster and no warm-pool tag, so widening its aws:TagKeys list (say, for a fourth
+    claim key) cannot let it move a spare to another cluster or pool."""
+    document = load(POLICY)
+    [statement] = [s for s in document["Statement"] if s["Sid"] == "EC2ClaimOwnWarmPoolSpares"]
+    del statement["Condition"]["ForAllValues:StringEquals"]
+    policy = iam.render_policy(json.dumps(document), CLUSTER, ACCOUNT)
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS))
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS, {BOOTSTRAP_TAG: "complete"})), "the key list is what stops this"
+    for extra in ({CLUSTER_TAG: OTHER_CLUSTER}, {CLUSTER_TAG: CLUSTER}, {WARM_POOL_TAG: "other-class"}):
+        assert_denied(policy, claim(SPARE_INSTANCE_TAGS, {**SPARE_CLAIM_TAGS, **extra}), str(extra))
+
+
+def test_claim_is_not_a_tag_on_create() -> None:
+    """The claim statement needs tags on an existing resource: a tag-on-create with the
+    claim keys only (no cluster tag) is not allowed by it."""
+    policy = rendered(POLICY)
+    assert_allowed(policy, claim(SPARE_INSTANCE_TAGS))
+    new = iam.ec2_arn(REGION, ACCOUNT, "instance", "*")
+    ctx = {"ec2:CreateAction": "RunInstances", **iam.tag_context(request=SPARE_CLAIM_TAGS)}
+    assert not iam.allowed(policy, Request("ec2:CreateTags", new, ctx))
 
 
 def test_rds_restore_tags_only_new_fe_spares_with_our_tags() -> None:
@@ -1134,6 +1289,69 @@ def test_a_logged_call_outside_what_is_ours_fails_the_run(case: str, tmp_path: P
         _check_log(tmp_path, monkeypatch, list(log.values()))
     # Only the changed call is reported (naming it), by the authorization in question
     # at least (a restore's tag-on-create is denied along with the restore itself).
+    reported = [line.strip() for line in str(failure.value).splitlines() if line.startswith("  ")]
+    call = f"{log[step]['service']}:{log[step]['action']} ("
+    assert reported and all(line.startswith(call) for line in reported), reported
+    assert any(denied in line for line in reported), reported
+
+
+E2E_SPARE = "i-0ffffffffffffffff"
+E2E_SPARE_LAUNCH_TAGS = {**SPARE_LAUNCH_TAGS, CLUSTER_TAG: E2E}
+E2E_SPARE_BOOTSTRAPPED = {**E2E_SPARE_LAUNCH_TAGS, BOOTSTRAP_TAG: "complete"}
+E2E_SPARE_CLAIMED = {**E2E_SPARE_BOOTSTRAPPED, **SPARE_CLAIM_TAGS}
+
+
+def warm_pool_log() -> dict[str, dict[str, Any]]:
+    """A spare's life as fault_proxy logs it: launch, stop (a Stopped pool), claim,
+    start, personalise, and a surplus spare's termination."""
+    launch = environment_log()["launch"]
+    return {
+        "launch spare": {**launch, "tag_specs": {k: E2E_SPARE_LAUNCH_TAGS for k in TAGGED_AT_LAUNCH}},
+        "stop spare": logged("ec2", "StopInstances", instance_ids=[E2E_SPARE],
+                             resource_tags={E2E_SPARE: E2E_SPARE_BOOTSTRAPPED}),
+        "claim spare": logged("ec2", "CreateTags", resource_ids=[E2E_SPARE], request_tags=SPARE_CLAIM_TAGS,
+                              resource_tags={E2E_SPARE: E2E_SPARE_BOOTSTRAPPED}),
+        "start spare": logged("ec2", "StartInstances", instance_ids=[E2E_SPARE],
+                              resource_tags={E2E_SPARE: E2E_SPARE_CLAIMED}),
+        "personalise": logged("ssm", "SendCommand", document="AWS-RunShellScript", instance_ids=[E2E_SPARE],
+                              instance_tags={E2E_SPARE: E2E_SPARE_CLAIMED}),
+        "terminate surplus spare": logged("ec2", "TerminateInstances", instance_ids=[E2E_SPARE],
+                                          resource_tags={E2E_SPARE: E2E_SPARE_BOOTSTRAPPED}),
+    }
+
+
+def test_a_warm_pools_logged_calls_are_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = warm_pool_log()
+    _check_log(tmp_path, monkeypatch, list(log.values()))
+    assert [str(r) for r in recorded_requests(log["claim spare"]) or []] == [
+        f"ec2:CreateTags on {iam.ec2_arn(E2E_REGION, ACCOUNT, 'instance', E2E_SPARE)}"]
+
+
+DENIED_WARM_POOL_LOGGED_CALLS = {
+    "launch a spare without the cluster tag": (
+        "launch spare", {"tag_specs": {k: _without(E2E_SPARE_LAUNCH_TAGS, CLUSTER_TAG) for k in TAGGED_AT_LAUNCH}},
+        "ec2:RunInstances on arn:aws:ec2:us-east-1:123456789012:instance/*"),
+    "launch a spare without IMDSv2": ("launch spare", {"http_tokens": "optional"}, "ec2:RunInstances on "),
+    "claim an environment's instance": ("claim spare", {"resource_tags": {E2E_SPARE: E2E_LAUNCH_TAGS}},
+                                        "ec2:CreateTags on "),
+    "claim another cluster's spare": ("claim spare", {"resource_tags": {E2E_SPARE: {**E2E_SPARE_BOOTSTRAPPED, **OTHER}}},
+                                      "ec2:CreateTags on "),
+    "claim writing the cluster tag": ("claim spare", {"request_tags": {**SPARE_CLAIM_TAGS, **OTHER}},
+                                      "ec2:CreateTags on "),
+    "claim writing the bootstrap tag": ("claim spare", {"request_tags": {BOOTSTRAP_TAG: "complete"}},
+                                        "ec2:CreateTags on "),
+}
+
+
+@pytest.mark.parametrize("case", list(DENIED_WARM_POOL_LOGGED_CALLS))
+def test_a_logged_warm_pool_call_outside_what_is_ours_fails_the_run(case: str, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    step, fields, denied = DENIED_WARM_POOL_LOGGED_CALLS[case]
+    log = warm_pool_log()
+    _check_log(tmp_path, monkeypatch, list(log.values()))
+    log[step] = {**log[step], **fields}
+    with pytest.raises(AssertionError, match="denied by docs/iam-policy.json") as failure:
+        _check_log(tmp_path, monkeypatch, list(log.values()))
     reported = [line.strip() for line in str(failure.value).splitlines() if line.startswith("  ")]
     call = f"{log[step]['service']}:{log[step]['action']} ("
     assert reported and all(line.startswith(call) for line in reported), reported

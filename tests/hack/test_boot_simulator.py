@@ -819,3 +819,56 @@ def test_a_stopped_instance_runs_nothing_and_a_start_is_a_boot_without_the_user_
         stop(proxy)
         code = sim.stop()
     assert code == 0, "\n".join(sim.stderr)
+
+
+# --------------------------------------------------------------------------------------
+# Instance timing: --timing realistic --time-scale F plays the OS boot and the stand-ins'
+# durations, scaled; fast (the default) plays none
+
+TIMED_SCALE = 0.05
+# The steps a bootstrap spends its time on, each once; then a tag so the line says complete.
+TIMED_BOOT = f"""#!/bin/bash
+set -e
+minikube start >/dev/null
+minikube addons enable ingress >/dev/null
+docker pull docker.io/library/nginx:1.27 >/dev/null
+docker pull docker.io/library/nginx:1.27 >/dev/null
+kubectl set image deployment/web web=docker.io/library/nginx:1.27 >/dev/null
+kubectl rollout status deployment/web >/dev/null
+token="$(curl -fsS -X PUT http://169.254.169.254/latest/api/token -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')"
+id="$(curl -fsS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)"
+aws ec2 create-tags --region {REGION} --resources "$id" --tags Key=featureenv.io/bootstrap,Value=complete
+"""
+
+
+def test_realistic_timing_plays_the_boot_and_the_stand_ins_durations_scaled(
+    seeded: dict[str, Any], aws: Any, moto_endpoint: str, tmp_path: Path
+) -> None:
+    from boot_simulator import INSTANCE_REALISTIC
+
+    ec2 = aws("ec2")
+    figures = INSTANCE_REALISTIC.scaled(TIMED_SCALE)
+    script_figure = (figures.minikube_start + figures.minikube_addon + figures.docker_pull
+                     + figures.docker_pull_present + figures.rollout)
+    runs = {}
+    for mode in ("realistic", "fast"):
+        cluster = f"timed-{mode}-" + uuid.uuid4().hex[:6]
+        iid = launch(ec2, seeded["amiIds"]["newer"], cluster, mode, TIMED_BOOT)
+        sim = start_sim(moto_endpoint, cluster, tmp_path / mode, "--timing", mode, "--time-scale", str(TIMED_SCALE))
+        try:
+            wait_until(f"the {mode} bootstrap line", lambda: iid in sim.results() or sim.proc.poll() is not None, 60)
+        finally:
+            assert sim.stop() == 0, "\n".join(sim.stderr)
+        line = sim.results()[iid]
+        assert line.group(3) == "complete", read(sim.dir(iid) / "bash.out")
+        started = next(s for s in sim.lines if " started cluster=" in s)
+        runs[mode] = (float(line.group(5)), json.loads(read(sim.dir(iid) / "result.json"))["wall_seconds"], started)
+    waited, wall, started = runs["realistic"]
+    assert f" boot_seconds={BOOT_SECONDS + figures.boot:g} timing=realistic time_scale={TIMED_SCALE:g} " in started
+    # The OS boot (20 s × 0.05) on top of --boot-seconds, then the script's steps.
+    assert waited >= BOOT_SECONDS + figures.boot + script_figure, runs
+    assert script_figure <= wall < script_figure + 3.0, runs
+    fast_waited, fast_wall, fast_started = runs["fast"]
+    assert f" boot_seconds={BOOT_SECONDS:g} timing=fast " in fast_started
+    assert fast_wall < script_figure, runs
+    assert fast_waited < BOOT_SECONDS + figures.boot + script_figure, runs

@@ -20,7 +20,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from test_fault_proxy import NO_RETRY, REPO, clients, start_proxy, stop
-from test_iam_replay import BOOTSTRAP_TAG, CLAIMED_BY_TAG, CLUSTER_TAG, ENV_TAG, POOL_TAG, Environment
+from test_iam_replay import (BOOTSTRAP_TAG, CLAIMED_BY_TAG, CLUSTER_TAG, ENV_TAG, POOL_TAG, UID_TAG, WARM_POOL_TAG,
+                             Environment, bootstrap_tag_in)
 
 OPERATOR_KEY = "testing"
 ROLE = "arn:aws:sts::123456789012:assumed-role/featureenv-operator/"
@@ -217,3 +218,65 @@ def test_iam_flags_go_together(moto_endpoint: str, tmp_path: Path) -> None:
                           "--iam-policy", str(REPO / "docs" / "iam-policy.json")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "go together" in out.stderr
+
+
+def instance_tags_in_moto(aws: Any, iid: str) -> dict[str, str]:
+    found = aws("ec2").describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in found.get("Tags", [])}
+
+
+def refused_ec2(call: Any) -> str:
+    with pytest.raises(ClientError) as refused:
+        call()
+    error = refused.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("UnauthorizedOperation", 403)
+    return str(error["Error"]["Message"])
+
+
+def test_a_warm_pools_calls_are_all_allowed(enforced: dict[str, Any], moto_endpoint: str, aws: Any) -> None:
+    """Launch a spare, stop it, claim it, start it, personalise it; a surplus one terminated."""
+    env: Environment = enforced["env"]
+    before = len(lines(enforced["log"]))
+    spare = env.warm_pool(env.resolve_image(), bootstrap_tag_in(moto_endpoint))["InstanceId"]
+    added = added_since(enforced["log"], before)
+    assert [e for e in added if e["status"] != 200 or e.get("rejected")] == []
+    assert {"RunInstances", "StopInstances", "CreateTags", "StartInstances", "SendCommand",
+            "TerminateInstances"} <= {e["action"] for e in added}
+    tags = instance_tags_in_moto(aws, spare)
+    assert (tags[UID_TAG], tags[ENV_TAG], tags[WARM_POOL_TAG], tags[CLUSTER_TAG]) == (
+        env.uid, env.key, "standard", enforced["cluster"])
+
+
+def test_warm_pool_calls_outside_what_is_ours_are_unauthorized(enforced: dict[str, Any], moto_endpoint: str,
+                                                               aws: Any, seeded: dict[str, Any]) -> None:
+    """After a spare's legitimate launch and claim: a spare launched without our cluster
+    tag, a claim of another cluster's spare, of an environment's instance (no warm-pool
+    tag), a claim that writes the cluster or the bootstrap tag: each UnauthorizedOperation,
+    none reaches moto."""
+    env: Environment = enforced["env"]
+    image = env.resolve_image()
+    spare = env.launch_spare(image)["InstanceId"]
+    env.claim_spare(spare)
+    assert instance_tags_in_moto(aws, spare)[UID_TAG] == env.uid
+    # Another installation's spare and one of our environments' instances, made in moto.
+    theirs = aws("ec2").run_instances(
+        ImageId=seeded["amiIds"]["newer"], InstanceType="t3.micro", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": CLUSTER_TAG, "Value": "someone-else"},
+                                                                 {"Key": WARM_POOL_TAG, "Value": "standard"}]}],
+    )["Instances"][0]["InstanceId"]
+    environment_instance = env.launch(image)["InstanceId"]
+    before = len(lines(enforced["log"]))
+    refused_ec2(lambda: env.launch_spare(image, cluster=""))
+    message = refused_ec2(lambda: env.claim_spare(theirs))
+    assert f"ec2:CreateTags on resource: arn:aws:ec2:us-east-1:123456789012:instance/{theirs}" in message, message
+    refused_ec2(lambda: env.claim_spare(environment_instance))
+    refused_ec2(lambda: env.claim_spare(spare, {CLUSTER_TAG: "someone-else"}))
+    refused_ec2(lambda: env.claim_spare(spare, {BOOTSTRAP_TAG: "failed"}))
+    added = added_since(enforced["log"], before)
+    assert [(e["action"], e["rule"]) for e in added] == [
+        ("RunInstances", "iam"), ("CreateTags", "iam"), ("CreateTags", "iam"), ("CreateTags", "iam"),
+        ("CreateTags", "iam")]
+    assert all(e["rejected"] == "UnauthorizedOperation" for e in added)
+    assert UID_TAG not in instance_tags_in_moto(aws, theirs)
+    assert instance_tags_in_moto(aws, spare)[CLUSTER_TAG] == enforced["cluster"]
+    assert BOOTSTRAP_TAG not in instance_tags_in_moto(aws, spare)

@@ -38,6 +38,8 @@ SNAPSHOT_TAG = "featureenv.io/snapshot"
 CLAIMED_BY_TAG = "featureenv.io/claimed-by"
 INSTANCE_TAG = "featureenv.io/instance"
 BOOTSTRAP_TAG = "featureenv.io/bootstrap"
+WARM_POOL_TAG = "featureenv.io/warm-pool"
+SPARE_TAG = "featureenv.io/spare"
 
 
 # --- naming.rs, in Python ----------------------------------------------------------------
@@ -128,6 +130,54 @@ class Environment:
         instance = out["Instances"][0]
         instance["Arn"] = f"arn:aws:ec2:us-east-1:{out['OwnerId']}:instance/{instance['InstanceId']}"
         return instance
+
+    def launch_spare(self, image: str, warm_class: str = "standard", slot: int = 0,
+                     cluster: str | None = None) -> dict[str, Any]:
+        """A warm-pool spare of `warm_class` (spec.warmPool): the launch of an environment's
+        instance but tagged cluster, warm-pool, spare (its client token), its own Name and
+        the class's tags; no uid, no environment; user data without a database. `cluster`:
+        the cluster tag's value (this environment's by default), "" for none."""
+        token = f"fe-warm-{short_hash([self.cluster, warm_class, uuid.uuid4().hex], 10)}-{slot}"  # one per launch
+        tags = {"team": "platform", "Name": f"featureenv-spare-{warm_class}", WARM_POOL_TAG: warm_class,
+                SPARE_TAG: token, **({CLUSTER_TAG: cluster or self.cluster} if cluster != "" else {})}
+        spec = [{"Key": k, "Value": v} for k, v in tags.items()]
+        out = self.ec2.run_instances(
+            ClientToken=token, ImageId=image, InstanceType="t3.2xlarge", MinCount=1, MaxCount=1,
+            SubnetId=self.seeded["subnetId"], SecurityGroupIds=[self.seeded["securityGroupId"]],
+            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled", "InstanceMetadataTags": "disabled",
+                             "HttpPutResponseHopLimit": 1},
+            TagSpecifications=[{"ResourceType": t, "Tags": spec} for t in ("instance", "volume", "network-interface")],
+            UserData="#!/bin/bash\necho bootstrap spare\n",
+            IamInstanceProfile={"Name": self.seeded["instanceProfile"]["name"]},
+        )
+        return dict(out["Instances"][0])
+
+    def claim_tags(self) -> dict[str, str]:
+        return {UID_TAG: self.uid, ENV_TAG: self.key, "Name": "featureenv-" + self.key.replace("/", "-")}
+
+    def claim_spare(self, iid: str, extra: dict[str, str] | None = None) -> None:
+        """The claim: CreateTags of exactly uid, environment and Name on the spare."""
+        tags = {**self.claim_tags(), **(extra or {})}
+        self.ec2.create_tags(Resources=[iid], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    def warm_pool(self, image: str, bootstrap_tag: Callable[[str], None]) -> dict[str, Any]:
+        """A Stopped warm pool's spare, from launch to the personalised environment, and a
+        surplus spare terminated."""
+        spare = self.launch_spare(image)
+        iid = spare["InstanceId"]
+        wait_for("the spare to run", lambda: self.instance_state(iid) == "running")
+        bootstrap_tag(iid)
+        self.ec2.stop_instances(InstanceIds=[iid])
+        wait_for("the spare to stop", lambda: self.instance_state(iid) == "stopped")
+        self.claim_spare(iid)
+        self.ec2.start_instances(InstanceIds=[iid])
+        wait_for("the claimed spare to run", lambda: self.instance_state(iid) == "running")
+        self.ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[iid],
+                              Parameters={"commands": ["#!/bin/bash\necho personalise\n"], "executionTimeout": ["1200"]},
+                              Comment=f"featureenv: personalise {self.key}", TimeoutSeconds=1200)
+        surplus = self.launch_spare(image, slot=1)["InstanceId"]
+        self.ec2.terminate_instances(InstanceIds=[surplus])
+        return spare
 
     def inventory(self) -> list[dict[str, Any]]:
         """inventory.rs: one DescribeInstances by cluster tag, one DescribeDBInstances page."""
@@ -345,3 +395,52 @@ def test_deleting_the_parameter_again_fails_the_iam_check(replayed: dict[str, An
     denied = denied_lines(output)
     assert len(denied) == 1 and denied[0].startswith("ssm:DeleteParameter (HTTP 400): ssm:DeleteParameter on "), output
 
+
+
+def bootstrap_tag_in(moto: str) -> Callable[[str], None]:
+    """The bootstrap script tags its own instance (instance credentials, straight to moto)."""
+    return lambda iid: clients(moto)["ec2"].create_tags(Resources=[iid],
+                                                        Tags=[{"Key": BOOTSTRAP_TAG, "Value": "complete"}])
+
+
+def test_a_warm_pools_calls_pass_the_iam_check(replayed: dict[str, Any], moto_endpoint: str,
+                                               tmp_path: Path) -> None:
+    """Launch a spare, stop it, claim it, start it, personalise it; terminate a surplus one."""
+    env: Environment = replayed["env"]
+    before = len(replayed["log"].read_text().splitlines())
+    spare = env.warm_pool(env.resolve_image(), bootstrap_tag_in(moto_endpoint))
+    added = replayed["log"].read_text().splitlines()[before:]
+    entries = [json.loads(line) for line in added]
+    assert [e["action"] for e in entries if e["action"] not in ("DescribeInstances", "DescribeImages")] == [
+        "RunInstances", "StopInstances", "CreateTags", "StartInstances", "SendCommand", "RunInstances",
+        "TerminateInstances"]
+    assert all(e["status"] == 200 for e in entries)
+    # The claim was decided on the tags the spare had in moto: ours, and a warm-pool spare.
+    claim = next(e for e in entries if e["action"] == "CreateTags")
+    assert claim["request_tags"] == env.claim_tags()
+    assert claim["resource_tags"][spare["InstanceId"]][WARM_POOL_TAG] == "standard"
+    assert claim["resource_tags"][spare["InstanceId"]][CLUSTER_TAG] == env.cluster
+    passed, output = iam_check(tmp_path, added, replayed["cluster"])
+    assert passed and "1 passed" in output, output
+
+
+def test_claiming_an_environments_instance_fails_the_iam_check(replayed: dict[str, Any], moto_endpoint: str,
+                                                               tmp_path: Path) -> None:
+    """The claim's keys on an instance that is ours but no spare (no warm-pool tag)."""
+    env: Environment = replayed["env"]
+    before = len(replayed["log"].read_text().splitlines())
+    env.warm_pool(env.resolve_image(), bootstrap_tag_in(moto_endpoint))
+    good = replayed["log"].read_text().splitlines()[before:]
+    passed, output = iam_check(tmp_path, good, replayed["cluster"])
+    assert passed, output
+    instance = env.launch(env.resolve_image())["InstanceId"]
+    mark = len(replayed["log"].read_text().splitlines())
+    env.claim_spare(instance)
+    added = replayed["log"].read_text().splitlines()[mark:]
+    assert [json.loads(line)["action"] for line in added] == ["CreateTags"]
+    passed, output = iam_check(tmp_path, good + added, replayed["cluster"])
+    assert not passed, output
+    denied = denied_lines(output)
+    assert denied and all(line.startswith(f"ec2:CreateTags (HTTP 200): ec2:CreateTags on "
+                                          f"arn:aws:ec2:us-east-1:123456789012:instance/{instance} ")
+                          for line in denied), output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -165,7 +166,9 @@ def test_docker_pull_checks_the_stacks_ecr(seeded: dict[str, Any], moto_endpoint
     assert first.stdout == (f"pr-123: Pulling from payments\nDigest: {digest}\n"
                             f"Status: Downloaded newer image for {image}\n{image}\n")
     again = run(["docker", "pull", image], **env)
-    assert again.returncode == 0 and again.stdout == first.stdout
+    # The instance has it now: docker says so (and the digest is still checked).
+    assert again.returncode == 0 and again.stdout == first.stdout.replace(
+        "Status: Downloaded newer image for", "Status: Image is up to date for")
     assert (tmp_path / "aws-runs").read_text().count("x") == 1, "the second pull was answered from the cache"
 
     by_digest = run(["docker", "pull", f"{REGISTRY}/orders@{seeded['ecr']['orders']['digests']['latest']}"], **env)
@@ -188,3 +191,59 @@ def test_curl_without_imds_config_refuses_to_run(run: Any) -> None:
     out = run(["curl", "-fsS", "http://169.254.169.254/latest/meta-data/instance-id"],
               FEATUREENV_SIM_CURL=shutil.which("curl") or "curl")
     assert out.returncode != 0 and "FEATUREENV_SIM_IMDS" in out.stderr
+
+
+# --- instance timing (hack/boot_simulator.py --timing) ---------------------------------
+
+TIMING_SCALE = 0.05  # realistic figures × 0.05: 1.25 s for a Minikube start, 0.05 s for a re-pull
+
+
+def timed(run: Any, argv: list[str], env: dict[str, str]) -> float:
+    started = time.monotonic()
+    out = run(argv, **env)
+    elapsed = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    return elapsed
+
+
+@pytest.mark.parametrize("mode", ["realistic", "fast"])
+def test_stand_ins_take_the_timing_profiles_durations(run: Any, tmp_path: Path, mode: str) -> None:
+    """Realistic: each modelled step takes its figure × the scale (plus the stand-in's
+    own few milliseconds); what has nothing to do (a pull of an image the instance has,
+    a rollout of an unchanged image, a start of a running Minikube) takes its own,
+    smaller figure or none. Fast: nothing sleeps."""
+    from boot_simulator import INSTANCE_REALISTIC, instance_timing_for
+
+    env = instance_timing_for(mode, TIMING_SCALE).environment()
+    want = INSTANCE_REALISTIC.scaled(TIMING_SCALE) if mode == "realistic" else instance_timing_for("fast", 1.0)
+    slack = 0.6  # bash, grep and a loaded machine
+    image = "docker.io/library/nginx:1.27"  # another registry: no ECR look-up
+    steps = [
+        ("minikube start (stopped)", ["minikube", "start"], want.minikube_start),
+        ("minikube start (running)", ["minikube", "start"], 0.0),
+        ("addons enable", ["minikube", "addons", "enable", "ingress"], want.minikube_addon),
+        ("pull (absent)", ["docker", "pull", image], want.docker_pull),
+        ("pull (present)", ["docker", "pull", image], want.docker_pull_present),
+        ("set image (changed)", ["kubectl", "set", "image", "deployment/web", f"web={image}"], 0.0),
+        ("rollout (changed)", ["kubectl", "rollout", "status", "deployment/web"], want.rollout),
+        ("rollout (again)", ["kubectl", "rollout", "status", "deployment/web"], 0.0),
+        ("set image (same)", ["kubectl", "set", "image", "deployment/web", f"web={image}"], 0.0),
+        ("rollout (unchanged)", ["kubectl", "rollout", "status", "deployment/web"], 0.0),
+    ]
+    took = {name: timed(run, argv, env) for name, argv, _ in steps}
+    for name, _, figure in steps:
+        assert figure <= took[name] < figure + slack, (name, figure, took)
+    if mode == "realistic":
+        assert want.minikube_start == 25.0 * TIMING_SCALE and want.rollout == 10.0 * TIMING_SCALE
+        assert took["pull (present)"] < want.docker_pull and took["rollout (unchanged)"] < want.rollout
+    else:
+        assert all(v == "0.000" for v in env.values()), env
+    assert (tmp_path / "docker-images").read_text() == f"{image}\n"
+    assert (tmp_path / "deployments" / "web").read_text() == f"web={image}\n"
+
+
+def test_a_pull_of_an_image_already_there_is_up_to_date(run: Any) -> None:
+    image = "docker.io/library/nginx:1.27"
+    first, second = run(["docker", "pull", image]), run(["docker", "pull", image])
+    assert "Status: Downloaded newer image for " + image in first.stdout
+    assert "Status: Image is up to date for " + image in second.stdout
