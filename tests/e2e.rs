@@ -1749,3 +1749,182 @@ async fn sleep_and_wake() {
     assert_eq!(instance_state().await, "running");
     println!("sleep_and_wake: ok in {}", elapsed(start));
 }
+
+/// Issue 12's warm pool through the strict layer, the real bootstrap and the real
+/// personalisation script: a class keeping two spares; three environments applied at
+/// once get the two spares and one cold launch, each instance serving one
+/// environment; every spare is replaced; then a newer image supersedes the unclaimed
+/// spares, and the claimed ones keep running their image.
+#[tokio::test]
+async fn warm_pool() {
+    let start = Instant::now();
+    let stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-warm".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.lift_namespace_cap().await;
+    stack
+        .kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"warmPool":{"size":2}}}"#,
+        ])
+        .await;
+    let tag_of = |i: &aws_sdk_ec2::types::Instance, key: &str| -> Option<String> {
+        i.tags()
+            .iter()
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value().map(str::to_owned))
+    };
+    let live = |i: &aws_sdk_ec2::types::Instance| {
+        !matches!(
+            i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+            Some("shutting-down" | "terminated")
+        )
+    };
+    // Unclaimed, bootstrapped spares: (instance id, image id).
+    let free_spares = || async {
+        stack
+            .instances_with_tag("featureenv.io/warm-pool", "standard")
+            .await
+            .into_iter()
+            .filter(|i| live(i) && tag_of(i, "featureenv.io/uid").is_none())
+            .filter(|i| tag_of(i, "featureenv.io/bootstrap").as_deref() == Some("complete"))
+            .map(|i| (i.instance_id().unwrap().to_owned(), i.image_id().unwrap().to_owned()))
+            .collect::<BTreeSet<_>>()
+    };
+    let available = || async {
+        stack
+            .kubectl_ok(&[
+                "get",
+                "featureenvironmentclass",
+                "standard",
+                "-o",
+                "jsonpath={.status.warmPool.available}",
+            ])
+            .await
+    };
+    stack
+        .wait_for("two bootstrapped spares", READY_TIMEOUT, || async {
+            free_spares().await.len() == 2 && available().await == "2"
+        })
+        .await;
+    let first_spares = free_spares().await;
+
+    let names = ["warm-a", "warm-b", "warm-c"];
+    let manifests: String = names
+        .iter()
+        .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
+        .collect();
+    stack.apply_ok(&manifests).await;
+    let mut instances = BTreeMap::new();
+    let mut starts = BTreeMap::new();
+    for name in names {
+        let env = stack.wait_ready(NS, name, READY_TIMEOUT).await;
+        let status = env.status.clone().unwrap();
+        let instance = status.instance.unwrap();
+        let start = instance.start.expect("start recorded").as_str();
+        *starts.entry(start).or_insert(0) += 1;
+        instances.insert(name, (instance.id.unwrap(), env.metadata.uid.clone().unwrap(), start));
+    }
+    assert_eq!(starts.get("warm"), Some(&2), "{starts:?}");
+    assert_eq!(starts.get("cold"), Some(&1), "{starts:?}");
+    let first_ids: BTreeSet<String> = first_spares.iter().map(|(id, _)| id.clone()).collect();
+    let ids: BTreeSet<&String> = instances.values().map(|(id, _, _)| id).collect();
+    assert_eq!(ids.len(), 3, "no instance serves two environments");
+    for (name, (id, uid, start)) in &instances {
+        assert_eq!(*start == "warm", first_ids.contains(id), "{name}: {start} on {id}");
+        let tagged = stack.instances_with_tag("featureenv.io/uid", uid).await;
+        assert_eq!(tagged.len(), 1, "{name}: one instance carries its uid");
+        assert_eq!(tagged[0].instance_id(), Some(id.as_str()));
+    }
+    // The personalisation ran on the spares: the images under test and the database.
+    let events = stack
+        .kubectl_ok(&["get", "events", "-n", NS, "-o", "jsonpath={.items[*].reason}"])
+        .await;
+    assert!(
+        events.contains("InstanceClaimed") && events.contains("Personalising"),
+        "{events}"
+    );
+
+    // Every claimed spare is replaced.
+    stack
+        .wait_for("two new spares", READY_TIMEOUT, || async {
+            let now = free_spares().await;
+            now.len() == 2 && now.iter().all(|(id, _)| !first_ids.contains(id))
+        })
+        .await;
+    let metrics = stack.metrics(0);
+    let series = |state: &str| {
+        metric_sum(&metrics, "featureenv_instance_pool_members", |l| {
+            l.contains("class=\"standard\"") && l.contains(&format!("state=\"{state}\""))
+        })
+    };
+    assert_eq!(series("available"), 2.0, "{metrics}");
+    assert_eq!(series("claimed"), 2.0, "{metrics}");
+    let ready_count = |start: &str| {
+        metric_sum(&metrics, "featureenv_time_to_ready_seconds_count", |l| {
+            l.contains(&format!("start=\"{start}\""))
+        })
+    };
+    assert_eq!((ready_count("warm"), ready_count("cold")), (2.0, 1.0));
+
+    // A newer image: unclaimed spares are replaced from it; claimed ones stay.
+    let old_image = first_spares.iter().next().unwrap().1.clone();
+    let newer = stack
+        .ec2()
+        .register_image()
+        .name("minikube-service-2026-12-03")
+        .architecture(aws_sdk_ec2::types::ArchitectureValues::X8664)
+        .root_device_name("/dev/xvda")
+        .virtualization_type("hvm")
+        .send()
+        .await
+        .unwrap()
+        .image_id()
+        .unwrap()
+        .to_owned();
+    stack
+        .ec2()
+        .create_tags()
+        .resources(&newer)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("featureenv.io/pipeline")
+                .value("minikube-service")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    stack
+        .wait_for("spares of the newer image", Duration::from_secs(180), || async {
+            let now = free_spares().await;
+            now.len() == 2 && now.iter().all(|(_, image)| *image == newer)
+        })
+        .await;
+    for (name, (id, _, start)) in &instances {
+        let running = stack.instances_with_tag("featureenv.io/uid", &instances[name].1).await;
+        assert_eq!(running.len(), 1, "{name} keeps its instance");
+        assert_eq!(running[0].instance_id(), Some(id.as_str()));
+        if *start == "warm" {
+            assert_eq!(
+                running[0].image_id(),
+                Some(old_image.as_str()),
+                "{name}: a claimed spare never changes"
+            );
+        }
+    }
+
+    for name in names {
+        stack.delete_env(NS, name).await;
+    }
+    for name in names {
+        stack.wait_gone(NS, name, GONE_TIMEOUT).await;
+    }
+    eprintln!("warm_pool: {:.1}s", start.elapsed().as_secs_f64());
+}
