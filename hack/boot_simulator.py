@@ -54,7 +54,7 @@ stops running, is killed with its process group. Commands for instances this sim
 does not run, and other documents, are ignored. When a command exits, the instance's
 `featureenv.io/services` tag is read back and one line printed:
 
-  <ISO-8601 UTC with ms> command instance=<id> command=<CommandId> exit=<code> services=<tag value|none>
+  <ISO-8601 UTC with ms> command instance=<id> command=<CommandId> exit=<code> services=<tag value|none> ran=<s>
 
 (`result.json` beside `_script.sh`). Caveat: the real agent does not wait for the user
 data, it starts with the instance and runs a command as soon as it is delivered, while
@@ -730,7 +730,11 @@ class Simulator:
                 return
             code = inv.proc.returncode if inv.proc.returncode >= 0 else 128 - inv.proc.returncode
             value = self._tag(iid, SERVICES_TAG)
-            self._out(f"{exited_at} command instance={iid} command={inv.command_id} exit={code} services={value or 'none'}")
+            ran = exited - (inv.started or exited)
+            self._out(
+                f"{exited_at} command instance={iid} command={inv.command_id} exit={code} "
+                f"services={value or 'none'} ran={ran:.3f}"
+            )
             (inv.directory / "result.json").write_text(
                 json.dumps(
                     {

@@ -171,8 +171,8 @@ async fn shutdown_signal() {
 }
 
 /// Watches FeatureEnvironmentClasses in a task of its own: fills the store behind
-/// `classes` and passes on every class that changed or went away, for the
-/// environment controller to trigger the environments that use it.
+/// `classes` and passes on every class whose spec or default-ness changed, or that
+/// went away, for the environment controller to trigger the environments that use it.
 ///
 /// Its own task, so that one caller can wait for the store to be ready before any
 /// reconcile reads it. (kube-runtime's `Store::wait_until_ready` wakes only the last
@@ -185,15 +185,28 @@ pub fn watch_classes(
     impl futures::Stream<Item = Result<FeatureEnvironmentClass, watcher::Error>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // What environments read of a class: its spec (the generation) and whether it is
+    // the default. Its status (the warm pool's counts) changes with every spare and
+    // matters to no environment, so it triggers none.
+    let mut seen: std::collections::HashMap<String, (Option<i64>, bool)> = std::collections::HashMap::new();
     let task = tokio::spawn(
         watcher(Api::<FeatureEnvironmentClass>::all(client), watcher::Config::default())
             .default_backoff()
             .reflect(classes)
-            .touched_objects()
-            .for_each(move |class| {
-                match class {
-                    // Nobody listening (tests that only need the store) is fine.
-                    Ok(class) => drop(tx.send(Ok(class))),
+            .for_each(move |event| {
+                // Nobody listening (tests that only need the store) is fine.
+                match event {
+                    Ok(watcher::Event::Apply(class) | watcher::Event::InitApply(class)) => {
+                        let what = (class.metadata.generation, class.is_default());
+                        if seen.insert(class.name_any(), what) != Some(what) {
+                            drop(tx.send(Ok(class)));
+                        }
+                    }
+                    Ok(watcher::Event::Delete(class)) => {
+                        seen.remove(&class.name_any());
+                        drop(tx.send(Ok(class)));
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                     Err(e) => warn!(error = %e, "watching FeatureEnvironmentClasses"),
                 }
                 std::future::ready(())

@@ -489,6 +489,124 @@ async fn crash_safety() {
     println!("crash_safety: {CYCLES} cycles ok in {} (seed {seed})", elapsed(start));
 }
 
+/// Scenario 4 for warm instances: a class keeping two spares; 6 cycles of two
+/// environments, the operator SIGKILLed at seeded random moments while they claim and
+/// personalise spares (or launch cold when none is free) and while they are deleted.
+/// Every environment ends with exactly one instance carrying its uid; no launch token
+/// names two instances (a crash never launches a spare twice); spares are claimed
+/// along the way; nothing is left once the pool is set to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_safety_warm_pool() {
+    use rand::{Rng as _, SeedableRng as _};
+    let start = Instant::now();
+    let seed = seed();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut stack = Stack::with_operator(StackOptions {
+        cluster_id: "e2e-crash-warm".into(),
+        lease_duration: "4s".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.set_warm_pool(2).await;
+    let mut warm = 0;
+    const CYCLES: usize = 6;
+    for cycle in 0..CYCLES {
+        stack
+            .wait_for("two spares", READY_TIMEOUT, || async {
+                stack.spares_available().await == 2
+            })
+            .await;
+        let names = [format!("warm-crash-{cycle}"), format!("warm-crash-{cycle}-b")];
+        let manifests: String = names
+            .iter()
+            .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
+            .collect();
+        stack.apply_ok(&manifests).await;
+        let kill_in_create = Duration::from_millis(rng.random_range(0..2000));
+        tokio::time::sleep(kill_in_create).await;
+        stack.kill_operator(0);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+        stack.restart_operator(0).await;
+        let mut uids = Vec::new();
+        let mut ids = BTreeSet::new();
+        for n in &names {
+            let env = stack.wait_ready(NS, n, READY_TIMEOUT).await;
+            let uid = env.metadata.uid.clone().expect("uid");
+            let (instances, _) = resources_of(&stack, &uid).await;
+            assert_eq!(
+                instances.len(),
+                1,
+                "cycle {cycle} (seed {seed}): {n} has {} instances: {:?}",
+                instances.len(),
+                instances.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
+            );
+            let instance = env.status.and_then(|s| s.instance).expect("instance status");
+            assert_eq!(instance.id.as_deref(), instances[0].instance_id());
+            if instance.start.map(|s| s.as_str()) == Some("warm") {
+                warm += 1;
+            }
+            ids.insert(instance.id.unwrap());
+            uids.push(uid);
+        }
+        assert_eq!(
+            ids.len(),
+            2,
+            "cycle {cycle} (seed {seed}): two environments on one instance"
+        );
+        for n in &names {
+            stack.delete_env(NS, n).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
+        stack.kill_operator(0);
+        stack.restart_operator(0).await;
+        for n in &names {
+            stack.wait_gone(NS, n, GONE_TIMEOUT).await;
+        }
+        for (n, uid) in names.iter().zip(&uids) {
+            let (instances, _) = resources_of(&stack, uid).await;
+            assert!(
+                instances.iter().all(is_gone) && instances.len() == 1,
+                "cycle {cycle} (seed {seed}): {n} instances after delete: {instances:?}"
+            );
+        }
+        println!("cycle {cycle}: killed {}ms after apply: ok", kill_in_create.as_millis());
+    }
+    // Every spare ever launched carries its own token.
+    let spares = stack.instances_with_tag("featureenv.io/warm-pool", "standard").await;
+    let mut tokens = BTreeMap::new();
+    for spare in &spares {
+        let token = spare
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("featureenv.io/spare"))
+            .and_then(|t| t.value())
+            .expect("a spare's token")
+            .to_owned();
+        tokens
+            .entry(token)
+            .or_insert_with(Vec::new)
+            .push(spare.instance_id().unwrap().to_owned());
+    }
+    let twice: Vec<_> = tokens.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "tokens launched twice (seed {seed}): {twice:?}");
+    assert!(
+        warm >= CYCLES,
+        "only {warm} of {} environments started warm (seed {seed})",
+        2 * CYCLES
+    );
+    stack.set_warm_pool(0).await;
+    stack
+        .wait_for("no spare left", READY_TIMEOUT, || async {
+            stack.our_instances().await.is_empty()
+        })
+        .await;
+    println!(
+        "crash_safety_warm_pool: {CYCLES} cycles, {warm} warm starts, {} spares launched, ok in {} (seed {seed})",
+        spares.len(),
+        elapsed(start)
+    );
+}
+
 /// The Lease's current holder.
 async fn lease_holder(stack: &Stack) -> Option<String> {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -1764,16 +1882,7 @@ async fn warm_pool() {
     })
     .await;
     stack.lift_namespace_cap().await;
-    stack
-        .kubectl_ok(&[
-            "patch",
-            "featureenvironmentclass",
-            "standard",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"warmPool":{"size":2}}}"#,
-        ])
-        .await;
+    stack.set_warm_pool(2).await;
     let tag_of = |i: &aws_sdk_ec2::types::Instance, key: &str| -> Option<String> {
         i.tags()
             .iter()
@@ -1797,20 +1906,9 @@ async fn warm_pool() {
             .map(|i| (i.instance_id().unwrap().to_owned(), i.image_id().unwrap().to_owned()))
             .collect::<BTreeSet<_>>()
     };
-    let available = || async {
-        stack
-            .kubectl_ok(&[
-                "get",
-                "featureenvironmentclass",
-                "standard",
-                "-o",
-                "jsonpath={.status.warmPool.available}",
-            ])
-            .await
-    };
     stack
         .wait_for("two bootstrapped spares", READY_TIMEOUT, || async {
-            free_spares().await.len() == 2 && available().await == "2"
+            free_spares().await.len() == 2 && stack.spares_available().await == 2
         })
         .await;
     let first_spares = free_spares().await;

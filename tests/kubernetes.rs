@@ -520,3 +520,56 @@ async fn class_instance_tags_are_checked_at_admission() {
         .await
         .expect("ordinary tags are fine");
 }
+
+/// Environments are reconciled when their class's spec or default-ness changes, and
+/// not when only its status does: a warm pool writes the class's status with every
+/// spare that comes or goes, which would otherwise reconcile every environment of
+/// the class each time.
+#[tokio::test]
+async fn a_class_status_change_triggers_no_environment() {
+    use featureenv_operator::api::FeatureEnvironmentClass;
+    use futures::StreamExt;
+    let (_control_plane, client) = cluster::cluster().await;
+    let (_store, writer) = kube::runtime::reflector::store();
+    let (task, events) = featureenv_operator::runtime::watch_classes(client.clone(), writer);
+    let mut events = Box::pin(events);
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("a class event")
+            .expect("the stream goes on")
+            .expect("no watch error")
+    };
+    let classes: Api<FeatureEnvironmentClass> = Api::all(client.clone());
+    let mut class = cluster::class("watched", None);
+    class.metadata.annotations = None;
+    classes.create(&PostParams::default(), &class).await.unwrap();
+    assert_eq!(next().await.metadata.generation, Some(1));
+
+    let status = serde_json::json!({"status": {"warmPool": {"available": 1, "launching": 1}}});
+    classes
+        .patch_status("watched", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let spec = serde_json::json!({"spec": {"maxPerNamespace": 3}});
+    classes
+        .patch("watched", &PatchParams::default(), &Patch::Merge(&spec))
+        .await
+        .unwrap();
+    let after = next().await;
+    assert_eq!(after.metadata.generation, Some(2), "the status change passed on");
+
+    let default = serde_json::json!({"metadata": {"annotations": {"featureenv.io/is-default-class": "true"}}});
+    classes
+        .patch("watched", &PatchParams::default(), &Patch::Merge(&default))
+        .await
+        .unwrap();
+    assert!(next().await.is_default(), "becoming the default is passed on");
+    classes.delete("watched", &Default::default()).await.unwrap();
+    assert_eq!(
+        next().await.metadata.name.as_deref(),
+        Some("watched"),
+        "a deletion is passed on"
+    );
+    task.abort();
+}

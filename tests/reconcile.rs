@@ -1654,6 +1654,18 @@ async fn a_warm_spare_is_claimed_personalised_and_replaced_and_without_one_the_l
         personalisation.script.contains(&format!("/{uid}/database")),
         "the database is wired"
     );
+    // The spare was bootstrapped with the baseline pinned as the environment pins it,
+    // so the personalisation finds those images present: only the one under test is new.
+    let spare_user_data = h
+        .fake
+        .instances()
+        .into_iter()
+        .find(|i| i.instance.id == spare[0])
+        .unwrap()
+        .user_data;
+    let baseline = format!("{ECR}/orders@sha256:{}", "a".repeat(64));
+    assert!(spare_user_data.contains(&baseline), "{spare_user_data}");
+    assert!(personalisation.script.contains(&baseline));
     let reasons = event_reasons(&h, "pr-1").await;
     assert!(reasons.contains(&"InstanceClaimed".to_owned()), "{reasons:?}");
 
@@ -1794,4 +1806,38 @@ async fn a_crash_after_any_cloud_call_never_claims_a_spare_twice_or_launches_one
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_stopped_spare_is_started_before_it_is_personalised() {
+    use featureenv_operator::api::class::WarmState;
+    use featureenv_operator::api::environment::Start;
+    let mut h = Harness::new(seeded_fake(24), (1, 5)).await;
+    let mut class = warm_class(1);
+    class.spec.warm_pool.as_mut().unwrap().state = WarmState::Stopped;
+    h.create_class(&class).await;
+    h.drive("none", async |h| warm_pool_status(h).await.available == 1)
+        .await;
+    let spare = h.fake.live_instances().into_iter().next().unwrap().instance;
+    assert_eq!(spare.state, InstanceState::Stopped, "bootstrapped, then stopped");
+    assert_eq!(h.fake.call_count("StopInstances"), 1);
+
+    create(&h, warm_environment("pr-1")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let env = h.get("pr-1").await.unwrap();
+    assert_eq!(start_of(&env), Some(Start::Warm));
+    assert_eq!(env.status.unwrap().instance.unwrap().id, Some(spare.id.clone()));
+    assert_eq!(h.fake.call_count("StartInstances"), 1, "the claimed spare was started");
+    let scripts: Vec<_> = h
+        .fake
+        .scripts()
+        .into_iter()
+        .filter(|s| s.instance_id == spare.id)
+        .collect();
+    assert_eq!(scripts.len(), 1, "personalised once");
+    assert!(
+        scripts[0].script.contains("minikube start"),
+        "Minikube comes back after the start"
+    );
 }

@@ -203,7 +203,20 @@ async fn apply(class: Arc<FeatureEnvironmentClass>, ctx: Arc<Context>) -> Result
         patch_status(&ctx, &name, Some(&status)).await?;
     }
     if let Some(image) = &image {
-        for token in plan.relaunch.iter().chain(&fresh_tokens) {
+        for token in &plan.relaunch {
+            match launch_spare(&ctx, &class, token, &image.id).await {
+                Ok(()) => {}
+                // The request is no longer the one first made with this token (a newer
+                // image, a tag moved: EC2's IdempotentParameterMismatch). Whatever that
+                // launch made is a member like any other once described.
+                Err(Error::Cloud(CloudError::InvalidRequest { message, .. })) => {
+                    warn!(class = %name, token, message, "a written launch cannot be repeated; forgetting its token");
+                    status.pending_launches.retain(|t| t != token);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for token in &fresh_tokens {
             launch_spare(&ctx, &class, token, &image.id).await?;
         }
     }
@@ -226,7 +239,8 @@ async fn apply(class: Arc<FeatureEnvironmentClass>, ctx: Arc<Context>) -> Result
     status.image_id = image.map(|i| i.id).or(current.image_id.clone());
     status.observed_generation = class.metadata.generation;
     ctx.metrics.instance_pool_members(&name, plan.counts.as_array());
-    if status != current || class.status.as_ref().and_then(|s| s.warm_pool.as_ref()) != Some(&status) {
+    // Compared with the object, not `current`: a class without a status yet gets one.
+    if class.status.as_ref().and_then(|s| s.warm_pool.as_ref()) != Some(&status) {
         patch_status(&ctx, &name, Some(&status)).await?;
     }
     // Spares' changes trigger reconciles through the inventory; a newer image does
@@ -245,25 +259,36 @@ fn ignore_state(result: Result<(), CloudError>) -> Result<()> {
     }
 }
 
-/// The baseline a spare is bootstrapped with: the class's services at their tags
-/// (a claim rolls what differs, digests included), its addons, no database.
-fn spare_bootstrap(ctx: &Context, class: &FeatureEnvironmentClass) -> BootstrapSpec {
-    BootstrapSpec {
+/// The baseline a spare is bootstrapped with: the class's services pinned as an
+/// environment's would be (each tag's digest where the registry gives one), so a
+/// claim pulls and rolls only the images under test and any tag moved since; its
+/// addons; no database.
+async fn spare_bootstrap(ctx: &Context, class: &FeatureEnvironmentClass) -> Result<BootstrapSpec> {
+    let mut services = Vec::with_capacity(class.spec.services.len());
+    for s in &class.spec.services {
+        let digest = match super::environment::image_digest(ctx, &s.repository, &s.tag).await {
+            Ok(digest) => digest,
+            // Reported against the class by its environments; the spare runs the tag.
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        let image = match digest {
+            Some(digest) => format!("{}@{digest}", s.repository),
+            None => format!("{}:{}", s.repository, s.tag),
+        };
+        services.push(ServiceImage {
+            name: s.name.clone(),
+            image,
+        });
+    }
+    Ok(BootstrapSpec {
         environment: format!("warm pool of class {}", class.name_any()),
         region: ctx.config.region.clone().unwrap_or_default(),
-        services: class
-            .spec
-            .services
-            .iter()
-            .map(|s| ServiceImage {
-                name: s.name.clone(),
-                image: format!("{}:{}", s.repository, s.tag),
-            })
-            .collect(),
+        services,
         addons: class.spec.addons.iter().map(|a| a.as_str().to_owned()).collect(),
         database_parameter: None,
         database_wait_seconds: 0,
-    }
+    })
 }
 
 async fn launch_spare(ctx: &Context, class: &FeatureEnvironmentClass, token: &str, image: &str) -> Result<()> {
@@ -285,7 +310,7 @@ async fn launch_spare(ctx: &Context, class: &FeatureEnvironmentClass, token: &st
         security_group_ids: template.security_group_ids.clone(),
         instance_profile: template.instance_profile.clone(),
         root_volume_gib: template.root_volume_gib,
-        user_data: bootstrap::render_user_data(&spare_bootstrap(ctx, class)),
+        user_data: bootstrap::render_user_data(&spare_bootstrap(ctx, class).await?),
         tags,
     };
     let instance = ctx.cloud.compute.launch_instance(&request).await?;

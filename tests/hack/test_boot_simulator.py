@@ -487,7 +487,7 @@ def test_a_simulator_killed_with_sigkill_leaves_no_script_running(seeded: dict[s
 
 COMMAND_RE = re.compile(
     r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) command instance=(i-[0-9a-f]+) "
-    r"command=([0-9a-f-]{36}) exit=(\d+) services=(\S+)$"
+    r"command=([0-9a-f-]{36}) exit=(\d+) services=(\S+) ran=\d+\.\d{3}$"
 )
 TOKEN = "0123456789abcdef"
 

@@ -229,6 +229,9 @@ def test_stand_ins_take_the_timing_profiles_durations(run: Any, tmp_path: Path, 
         ("rollout (again)", ["kubectl", "rollout", "status", "deployment/web"], 0.0),
         ("set image (same)", ["kubectl", "set", "image", "deployment/web", f"web={image}"], 0.0),
         ("rollout (unchanged)", ["kubectl", "rollout", "status", "deployment/web"], 0.0),
+        # A restart (the personalisation's, to read the database Secret) rolls new pods.
+        ("rollout restart", ["kubectl", "rollout", "restart", "deployment/web"], 0.0),
+        ("rollout (restarted)", ["kubectl", "rollout", "status", "deployment/web"], want.rollout),
     ]
     took = {name: timed(run, argv, env) for name, argv, _ in steps}
     for name, _, figure in steps:

@@ -573,6 +573,34 @@ impl Stack {
         .await;
     }
 
+    /// Sets the example class's warm pool to `size` spares.
+    pub async fn set_warm_pool(&self, size: u32) {
+        let patch = format!(r#"{{"spec":{{"warmPool":{{"size":{size}}}}}}}"#);
+        self.kubectl_ok(&[
+            "patch",
+            "featureenvironmentclass",
+            "standard",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .await;
+    }
+
+    /// The example class's available spares, as its status reports them.
+    pub async fn spares_available(&self) -> u32 {
+        self.kubectl_ok(&[
+            "get",
+            "featureenvironmentclass",
+            "standard",
+            "-o",
+            "jsonpath={.status.warmPool.available}",
+        ])
+        .await
+        .parse()
+        .unwrap_or(0)
+    }
+
     /// Waits until the example pool `integration` reports at least `warm` spares.
     pub async fn wait_for_warm(&self, warm: u32, timeout: Duration) {
         self.wait_for(&format!("pool integration warm={warm}"), timeout, || async {

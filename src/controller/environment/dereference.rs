@@ -153,8 +153,9 @@ fn field_of(service: &ServiceImage, resolved: &Resolved, env: &FeatureEnvironmen
     }
 }
 
-/// A tag's digest, shared by the environments of a burst (see `Context::digests`).
-async fn digest(ctx: &Context, repository: &str, tag: &str) -> Result<Option<String>, CloudError> {
+/// A tag's digest, shared by the environments of a burst and the spares of warm
+/// pools (see `Context::digests`).
+pub async fn digest(ctx: &Context, repository: &str, tag: &str) -> Result<Option<String>, CloudError> {
     let key = format!("{repository}:{tag}");
     ctx.digests
         .get_or_fetch(&key, || ctx.cloud.registry.resolve_digest(repository, tag))

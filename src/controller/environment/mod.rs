@@ -39,7 +39,7 @@ use crate::api::{FINALIZER, FeatureEnvironment, FeatureEnvironmentClass};
 use crate::cloud::Instance;
 use crate::naming;
 
-pub use self::dereference::newest_image;
+pub use self::dereference::{digest as image_digest, newest_image};
 pub use self::report::patch_status;
 
 pub const CONTROLLER: &str = "featureenvironment";
