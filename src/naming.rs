@@ -140,6 +140,18 @@ pub fn database_secret(environment: &str) -> String {
     format!("{}-db", base.trim_end_matches(['-', '.']))
 }
 
+/// The `Name` tag of an environment's instance (a spare's once claimed). Descriptive
+/// only; AWS refuses tag values over 256 characters (a 63-character namespace with a
+/// 192-character name would make 267), so it is cut there.
+pub fn instance_name(namespace: &str, name: &str) -> String {
+    format!("featureenv-{namespace}-{name}").chars().take(256).collect()
+}
+
+/// The `Name` tag of an unclaimed spare of `class`'s warm pool.
+pub fn spare_name(class: &str) -> String {
+    format!("featureenv-spare-{class}").chars().take(256).collect()
+}
+
 /// `namespace/name`, the value of the `featureenv.io/environment` tag.
 pub fn environment_key(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")

@@ -397,7 +397,7 @@ fn seed() -> u64 {
 /// after deletion nothing of it remains.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_safety() {
-    use rand::{Rng as _, SeedableRng as _};
+    use rand::SeedableRng as _;
     let start = Instant::now();
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -412,65 +412,24 @@ async fn crash_safety() {
         let name = format!("crash-{cycle}");
         // Two environments per cycle so a kill can land between two reconciles.
         let names = [name.clone(), format!("{name}-b")];
-        let manifests: String = names
-            .iter()
-            .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
-            .collect();
-        stack.apply_ok(&manifests).await;
-        let kill_in_create = Duration::from_millis(rng.random_range(0..2000));
-        tokio::time::sleep(kill_in_create).await;
-        stack.kill_operator(0);
-        let restart_after = Duration::from_millis(rng.random_range(0..500));
-        tokio::time::sleep(restart_after).await;
-        stack.restart_operator(0).await;
+        let what = format!("cycle {cycle} (seed {seed})");
+        let (envs, kill_in_create) = apply_through_a_crash(&mut stack, &mut rng, &names, &what).await;
         let mut uids = Vec::new();
-        for n in &names {
-            let env = stack.wait_ready(NS, n, READY_TIMEOUT).await;
+        for env in &envs {
             let uid = env.metadata.uid.clone().expect("uid");
-            let (instances, dbs) = resources_of(&stack, &uid).await;
-            assert_eq!(
-                instances.len(),
-                1,
-                "cycle {cycle} (seed {seed}): {n} has {} instances: {:?}",
-                instances.len(),
-                instances.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
-            );
-            assert_eq!(dbs.len(), 1, "cycle {cycle} (seed {seed}): {n} has databases {dbs:?}");
-            let status = env.status.expect("status");
-            assert_eq!(
-                status.instance.and_then(|i| i.id).as_deref(),
-                instances[0].instance_id()
-            );
-            assert_eq!(status.database.and_then(|d| d.id), Some(dbs[0].clone()));
+            let (_, dbs) = resources_of(&stack, &uid).await;
+            let n = env.metadata.name.as_deref().unwrap_or_default();
+            assert_eq!(dbs.len(), 1, "{what}: {n} has databases {dbs:?}");
+            let database = env.status.as_ref().and_then(|s| s.database.as_ref());
+            assert_eq!(database.and_then(|d| d.id.clone()), Some(dbs[0].clone()));
             uids.push(uid);
         }
-        // Delete, and kill again somewhere inside the deletion.
-        for n in &names {
-            stack.delete_env(NS, n).await;
-        }
-        let kill_in_delete = Duration::from_millis(rng.random_range(0..1500));
-        tokio::time::sleep(kill_in_delete).await;
-        stack.kill_operator(0);
-        stack.restart_operator(0).await;
-        for n in &names {
-            stack.wait_gone(NS, n, GONE_TIMEOUT).await;
-        }
+        let kill_in_delete = delete_through_a_crash(&mut stack, &mut rng, &envs, &what).await;
         for (n, uid) in names.iter().zip(&uids) {
-            let (instances, dbs) = resources_of(&stack, uid).await;
-            assert!(
-                instances.iter().all(is_gone) && instances.len() == 1,
-                "cycle {cycle} (seed {seed}): {n} instances after delete: {instances:?}"
-            );
-            assert!(
-                dbs.is_empty(),
-                "cycle {cycle} (seed {seed}): {n} databases left {dbs:?}"
-            );
+            let (_, dbs) = resources_of(&stack, uid).await;
+            assert!(dbs.is_empty(), "{what}: {n} databases left {dbs:?}");
         }
-        println!(
-            "cycle {cycle}: killed {}ms after apply, {}ms into delete: ok",
-            kill_in_create.as_millis(),
-            kill_in_delete.as_millis()
-        );
+        println!("cycle {cycle}: killed {kill_in_create}ms after apply, {kill_in_delete}ms into delete: ok");
     }
     // Nothing tagged with our cluster is left but the pool's own warm spare.
     assert!(stack.our_instances().await.is_empty(), "instances left (seed {seed})");
@@ -497,7 +456,7 @@ async fn crash_safety() {
 /// along the way; nothing is left once the pool is set to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn crash_safety_warm_pool() {
-    use rand::{Rng as _, SeedableRng as _};
+    use rand::SeedableRng as _;
     let start = Instant::now();
     let seed = seed();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -517,59 +476,23 @@ async fn crash_safety_warm_pool() {
             })
             .await;
         let names = [format!("warm-crash-{cycle}"), format!("warm-crash-{cycle}-b")];
-        let manifests: String = names
-            .iter()
-            .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
-            .collect();
-        stack.apply_ok(&manifests).await;
-        let kill_in_create = Duration::from_millis(rng.random_range(0..2000));
-        tokio::time::sleep(kill_in_create).await;
-        stack.kill_operator(0);
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
-        stack.restart_operator(0).await;
-        let mut uids = Vec::new();
+        let what = format!("cycle {cycle} (seed {seed})");
+        let (envs, kill_in_create) = apply_through_a_crash(&mut stack, &mut rng, &names, &what).await;
         let mut ids = BTreeSet::new();
-        for n in &names {
-            let env = stack.wait_ready(NS, n, READY_TIMEOUT).await;
-            let uid = env.metadata.uid.clone().expect("uid");
-            let (instances, _) = resources_of(&stack, &uid).await;
-            assert_eq!(
-                instances.len(),
-                1,
-                "cycle {cycle} (seed {seed}): {n} has {} instances: {:?}",
-                instances.len(),
-                instances.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
-            );
-            let instance = env.status.and_then(|s| s.instance).expect("instance status");
-            assert_eq!(instance.id.as_deref(), instances[0].instance_id());
+        for env in &envs {
+            let instance = env
+                .status
+                .as_ref()
+                .and_then(|s| s.instance.clone())
+                .expect("instance status");
             if instance.start.map(|s| s.as_str()) == Some("warm") {
                 warm += 1;
             }
-            ids.insert(instance.id.unwrap());
-            uids.push(uid);
+            ids.insert(instance.id.expect("instance id"));
         }
-        assert_eq!(
-            ids.len(),
-            2,
-            "cycle {cycle} (seed {seed}): two environments on one instance"
-        );
-        for n in &names {
-            stack.delete_env(NS, n).await;
-        }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
-        stack.kill_operator(0);
-        stack.restart_operator(0).await;
-        for n in &names {
-            stack.wait_gone(NS, n, GONE_TIMEOUT).await;
-        }
-        for (n, uid) in names.iter().zip(&uids) {
-            let (instances, _) = resources_of(&stack, uid).await;
-            assert!(
-                instances.iter().all(is_gone) && instances.len() == 1,
-                "cycle {cycle} (seed {seed}): {n} instances after delete: {instances:?}"
-            );
-        }
-        println!("cycle {cycle}: killed {}ms after apply: ok", kill_in_create.as_millis());
+        assert_eq!(ids.len(), 2, "{what}: two environments on one instance");
+        let kill_in_delete = delete_through_a_crash(&mut stack, &mut rng, &envs, &what).await;
+        println!("cycle {cycle}: killed {kill_in_create}ms after apply, {kill_in_delete}ms into delete: ok");
     }
     // Every spare ever launched carries its own token.
     let spares = stack.instances_with_tag("featureenv.io/warm-pool", "standard").await;
@@ -605,6 +528,84 @@ async fn crash_safety_warm_pool() {
         spares.len(),
         elapsed(start)
     );
+}
+
+/// Applies `names` at once, SIGKILLs the operator 0–2 s later and restarts it 0–0.5 s
+/// after that (seeded), then waits for each to be Ready with exactly one instance
+/// carrying its uid (ever: terminated ones count), the one its status names. Returns
+/// them and the kill's delay in ms.
+async fn apply_through_a_crash(
+    stack: &mut Stack,
+    rng: &mut impl rand::Rng,
+    names: &[String],
+    what: &str,
+) -> (Vec<featureenv_operator::api::FeatureEnvironment>, u128) {
+    let manifests: String = names
+        .iter()
+        .map(|n| format!("---\n{}", stack.environment_yaml(NS, n, "")))
+        .collect();
+    stack.apply_ok(&manifests).await;
+    let kill = Duration::from_millis(rng.random_range(0..2000));
+    tokio::time::sleep(kill).await;
+    stack.kill_operator(0);
+    tokio::time::sleep(Duration::from_millis(rng.random_range(0..500))).await;
+    stack.restart_operator(0).await;
+    let mut envs = Vec::new();
+    for n in names {
+        let env = stack.wait_ready(NS, n, READY_TIMEOUT).await;
+        let uid = env.metadata.uid.clone().expect("uid");
+        let (instances, _) = resources_of(stack, &uid).await;
+        assert_eq!(
+            instances.len(),
+            1,
+            "{what}: {n} has {} instances: {:?}",
+            instances.len(),
+            instances.iter().map(|i| i.instance_id()).collect::<Vec<_>>()
+        );
+        let recorded = env
+            .status
+            .as_ref()
+            .and_then(|s| s.instance.as_ref())
+            .and_then(|i| i.id.as_deref());
+        assert_eq!(
+            recorded,
+            instances[0].instance_id(),
+            "{what}: {n}'s status names another instance"
+        );
+        envs.push(env);
+    }
+    (envs, kill.as_millis())
+}
+
+/// Deletes `envs`, SIGKILLs and restarts the operator 0–1.5 s into the deletion
+/// (seeded), waits for them to be gone and checks that each one's instance is
+/// terminated and was its only one. Returns the kill's delay in ms.
+async fn delete_through_a_crash(
+    stack: &mut Stack,
+    rng: &mut impl rand::Rng,
+    envs: &[featureenv_operator::api::FeatureEnvironment],
+    what: &str,
+) -> u128 {
+    let names: Vec<String> = envs.iter().map(|e| e.metadata.name.clone().expect("name")).collect();
+    for n in &names {
+        stack.delete_env(NS, n).await;
+    }
+    let kill = Duration::from_millis(rng.random_range(0..1500));
+    tokio::time::sleep(kill).await;
+    stack.kill_operator(0);
+    stack.restart_operator(0).await;
+    for n in &names {
+        stack.wait_gone(NS, n, GONE_TIMEOUT).await;
+    }
+    for env in envs {
+        let (instances, _) = resources_of(stack, env.metadata.uid.as_deref().expect("uid")).await;
+        assert!(
+            instances.iter().all(is_gone) && instances.len() == 1,
+            "{what}: {:?} instances after delete: {instances:?}",
+            env.metadata.name
+        );
+    }
+    kill.as_millis()
 }
 
 /// The Lease's current holder.

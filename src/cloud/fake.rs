@@ -748,8 +748,11 @@ impl Databases for FakeCloud {
         let id = d.database.id.clone();
         d.database.tags.extend(tags.clone());
         if s.tag_lag > 0 {
+            // As on AWS (and the strict layer), a new write has its own delay: the
+            // description keeps showing the tags from before the first write until
+            // `lag` descriptions after the last one.
             let lag = s.tag_lag;
-            s.stale_tags.entry(id).or_insert((before, lag));
+            s.stale_tags.entry(id).or_insert((before, lag)).1 = lag;
         }
         finish(OP, lost, Ok(()))
     }

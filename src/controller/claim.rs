@@ -25,6 +25,20 @@ use crate::api::FeatureEnvironment;
 use crate::cloud::{Database, DatabaseStatus, Tags, tag};
 use crate::naming;
 
+/// How long a claim tag may stay invisible to descriptions before it is written
+/// again. AWS's tags are eventually consistent (EC2: poll "starting with a couple of
+/// seconds", https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html;
+/// RDS tags "can take several minutes" to take effect). A new write is a new change
+/// with its own delay, so writing on every poll can keep the tag from ever showing;
+/// writing again covers only a call that never landed, which is rare.
+pub const RETAG_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a claim tag written at `tagged` and not shown by a description made since
+/// has had long enough to show, so that writing it again is due.
+pub fn retag_due(tagged: Option<Instant>) -> bool {
+    tagged.is_some_and(|at| at.elapsed() >= RETAG_AFTER)
+}
+
 pub enum ClaimOutcome {
     Claimed(Database),
     /// Tagged; waiting for an inventory poll that began after the tag to confirm it.
@@ -158,11 +172,15 @@ pub async fn claim_database(ctx: &Context, pool: &str, uid: &str, environment: &
             .find(|d| d.id == database);
         match seen {
             // Described after our tag and still without a `claimed-by`: RDS tags are
-            // eventually consistent, so this is no loss. Tag again (the same tags, so
-            // idempotent; it also covers a tag call that failed before landing) and
-            // wait for the next poll.
+            // eventually consistent, so this is no loss. Wait; past `RETAG_AFTER`, tag
+            // again (the same tags, so idempotent; it covers a tag call that failed
+            // before landing).
             Some(spare) if spare.status == DatabaseStatus::Available && !spare.tags.contains_key(tag::CLAIMED_BY) => {
-                info!(db_instance_id = %database, pool, namespace, name, "claim tag not visible yet; tagging again");
+                if !retag_due(tagged) {
+                    ctx.inventory.wake();
+                    return Ok(ClaimOutcome::Pending);
+                }
+                info!(db_instance_id = %database, pool, namespace, name, "claim tag still not visible; tagging again");
                 return tag_spare(ctx, pool, &spare, uid, environment).await;
             }
             // Another writer's tag won (a stale leader), or the spare went away.

@@ -295,9 +295,8 @@ async fn launch_spare(ctx: &Context, class: &FeatureEnvironmentClass, token: &st
     let name = class.name_any();
     let template = &class.spec.instance;
     let mut tags: Tags = template.tags.clone();
-    let name_tag: String = format!("featureenv-spare-{name}").chars().take(256).collect();
     tags.extend(BTreeMap::from([
-        ("Name".to_owned(), name_tag),
+        ("Name".to_owned(), naming::spare_name(&name)),
         (tag::CLUSTER.to_owned(), ctx.config.cluster_id.clone()),
         (tag::WARM_POOL.to_owned(), name.clone()),
         (tag::SPARE.to_owned(), token.to_owned()),

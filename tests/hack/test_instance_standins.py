@@ -250,3 +250,27 @@ def test_a_pull_of_an_image_already_there_is_up_to_date(run: Any) -> None:
     first, second = run(["docker", "pull", image]), run(["docker", "pull", image])
     assert "Status: Downloaded newer image for " + image in first.stdout
     assert "Status: Image is up to date for " + image in second.stdout
+
+
+def test_instances_pull_the_same_ecr_image_side_by_side(tmp_path: Path) -> None:
+    """The shared digest cache serialises the ECR look-up only, not the pull: ten spares
+    of a warm pool pulling the same baseline image took ten pull times one after the
+    other while the look-up's lock was held through the pull."""
+    fake_aws = tmp_path / "aws"
+    fake_aws.write_text(f"#!/bin/bash\necho sha256:{'c' * 64}\n")
+    fake_aws.chmod(0o755)
+    image = f"{REGISTRY}/payments:latest"
+    procs = []
+    started = time.monotonic()
+    for n in range(2):
+        instance = tmp_path / f"i-{n}"
+        instance.mkdir()
+        (instance / "docker-logins").write_text(f"{REGISTRY}\n")
+        env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(instance), "FEATUREENV_SIM_DIR": str(instance),
+               "FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
+               "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "1.0"}
+        procs.append(subprocess.Popen(["docker", "pull", image], env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    elapsed = time.monotonic() - started
+    assert all("Downloaded newer image" in o for o in outputs), outputs
+    assert 1.0 <= elapsed < 1.8, f"two pulls of 1 s took {elapsed:.2f}s: one after the other"

@@ -232,13 +232,7 @@ fn launch_request(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> LaunchR
     } = *pass;
     let spec = bootstrap_spec(pass, status);
     let mut tags: Tags = class.spec.instance.tags.clone();
-    // Descriptive only, and AWS refuses tag values over 256 characters (a 63-character
-    // namespace with a 192-character name would make 267).
-    let name_tag: String = format!("featureenv-{}-{}", id.namespace, id.name)
-        .chars()
-        .take(256)
-        .collect();
-    tags.insert("Name".into(), name_tag);
+    tags.insert("Name".into(), naming::instance_name(&id.namespace, &id.name));
     tags.insert(tag::CLUSTER.into(), ctx.config.cluster_id.clone());
     tags.insert(tag::ENVIRONMENT.into(), id.key.clone());
     tags.insert(tag::UID.into(), id.uid.clone());

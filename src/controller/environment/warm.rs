@@ -17,6 +17,7 @@ use super::{Pass, act, update};
 use crate::api::environment::{FeatureEnvironmentStatus, ServicesUpdate, Start};
 use crate::bootstrap::{self, PersonaliseSpec, UpdateSpec};
 use crate::cloud::{CloudError, Instance, InstanceState, ScriptRequest, Tags, tag};
+use crate::controller::claim::retag_due;
 use crate::controller::warm_pool;
 use crate::controller::{Context, Result};
 use crate::naming;
@@ -78,9 +79,13 @@ pub async fn claim(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Result
         let seen = ctx.inventory.read(|s| s.instances.get(&spare).cloned());
         match seen {
             // Described after the tag and not showing it: EC2 tags are eventually
-            // consistent. Tag again (idempotent) and wait for the next description.
+            // consistent. Wait; past `RETAG_AFTER`, tag again (idempotent).
             Some(i) if !i.tags.contains_key(tag::UID) && !i.state.is_gone() => {
-                info!(namespace = %id.namespace, name = %id.name, instance_id = %spare, "claim tag not visible yet; tagging again");
+                if !retag_due(tagged) {
+                    ctx.inventory.wake();
+                    return Ok(Claim::Pending);
+                }
+                info!(namespace = %id.namespace, name = %id.name, instance_id = %spare, "claim tag still not visible; tagging again");
                 return tag_spare(ctx, pass, &spare).await;
             }
             // Ours: the environment's own look-up by uid takes it from here.
@@ -103,14 +108,10 @@ pub async fn claim(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Result
 /// Tags `spare` with the environment's uid, key and name: the claim.
 async fn tag_spare(ctx: &Context, pass: &Pass<'_>, spare: &str) -> Result<Claim> {
     let id = pass.id;
-    let name_tag: String = format!("featureenv-{}-{}", id.namespace, id.name)
-        .chars()
-        .take(256)
-        .collect();
     let tags: Tags = BTreeMap::from([
         (tag::UID.to_owned(), id.uid.clone()),
         (tag::ENVIRONMENT.to_owned(), id.key.clone()),
-        ("Name".to_owned(), name_tag),
+        ("Name".to_owned(), naming::instance_name(&id.namespace, &id.name)),
     ]);
     let result = ctx.cloud.compute.tag_instance(spare, &tags).await;
     // Even a failed call may have landed: the next description decides either way.
