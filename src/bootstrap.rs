@@ -316,6 +316,12 @@ pull_images() {
       docker login --username AWS --password-stdin "${ECR_HOSTS[$i]}"
   done
   for image in "${SERVICE_IMAGES[@]}"; do
+    # A digest names one image for good: if it is here (a warm spare pulled the
+    # baseline), there is nothing to fetch.
+    if [[ "$image" == *@sha256:* ]] && docker image inspect "$image" >/dev/null 2>&1; then
+      log "${image} already present"
+      continue
+    fi
     log "pulling ${image}"
     docker pull "$image"
   done
@@ -604,7 +610,24 @@ mod tests {
         ssm_failures: u32,
         imds_down: bool,
     ) -> (bool, String, String, String) {
+        run_on_daemon_with(script, rollout_exit, ssm_failures, imds_down, &[])
+    }
+
+    /// Runs a rendered script with the stubs, the Docker daemon holding `present`.
+    fn run_on_daemon_with(
+        script: &str,
+        rollout_exit: u8,
+        ssm_failures: u32,
+        imds_down: bool,
+        present: &[&str],
+    ) -> (bool, String, String, String) {
         let dir = tempfile::tempdir().expect("temp dir");
+        let present_file = dir.path().join("present");
+        std::fs::write(
+            &present_file,
+            present.iter().map(|i| format!("{i}\n")).collect::<String>(),
+        )
+        .unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let stub = |name: &str, body: &str| {
@@ -642,7 +665,10 @@ esac"#,
             "minikube",
             r#"if [[ "$1" == docker-env ]]; then echo 'export DOCKER_HOST=tcp://127.0.0.1:2376'; fi"#,
         );
-        stub("docker", r#"if [[ "$1" == login ]]; then cat > /dev/null; fi"#);
+        stub(
+            "docker",
+            r#"case "$1" in login) cat > /dev/null ;; image) grep -qxF "$3" "$PRESENT" || exit 1 ;; esac"#,
+        );
         stub(
             "kubectl",
             r#"case "$*" in "create secret"*) cat > "$SECRET_STDIN"; echo 'kind: Secret' ;; "apply -f -") cat > /dev/null ;; "rollout status"*) exit "$ROLLOUT_EXIT" ;; esac"#,
@@ -669,6 +695,7 @@ esac"#,
             .env("ROLLOUT_EXIT", rollout_exit.to_string())
             .env("SSM_FAILURES", &ssm_failures_file)
             .env("IMDS_DOWN", if imds_down { "1" } else { "" })
+            .env("PRESENT", &present_file)
             .status()
             .expect("bash runs");
         // The console pipeline is asynchronous; give it a moment to flush.
@@ -862,6 +889,53 @@ esac"#,
             "aws ec2 create-tags --resources i-0abc --tags Key=featureenv.io/services,Value=complete:0123456789abcdef"
         );
         assert!(log.contains("services update complete"), "{log}");
+    }
+
+    /// A claimed spare has the baseline (pinned by digest) in its daemon: only the
+    /// image under test is pulled. A tag is pulled even when present (it may have moved).
+    #[test]
+    fn a_personalisation_pulls_only_the_pinned_images_it_lacks() {
+        let update = update();
+        let spec = PersonaliseSpec {
+            update: update.clone(),
+            database_parameter: Some("/featureenv/prod/x/database".into()),
+            database_wait_seconds: 60,
+        };
+        let pinned = update
+            .services
+            .iter()
+            .find(|s| s.image.contains("@sha256:"))
+            .expect("a pinned image")
+            .image
+            .clone();
+        let tagged = update
+            .services
+            .iter()
+            .find(|s| !s.image.contains("@sha256:"))
+            .expect("a tagged image")
+            .image
+            .clone();
+        let script = render_personalise_script(&spec);
+        let (ok, calls, secret, log) = run_on_daemon_with(&script, 0, 0, false, &[&pinned, &tagged]);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        assert!(!calls.contains(&format!("docker pull {pinned}\n")), "{calls}");
+        assert!(calls.contains(&format!("docker pull {tagged}\n")), "{calls}");
+        assert!(log.contains(&format!("{pinned} already present")), "{log}");
+        assert!(secret.contains("postgres://"), "the database Secret is written");
+        for service in &update.services {
+            assert!(
+                calls.contains(&format!("kubectl rollout restart deployment/{}\n", service.name)),
+                "every deployment restarts to read the Secret:\n{calls}"
+            );
+        }
+        assert!(
+            calls
+                .lines()
+                .last()
+                .unwrap()
+                .ends_with("Value=complete:0123456789abcdef"),
+            "{calls}"
+        );
     }
 
     #[test]

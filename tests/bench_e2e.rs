@@ -571,6 +571,15 @@ async fn bench_warm_and_cold_instance() {
         for (name, at) in &ready {
             row.apply_to_ready.push(at - t0_unix);
             let id = &instances[name].0;
+            if start == "warm" && (!sent.contains_key(id) || !ended.contains_key(id)) {
+                println!(
+                    "{name} on {id}: sent {:?}, ended {:?} ({} SendCommand, {} commands logged)",
+                    sent.get(id),
+                    ended.get(id),
+                    sent.len(),
+                    ended.len()
+                );
+            }
             if let (Some(sent), Some((end, ran))) = (sent.get(id), ended.get(id)) {
                 row.claim.push(sent - t0_unix);
                 row.delivery.push(end - ran - sent);
@@ -605,18 +614,19 @@ async fn bench_warm_and_cold_instance() {
     );
     for row in &rows {
         let warm = row.start == "warm";
-        // The claim and the report each include one tag-visibility lag (AWS's, played
-        // by the strict layer): the claim tag must show before the spare is used, and
-        // the instance's outcome tag before it is read. The rest is the operator's.
+        // The claim includes one tag-visibility lag (AWS's, played by the strict
+        // layer): the claim tag must show before the spare is used. (The instance's own
+        // outcome tag would take as long on AWS; the boot simulator's scripts write to
+        // moto directly, so here it shows at once.) The rest is the operator's.
         let overhead: Vec<f64> = row
             .claim
             .iter()
             .zip(&row.report)
-            .map(|(c, r)| c + r - 2.0 * tag_lag)
+            .map(|(c, r)| c + r - tag_lag)
             .collect();
         let detail = if warm {
             format!(
-                "{:>6.1}s {:>8.1}s {:>15.1}s {:>6.1}s | {:.2}s max (target ≤2s beyond AWS's two tag lags) {}",
+                "{:>6.1}s {:>8.1}s {:>15.1}s {:>6.1}s | {:.2}s max (target ≤2s beyond AWS's tag lag) {}",
                 mean(&row.claim),
                 mean(&row.delivery),
                 mean(&row.personalisation),

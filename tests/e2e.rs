@@ -1941,6 +1941,29 @@ async fn warm_pool() {
         assert_eq!(tagged.len(), 1, "{name}: one instance carries its uid");
         assert_eq!(tagged[0].instance_id(), Some(id.as_str()));
     }
+    // A personalisation pulls only what the spare lacks: the image under test, not the
+    // baseline it was bootstrapped with (pinned by the same digests).
+    for (id, _, start) in instances.values() {
+        let calls = std::fs::read_to_string(stack.dir.join("instances").join(id).join("calls.log")).unwrap();
+        let pulls = calls.lines().filter(|l| l.starts_with("docker pull ")).count();
+        if *start == "warm" {
+            let baseline = stack
+                .kubectl_ok(&[
+                    "get",
+                    "featureenvironmentclass",
+                    "standard",
+                    "-o",
+                    "jsonpath={.spec.services[*].name}",
+                ])
+                .await;
+            let services = baseline.split_whitespace().count();
+            assert_eq!(
+                pulls,
+                services + 1,
+                "{id}: the spare's bootstrap pulled {services}, the personalisation 1:\n{calls}"
+            );
+        }
+    }
     // The personalisation ran on the spares: the images under test and the database.
     let events = stack
         .kubectl_ok(&["get", "events", "-n", NS, "-o", "jsonpath={.items[*].reason}"])

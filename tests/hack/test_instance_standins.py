@@ -274,3 +274,12 @@ def test_instances_pull_the_same_ecr_image_side_by_side(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert all("Downloaded newer image" in o for o in outputs), outputs
     assert 1.0 <= elapsed < 1.8, f"two pulls of 1 s took {elapsed:.2f}s: one after the other"
+
+
+def test_docker_image_inspect_knows_what_this_instance_pulled(run: Any) -> None:
+    image = "docker.io/library/nginx@sha256:" + "d" * 64
+    absent = run(["docker", "image", "inspect", image])
+    assert absent.returncode == 1 and "No such image" in absent.stderr
+    assert run(["docker", "pull", image]).returncode == 0
+    present = run(["docker", "image", "inspect", image])
+    assert present.returncode == 0 and image in present.stdout
