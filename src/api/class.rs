@@ -137,6 +137,7 @@ pub struct WarmPoolStatus {
     /// reused; EC2 remembers tokens for a day after the instance is gone).
     #[serde(default)]
     pub launched: u64,
+    /// The class generation this status was planned from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
