@@ -271,6 +271,7 @@ def test_rbac_exact(render: Render) -> None:
         *((fe, "featureenvironmentclasses", v) for v in ("list", "watch")),
         *((fe, "rdspools", v) for v in ("list", "watch")),
         (fe, "rdspools/status", "patch"),
+        (fe, "featureenvironmentclasses/status", "patch"),
         *(("", "secrets", v) for v in ("get", "create", "patch")),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
