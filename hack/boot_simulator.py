@@ -85,7 +85,8 @@ before the user data runs (added to --boot-seconds, which stays this simulator's
 delay: `fast` adds 0), and, through FEATUREENV_SIM_* variables in every script's
 environment, `minikube start` from its stopped profile, `minikube addons enable`, a
 `docker pull` of an image the instance does not have (and of one it has), a
-`kubectl rollout status` of a deployment whose image changed (none when unchanged).
+deployment's rollout after its image changed or it was restarted, counted from the
+change (rollouts of several deployments overlap, as in a cluster; none when unchanged).
 Figures and sources: docs/local-stack.md, "Instance timing".
 
 Other stdout lines (`boot`, `command`, `halted`, `killed`, `restarted`, `started`,
@@ -423,8 +424,9 @@ class InstanceTiming:
     docker_pull: float
     # `docker pull` of an image it has (a manifest check, no layers).
     docker_pull_present: float
-    # `kubectl rollout status` after `set image` changed the image: new pods started
-    # from an image already pulled, and ready.
+    # A rollout, from `set image` changing the image (or `rollout restart`) until
+    # `rollout status` sees it done: new pods started from an image already pulled,
+    # and ready. Rollouts of several deployments run at the same time.
     rollout: float
 
     def scaled(self, factor: float) -> "InstanceTiming":
