@@ -1069,6 +1069,70 @@ async fn a_foreign_secret_of_the_credentials_name_is_not_taken_over() {
     assert_ne!(rotated, spare_password);
 }
 
+/// The first hand-out creates the credentials Secret without reading it first, so
+/// the operator's reads of the API server do not grow with the number of
+/// environments (issue 9's target). A hand-out run again after a restart (its
+/// record lost, the status stale) finds the Secret, reads it once and keeps the
+/// password written there: the database is never left with a password nobody has.
+#[tokio::test]
+async fn credentials_are_handed_out_without_reading_the_secret_first() {
+    let mut h = Harness::new(seeded_fake(25), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let audit_log = h._control_plane.as_ref().expect("own control plane").audit_log();
+    let requests = |verb: &str| {
+        std::fs::read_to_string(&audit_log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .filter(|e| {
+                e["verb"] == verb && e["objectRef"]["resource"] == "secrets" && e["objectRef"]["name"] == "pr-1-db"
+            })
+            .count()
+    };
+    assert_eq!(requests("get"), 0, "the Secret was read before it was written");
+    assert_eq!(requests("create"), 1);
+    assert_eq!(requests("patch"), 0);
+
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), NS);
+    let written = |s: Secret| String::from_utf8(s.data.unwrap()["password"].0.clone()).unwrap();
+    let password = written(secrets.get("pr-1-db").await.unwrap());
+    h.restart().await;
+    h.ctx.inventory.refresh().await.unwrap();
+    let mut stale = h.get("pr-1").await.unwrap();
+    stale
+        .status
+        .as_mut()
+        .unwrap()
+        .database
+        .as_mut()
+        .unwrap()
+        .credentials_ready = false;
+    environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
+    assert_eq!(requests("create"), 2, "handed out again");
+    assert_eq!(
+        requests("get"),
+        2,
+        "read once, after the create found it (and once by this test)"
+    );
+    assert_eq!(requests("patch"), 0, "nothing to change in it");
+    assert_eq!(
+        written(secrets.get("pr-1-db").await.unwrap()),
+        password,
+        "the password is kept"
+    );
+    let claimed = h
+        .fake
+        .databases()
+        .into_iter()
+        .find(|d| d.database.tags.contains_key(tag::CLAIMED_BY))
+        .unwrap();
+    assert_eq!(claimed.master_password.as_deref(), Some(password.as_str()));
+}
+
 /// The seeded snapshots (2026-11-27/28) are older than the pool's maxSnapshotAge
 /// (26h): the pool says so in a condition, which Argo CD shows as Degraded
 /// (tests/argocd reads the object recorded here).

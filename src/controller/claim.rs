@@ -14,7 +14,8 @@ use std::time::Instant;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -231,9 +232,16 @@ pub(crate) fn generate_password() -> String {
         .collect()
 }
 
-/// Hands out credentials for the claimed database: reuse the password already in the
-/// Secret (a retry after a crash) or make one, write the Secret (owned by the
-/// environment) and the SSM SecureString, then set it as the master password.
+/// Hands out credentials for the claimed database: write the Secret (owned by the
+/// environment) with a new password, the SSM SecureString, then set it as the master
+/// password.
+///
+/// The Secret is created, not read first: the first hand-out of every environment
+/// is one write and no read, so the operator's reads of the API server do not grow
+/// with the number of environments. Only when the name is taken does it read the
+/// Secret: a retry after a crash reuses the password already written there (the
+/// database may already have it), and a Secret that is not the environment's is
+/// left alone.
 pub async fn hand_out_credentials(
     ctx: &Context,
     env: &FeatureEnvironment,
@@ -243,55 +251,45 @@ pub async fn hand_out_credentials(
     let namespace = env.namespace().ok_or(Error::InvalidObject("metadata.namespace"))?;
     let secret_name = naming::database_secret(&env.name_any());
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let existing = secrets.get_opt(&secret_name).await?;
-    // A forced apply would take the fields over, and the owner reference we add
-    // would have Kubernetes delete someone else's Secret with the environment.
-    if let Some(foreign) = existing.as_ref().filter(|s| !owned_by(s, env)) {
-        warn!(namespace, secret = %foreign.name_any(), "a Secret of that name exists and is not this environment's");
-        return Ok(HandOut::ForeignSecret(secret_name));
-    }
-    let password = existing
-        .as_ref()
-        .filter(|s| secret_value(s, "dbInstanceIdentifier").as_deref() == Some(database.id.as_str()))
-        .and_then(|s| secret_value(s, "password"))
-        .unwrap_or_else(generate_password);
-
-    let host = database.endpoint.clone().unwrap_or_default();
-    let port = database.port.unwrap_or(5432).to_string();
-    let username = database.master_username.clone().unwrap_or_else(|| "postgres".into());
-    let data = BTreeMap::from([
-        ("host".to_owned(), host.clone()),
-        ("port".to_owned(), port.clone()),
-        ("username".to_owned(), username.clone()),
-        ("password".to_owned(), password.clone()),
-        ("dbInstanceIdentifier".to_owned(), database.id.clone()),
-    ]);
     let owner = env
         .controller_owner_ref(&())
         .ok_or(Error::InvalidObject("metadata.uid"))?;
-    let secret = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret_name,
-            "namespace": namespace,
-            "ownerReferences": [owner],
-            "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
-        },
-        "type": "Opaque",
-        "data": data.iter().map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes()))).collect::<BTreeMap<_, _>>(),
-    });
-    secrets
-        .patch(
-            &secret_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await?;
+    let mut credentials = Credentials::of(database, generate_password());
+    let create = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    let fresh = credentials.secret(&secret_name, &namespace, &owner);
+    match secrets.create(&create, &fresh).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let existing = secrets.get(&secret_name).await?;
+            // A forced apply would take the fields over, and the owner reference we
+            // add would have Kubernetes delete someone else's Secret with the
+            // environment.
+            if !owned_by(&existing, env) {
+                warn!(namespace, secret = %secret_name, "a Secret of that name exists and is not this environment's");
+                return Ok(HandOut::ForeignSecret(secret_name));
+            }
+            let written = secret_value(&existing, "password")
+                .filter(|_| secret_value(&existing, "dbInstanceIdentifier").as_deref() == Some(database.id.as_str()));
+            if let Some(password) = written {
+                credentials.password = password;
+            }
+            let wanted = credentials.secret(&secret_name, &namespace, &owner);
+            if existing.data != wanted.data || existing.type_ != wanted.type_ {
+                secrets
+                    .patch(
+                        &secret_name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&wanted),
+                    )
+                    .await?;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
 
-    let value = serde_json::json!({
-        "host": host, "port": port, "username": username, "password": password, "dbInstanceIdentifier": database.id,
-    });
     let param_tags: Tags = BTreeMap::from([
         (tag::CLUSTER.to_owned(), ctx.config.cluster_id.clone()),
         (
@@ -301,10 +299,77 @@ pub async fn hand_out_credentials(
     ]);
     ctx.cloud
         .parameters
-        .put_secret_parameter(parameter, &value.to_string(), &param_tags)
+        .put_secret_parameter(parameter, &credentials.json().to_string(), &param_tags)
         .await?;
-    ctx.cloud.databases.set_master_password(&database.id, &password).await?;
+    ctx.cloud
+        .databases
+        .set_master_password(&database.id, &credentials.password)
+        .await?;
     Ok(HandOut::Done)
+}
+
+/// What an environment is told about its database, in its Secret and its parameter.
+struct Credentials {
+    host: String,
+    port: String,
+    username: String,
+    password: String,
+    database: String,
+}
+
+impl Credentials {
+    fn of(database: &Database, password: String) -> Self {
+        Self {
+            host: database.endpoint.clone().unwrap_or_default(),
+            port: database.port.unwrap_or(5432).to_string(),
+            username: database.master_username.clone().unwrap_or_else(|| "postgres".into()),
+            password,
+            database: database.id.clone(),
+        }
+    }
+
+    fn entries(&self) -> [(&'static str, &str); 5] {
+        [
+            ("host", &self.host),
+            ("port", &self.port),
+            ("username", &self.username),
+            ("password", &self.password),
+            ("dbInstanceIdentifier", &self.database),
+        ]
+    }
+
+    /// The environment's Secret, owned by it so Kubernetes deletes it with it.
+    fn secret(&self, name: &str, namespace: &str, owner: &OwnerReference) -> Secret {
+        let data = self
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                owner_references: Some(vec![owner.clone()]),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    FIELD_MANAGER.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(data),
+            ..Secret::default()
+        }
+    }
+
+    /// The SSM parameter's value, which the instance reads.
+    fn json(&self) -> serde_json::Value {
+        self.entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
 /// What handing out a database's credentials came to.
