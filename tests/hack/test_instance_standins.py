@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import time
 import subprocess
 from pathlib import Path
@@ -348,3 +349,119 @@ def test_docker_image_inspect_knows_what_this_instance_pulled(run: Any) -> None:
     assert run(["docker", "pull", image]).returncode == 0
     present = run(["docker", "image", "inspect", image])
     assert present.returncode == 0 and image in present.stdout
+
+
+# --- pulls of the same image at the same time on one instance --------------------------
+
+PULLS = {"FEATUREENV_SIM_DOCKER_PULL_SECONDS": "1", "FEATUREENV_SIM_DOCKER_PULL_PRESENT_SECONDS": "0.2"}
+FAKE_DIGEST = f"sha256:{'c' * 64}"
+
+
+def logged_in_to_ecr(tmp_path: Path) -> dict[str, str]:
+    """An instance logged in to REGISTRY, whose ECR (a fake `aws`) has every tag but `missing`."""
+    fake_aws = tmp_path / "fake-aws"
+    fake_aws.write_text("#!/bin/bash\n"
+                        'if [[ "$*" == *imageTag=missing* ]]; then\n'
+                        "  echo 'An error occurred (ImageNotFoundException) when calling the DescribeImages operation: "
+                        "The image with imageId {imageTag:missing} does not exist' >&2\n"
+                        "  exit 254\n"
+                        "fi\n"
+                        f"echo {FAKE_DIGEST}\n")
+    fake_aws.chmod(0o755)
+    (tmp_path / "docker-logins").write_text(f"{REGISTRY}\n")
+    return {"FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache")}
+
+
+def pull_in_background(tmp_path: Path, image: str, env: dict[str, str], **popen: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["docker", "pull", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(tmp_path), "FEATUREENV_SIM_DIR": str(tmp_path),
+             **env}, **popen)
+
+
+def markers(tmp_path: Path) -> list[str]:
+    """The downloads in progress the docker stand-in keeps (its lock files aside)."""
+    return sorted(p.name for p in (tmp_path / "pulling").glob("*") if not p.name.endswith(".lock"))
+
+
+def test_a_pull_of_an_image_being_pulled_waits_for_that_pull(run: Any, tmp_path: Path) -> None:
+    """The daemon deduplicates transfers (moby distribution/xfer/transfer.go): a second
+    pull of an image another pull is downloading watches that download and is done when
+    it is, instead of downloading again for the full duration from its own start."""
+    env = {**logged_in_to_ecr(tmp_path), **PULLS}
+    image = f"{REGISTRY}/payments:pr-123"
+    began = time.monotonic()
+    first = pull_in_background(tmp_path, image, env)
+    time.sleep(0.4)
+    second_began = time.monotonic()
+    second = run(["docker", "pull", image], **env)
+    second_ended = time.monotonic()
+    first_out, first_err = first.communicate(timeout=30)
+    want = f"pr-123: Pulling from payments\nDigest: {FAKE_DIGEST}\nStatus: Downloaded newer image for {image}\n{image}\n"
+    assert (first.returncode, first_out) == (0, want), first_err
+    assert (second.returncode, second.stdout) == (0, want), second.stderr
+    took = second_ended - second_began
+    assert second_ended - began >= 1.0, f"the second pull was done {second_ended - began:.2f}s after the first began"
+    assert took < 0.9, f"the second pull started 0.4 s into a 1 s download, yet took {took:.2f}s: it downloaded again"
+    assert (tmp_path / "docker-images").read_text() == f"{image}\n"
+    assert markers(tmp_path) == []
+    assert run(["docker", "image", "inspect", image]).returncode == 0
+    # Once that download is over, a pull only checks the manifest, as before.
+    again_began = time.monotonic()
+    again = run(["docker", "pull", image], **env)
+    again_took = time.monotonic() - again_began
+    assert again.returncode == 0 and again.stdout == want.replace("Downloaded newer image", "Image is up to date")
+    assert 0.2 <= again_took < 0.6, again_took
+    assert (tmp_path / "docker-images").read_text() == f"{image}\n"
+
+
+def test_a_failed_pull_leaves_nothing_to_wait_for(run: Any, tmp_path: Path) -> None:
+    """Pulls that fail (no login, no such image) download nothing: another pull of the
+    same image at the same time fails as well, and the instance has no image."""
+    env = {**logged_in_to_ecr(tmp_path), **PULLS}
+    (tmp_path / "docker-logins").unlink()
+    image = f"{REGISTRY}/payments:pr-123"
+    for failing in (image, f"{REGISTRY}/payments:missing"):
+        if failing != image:
+            (tmp_path / "docker-logins").write_text(f"{REGISTRY}\n")
+        first = pull_in_background(tmp_path, failing, env)
+        second = run(["docker", "pull", failing], **env)
+        first.communicate(timeout=30)
+        assert (first.returncode, second.returncode) == (1, 1), failing
+        assert markers(tmp_path) == [], failing
+        assert run(["docker", "image", "inspect", failing]).returncode == 1
+    assert not (tmp_path / "docker-images").exists()
+    assert len((tmp_path / "pull-failures").read_text().splitlines()) == 4
+
+
+def test_a_pull_killed_mid_download_is_not_waited_for(run: Any, tmp_path: Path) -> None:
+    """A pull killed while downloading leaves its marker; once its download would have
+    ended, the marker is ignored: the next pull downloads the whole image."""
+    env = {"FEATUREENV_SIM_DOCKER_PULL_SECONDS": "0.5"}
+    image = "docker.io/library/nginx:1.27"
+    killed = pull_in_background(tmp_path, image, env, start_new_session=True)
+    deadline = time.monotonic() + 5
+    while not markers(tmp_path):
+        assert time.monotonic() < deadline, "the pull never marked its download"
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=30)
+    time.sleep(0.6)
+    assert markers(tmp_path) != [], "the killed pull's marker stays"
+    took = timed(run, ["docker", "pull", image], env)
+    assert 0.5 <= took < 0.9, took
+    assert (tmp_path / "docker-images").read_text() == f"{image}\n"
+    assert markers(tmp_path) == []
+
+
+def test_pulls_of_different_images_do_not_wait_for_each_other(run: Any, tmp_path: Path) -> None:
+    """Only the same reference is the same transfer, also for references whose file
+    names would be alike if '/' were only replaced by '_'."""
+    env = {"FEATUREENV_SIM_DOCKER_PULL_SECONDS": "0.5"}
+    one, other = "registry.example/x/1:a", "registry.example/x_1:a"
+    first = pull_in_background(tmp_path, one, env)
+    time.sleep(0.2)
+    took = timed(run, ["docker", "pull", other], env)
+    assert first.wait(timeout=30) == 0
+    assert 0.5 <= took < 0.9, took
+    assert sorted((tmp_path / "docker-images").read_text().splitlines()) == sorted([one, other])
