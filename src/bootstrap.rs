@@ -199,6 +199,24 @@ pub fn render_wake_script(spec: &UpdateSpec) -> String {
     command_script("wake", spec, WAKE)
 }
 
+/// Renders the script a spare runs as soon as an environment has tagged it as
+/// claimed, before the claim is confirmed: pull the environment's images the spare
+/// lacks, nothing else. The confirmation waits for EC2's tags to show (seconds);
+/// the pull of an image under test takes longer, so it overlaps the wait instead of
+/// following it. Harmless if the claim is then lost (an unused image on another
+/// environment's instance), it changes no deployment, reads no database and tags
+/// no outcome; the personalisation that follows pulls whatever is still missing
+/// (Docker joins a pull of the same image still in progress).
+pub fn render_prefetch_script(environment: &str, region: &str, services: &[ServiceImage]) -> String {
+    let mut script = header("prefetch", environment, region, services);
+    let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
+    // No outcome to tag, not even a failure: the personalisation reports.
+    script.push_str("readonly FAILED_VALUE=''\n");
+    script.push_str(PRELUDE);
+    script.push_str(PREFETCH);
+    script
+}
+
 /// A script sent over SSM Run Command: the services, the outcome tag
 /// (`featureenv.io/services=complete:<token>` or `failed:<token>`), the prelude, `body`.
 fn command_script(task: &str, spec: &UpdateSpec, body: &str) -> String {
@@ -293,7 +311,9 @@ on_error() {
   fi
   trap - ERR
   log "${TASK} failed (exit ${status}) at line ${line}"
-  tag_outcome "$FAILED_VALUE" || log "could not tag the instance as failed"
+  if [[ -n "$FAILED_VALUE" ]]; then
+    tag_outcome "$FAILED_VALUE" || log "could not tag the instance as failed"
+  fi
   exit "$status"
 }
 trap 'on_error "$LINENO"' ERR
@@ -426,6 +446,21 @@ fi
 roll_out
 tag_outcome "$COMPLETE_VALUE"
 log "personalised"
+"#;
+
+/// Fetching a claimed spare's images ahead of its personalisation. Best effort: a
+/// failure here is not the environment's (the personalisation pulls again and
+/// reports), so it neither stops the script nor tags the instance.
+const PREFETCH: &str = r#"
+log "fetching the images of environment ${ENVIRONMENT} while its claim is confirmed"
+# In a job of its own, so that -e stops it at the first failed pull (in an `if`
+# condition it would not) while this script carries on.
+pull_images &
+if wait "$!"; then
+  log "prefetched"
+else
+  log "prefetch incomplete; the personalisation pulls what is missing"
+fi
 "#;
 
 /// Waking after a sleep: Minikube started again, the deployments rolled out.
@@ -938,6 +973,38 @@ esac"#,
         );
     }
 
+    /// The prefetch a claim sends pulls what the spare lacks and nothing else: no
+    /// deployment, no database, no outcome tag, even when a pull fails.
+    #[test]
+    fn a_prefetch_pulls_what_the_spare_lacks_and_tags_nothing() {
+        let update = update();
+        let pinned = update
+            .services
+            .iter()
+            .find(|s| s.image.contains("@sha256:"))
+            .expect("a pinned image")
+            .image
+            .clone();
+        let script = render_prefetch_script(&update.environment, &update.region, &update.services);
+        let (ok, calls, _, log) = run_on_daemon_with(&script, 0, 0, false, &[&pinned]);
+        assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");
+        for service in update.services.iter().filter(|s| s.image != pinned) {
+            assert!(calls.contains(&format!("docker pull {}\n", service.image)), "{calls}");
+        }
+        assert!(!calls.contains(&format!("docker pull {pinned}\n")), "{calls}");
+        for untouched in ["kubectl", "create-tags", "ssm get-parameter", "minikube start"] {
+            assert!(!calls.contains(untouched), "{untouched}:\n{calls}");
+        }
+        assert!(log.contains("prefetched"), "{log}");
+
+        let failing = script.replace("docker pull \"$image\"", "docker pull \"$image\" && false");
+        assert_ne!(failing, script, "the pull is where the test makes it fail");
+        let (ok, calls, _, log) = run_on_daemon_with(&failing, 0, 0, false, &[]);
+        assert!(ok, "a failed prefetch is not a failed script:\n{log}");
+        assert!(!calls.contains("create-tags"), "no outcome tagged:\n{calls}");
+        assert!(log.contains("prefetch incomplete"), "{log}");
+    }
+
     #[test]
     fn a_wake_starts_minikube_if_needed_rolls_out_and_tags_its_token() {
         let wake = update();
@@ -1003,6 +1070,12 @@ esac"#,
                 render_user_data(&spec),
                 render_update_script(&update()),
                 render_wake_script(&update()),
+                render_prefetch_script(&spec.environment, &spec.region, &spec.services),
+                render_personalise_script(&PersonaliseSpec {
+                    update: update(),
+                    database_parameter: spec.database_parameter.clone(),
+                    database_wait_seconds: 60,
+                }),
             ] {
                 let file = write_script(&script);
                 let output = Command::new("shellcheck")

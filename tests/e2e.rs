@@ -1958,28 +1958,48 @@ async fn warm_pool() {
         assert_eq!(tagged.len(), 1, "{name}: one instance carries its uid");
         assert_eq!(tagged[0].instance_id(), Some(id.as_str()));
     }
-    // A personalisation pulls only what the spare lacks: the image under test, not the
-    // baseline it was bootstrapped with (pinned by the same digests).
+    // A warm instance downloads only what the spare lacks: the image under test, not
+    // the baseline it was bootstrapped with (pinned by the same digests). The prefetch
+    // sent with the claim pulls it; the personalisation finds it, or joins that pull
+    // if it is still running (the daemon downloads an image once).
     for (id, _, start) in instances.values() {
-        let calls = std::fs::read_to_string(stack.dir.join("instances").join(id).join("calls.log")).unwrap();
-        let pulls = calls.lines().filter(|l| l.starts_with("docker pull ")).count();
-        if *start == "warm" {
-            let baseline = stack
-                .kubectl_ok(&[
-                    "get",
-                    "featureenvironmentclass",
-                    "standard",
-                    "-o",
-                    "jsonpath={.spec.services[*].name}",
-                ])
-                .await;
-            let services = baseline.split_whitespace().count();
-            assert_eq!(
-                pulls,
-                services + 1,
-                "{id}: the spare's bootstrap pulled {services}, the personalisation 1:\n{calls}"
-            );
+        if *start != "warm" {
+            continue;
         }
+        let dir = stack.dir.join("instances").join(id);
+        let calls = std::fs::read_to_string(dir.join("calls.log")).unwrap();
+        let downloaded = std::fs::read_to_string(dir.join("docker-images")).unwrap();
+        let downloaded: Vec<&str> = downloaded.lines().collect();
+        let once: BTreeSet<&str> = downloaded.iter().copied().collect();
+        assert_eq!(
+            once.len(),
+            downloaded.len(),
+            "{id}: an image downloaded twice: {downloaded:?}"
+        );
+        let baseline = stack
+            .kubectl_ok(&[
+                "get",
+                "featureenvironmentclass",
+                "standard",
+                "-o",
+                "jsonpath={.spec.services[*].name}",
+            ])
+            .await;
+        let services = baseline.split_whitespace().count();
+        assert_eq!(
+            downloaded.len(),
+            services + 1,
+            "{id}: the spare's bootstrap downloaded {services}, the environment 1: {downloaded:?}\n{calls}"
+        );
+        let commands = stack
+            .aws_calls()
+            .iter()
+            .filter(|c| c["action"] == "SendCommand" && c["status"] == 200 && c["instance_ids"][0] == id.as_str())
+            .count();
+        assert_eq!(
+            commands, 2,
+            "{id}: a prefetch sent with the claim, then the personalisation"
+        );
     }
     // The personalisation ran on the spares: the images under test and the database.
     let events = stack

@@ -1695,18 +1695,42 @@ async fn a_warm_spare_is_claimed_personalised_and_replaced_and_without_one_the_l
     );
 
     let uid = create(&h, warm_environment("pr-1")).await;
+    // The pass that tags the spare also starts its pull of the environment's images,
+    // before the claim is confirmed: EC2's tag delay overlaps the pull.
+    let fake = h.fake.clone();
+    let sent = |task: &str| {
+        fake.scripts()
+            .into_iter()
+            .filter(|s| s.instance_id == spare[0] && s.script.contains(&format!("readonly TASK='{task}'")))
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..5 {
+        if !sent("prefetch").is_empty() {
+            break;
+        }
+        h.step("pr-1").await.unwrap();
+    }
+    assert_eq!(start_of(&h.get("pr-1").await.unwrap()), None, "not confirmed yet");
+    let prefetch = sent("prefetch");
+    assert_eq!(prefetch.len(), 1, "one prefetch, with the tag");
+    let under_test = format!("{ECR}/payments@sha256:{}", "b".repeat(64));
+    assert!(prefetch[0].script.contains(&under_test), "{}", prefetch[0].script);
+    assert!(
+        !prefetch[0].script.contains("/database") && !prefetch[0].script.contains("COMPLETE_VALUE"),
+        "a prefetch reads no database and reports nothing"
+    );
+    assert!(sent("personalisation").is_empty(), "personalised only once confirmed");
     h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
         .await;
+    assert_eq!(sent("prefetch").len(), 1, "sent once per claim");
     let env = h.get("pr-1").await.unwrap();
     assert_eq!(start_of(&env), Some(Start::Warm));
     let instance = env.status.as_ref().unwrap().instance.as_ref().unwrap().id.clone();
     assert_eq!(instance.as_deref(), Some(spare[0].as_str()), "the spare, not a launch");
     assert_eq!(h.instances_of(&uid), 1);
-    let personalisation = h
-        .fake
-        .scripts()
+    let personalisation = sent("personalisation")
         .into_iter()
-        .find(|s| s.instance_id == spare[0])
+        .next()
         .expect("a personalisation sent to the spare");
     assert!(
         personalisation
@@ -1899,7 +1923,11 @@ async fn a_stopped_spare_is_started_before_it_is_personalised() {
         .into_iter()
         .filter(|s| s.instance_id == spare.id)
         .collect();
-    assert_eq!(scripts.len(), 1, "personalised once");
+    assert_eq!(
+        scripts.len(),
+        1,
+        "personalised once, and no prefetch: SSM cannot reach a stopped spare"
+    );
     assert!(
         scripts[0].script.contains("minikube start"),
         "Minikube comes back after the start"

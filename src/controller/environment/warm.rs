@@ -1,7 +1,9 @@
 //! A warm start: an environment of a class with a warm pool takes a spare instead of
 //! launching one, under the database claim's rules (a claim is a tag, confirmed by a
 //! description made after it, never two environments on one instance), then
-//! personalises it over the update channel (SSM Run Command): starts it if the pool
+//! personalises it over the update channel (SSM Run Command; a prefetch of its
+//! images starts as soon as the spare is tagged, so EC2's tag delay overlaps the
+//! longest step instead of preceding it): starts it if the pool
 //! keeps spares stopped, loads the environment's images, wires its database, rolls
 //! what changed; the instance tags the outcome. With no spare free the environment
 //! launches cold, as without a pool. I/O (EC2, SSM, Events).
@@ -102,7 +104,45 @@ pub async fn claim(pass: &Pass<'_>, status: &FeatureEnvironmentStatus) -> Result
         ctx.inventory.notify_class(&resolved.class_name);
         return Ok(Claim::NoSpare);
     };
-    tag_spare(ctx, pass, &spare).await
+    let claim = tag_spare(ctx, pass, &spare).await?;
+    if let Some(spare) = spares.iter().find(|i| i.id == spare) {
+        prefetch(pass, status, spare).await;
+    }
+    Ok(claim)
+}
+
+/// Starts pulling the environment's images on a spare it has just tagged, while the
+/// claim waits for EC2 to show the tag (`bootstrap::render_prefetch_script`): the
+/// pull of an image under test outlasts that wait, so the wait costs nothing. Best
+/// effort: a failure costs only the head start, and a lost claim only an unused
+/// image on someone else's spare.
+async fn prefetch(pass: &Pass<'_>, status: &FeatureEnvironmentStatus, spare: &Instance) {
+    let Pass { ctx, id, resolved, .. } = *pass;
+    // A stopped spare is started once the claim is confirmed; SSM cannot reach it now.
+    if spare.state != InstanceState::Running {
+        return;
+    }
+    let request = ScriptRequest {
+        instance_id: spare.id.clone(),
+        script: bootstrap::render_prefetch_script(
+            &id.key,
+            ctx.config.region.as_deref().unwrap_or_default(),
+            &bootstrap::ServiceImage::all_of(&status.images),
+        ),
+        comment: format!(
+            "featureenv: fetch the images of {} while its claim is confirmed",
+            id.key
+        ),
+        timeout_seconds: u32::try_from(resolved.readiness_timeout.as_secs()).unwrap_or(u32::MAX),
+    };
+    match ctx.cloud.commands.run_script(&request).await {
+        Ok(command_id) => {
+            info!(namespace = %id.namespace, name = %id.name, instance_id = %spare.id, command_id, "sent the prefetch");
+        }
+        Err(e) => {
+            warn!(namespace = %id.namespace, name = %id.name, instance_id = %spare.id, error = %e, "prefetch not sent; the personalisation pulls everything");
+        }
+    }
 }
 
 /// Tags `spare` with the environment's uid, key and name: the claim.
