@@ -804,6 +804,118 @@ async fn a_reconcile_of_a_stale_object_does_not_rotate_the_password_again() {
     assert_eq!(h.phase("pr-1").await, Some(Phase::Ready));
 }
 
+/// The writes a new environment costs the API server beyond its status: the
+/// finalizer and the owner label in one patch (they were two), and no Event for the
+/// admission itself: `Launched` follows at once and names the type and the AMI.
+#[tokio::test]
+async fn a_new_environment_is_marked_in_one_write_and_its_launch_told_once() {
+    let mut h = Harness::new(seeded_fake(27), (1, 5)).await;
+    let mut env = cluster::environment("pr-1", "standard");
+    env.spec.owner = Some("alice@example.com".into());
+    create(&h, env).await;
+    h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
+        .await;
+    let marks = std::fs::read_to_string(h._control_plane.as_ref().unwrap().audit_log())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["resource"] == "featureenvs"
+                && e["objectRef"]["subresource"].is_null()
+                && e["objectRef"]["name"] == "pr-1"
+        })
+        .count();
+    assert_eq!(marks, 1, "finalizer and owner label in one patch");
+    let env = h.get("pr-1").await.unwrap();
+    assert!(env.finalizers().iter().any(|f| f == "featureenv.io/cleanup"));
+    assert_eq!(
+        env.labels().get("featureenv.io/owner").map(String::as_str),
+        Some("alice_example.com")
+    );
+    let reasons = event_reasons(&h, "pr-1").await;
+    assert!(!reasons.contains(&"Provisioning".to_owned()), "{reasons:?}");
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let launched = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("Launched"))
+        .expect("a Launched Event");
+    let note = launched.note.unwrap_or_default();
+    let status = env.status.unwrap();
+    let ami = status.instance.as_ref().unwrap().ami_id.clone().unwrap();
+    assert!(note.contains(&ami) && note.contains(" from "), "{note}");
+}
+
+/// The controller's cache can lag the operator's own status writes: a pass may get
+/// the object as it was before the last write. Such a pass must not write the
+/// status again, tell `Ready` again (a second Event, a second time-to-ready sample)
+/// or move `readyAt`: it works from the status it last wrote.
+#[tokio::test]
+async fn a_pass_on_an_object_older_than_our_last_write_repeats_nothing() {
+    let mut h = Harness::new(seeded_fake(26), (1, 5)).await;
+    create(&h, cluster::environment("pr-1", "standard")).await;
+    let mut before_ready = None;
+    for _ in 0..60 {
+        let env = h.get("pr-1").await.unwrap();
+        if h.phase("pr-1").await == Some(Phase::Ready) {
+            break;
+        }
+        before_ready = Some(env);
+        h.step("pr-1").await.unwrap();
+        h.fake.finish_transitions();
+        h.boot_instances();
+    }
+    let stale = before_ready.expect("a pass before Ready");
+    let ready = h.get("pr-1").await.unwrap();
+    assert_eq!(ready.status.as_ref().unwrap().phase, Phase::Ready);
+    assert_ne!(stale.metadata.resource_version, ready.metadata.resource_version);
+    let patches = |h: &Harness| {
+        std::fs::read_to_string(h._control_plane.as_ref().unwrap().audit_log())
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains("\"subresource\":\"status\"")
+                    && l.contains("\"featureenvs\"")
+                    && l.contains("\"verb\":\"patch\"")
+            })
+            .count()
+    };
+    let written = patches(&h);
+
+    environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
+    let after = h.get("pr-1").await.unwrap();
+    assert_eq!(patches(&h), written, "the status was written again");
+    assert_eq!(
+        after.status.as_ref().unwrap().ready_at,
+        ready.status.as_ref().unwrap().ready_at,
+        "readyAt moved"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(h.client.clone(), NS);
+    let told: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Ready"))
+        .collect();
+    assert_eq!(told.len(), 1);
+    assert!(told[0].series.is_none(), "Ready told twice: {:?}", told[0].series);
+    let metrics = h.ctx.metrics.encode();
+    let cold = metrics
+        .lines()
+        .find(|l| l.starts_with("featureenv_time_to_ready_seconds_count{start=\"cold\"}"));
+    assert_eq!(
+        cold,
+        Some("featureenv_time_to_ready_seconds_count{start=\"cold\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn exhausted_pool_waits_then_proceeds_when_a_spare_appears() {
     let mut h = Harness::new(seeded_fake(5), (1, 1)).await;

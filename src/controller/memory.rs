@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::claim::PendingClaims;
+use crate::api::environment::FeatureEnvironmentStatus;
 use crate::cloud::Database;
 
 #[derive(Debug, Default)]
@@ -43,6 +44,18 @@ struct Remembered {
     parameter_bound_to: HashSet<String>,
     /// The pool it waits on for a spare: the pool restores one for each waiter.
     waiting_for: Option<String>,
+    /// The status this process last wrote, and the resource versions its writes
+    /// superseded.
+    written: Option<WrittenStatus>,
+}
+
+#[derive(Debug)]
+struct WrittenStatus {
+    status: FeatureEnvironmentStatus,
+    /// The version the last write produced: a cache showing it has caught up.
+    latest: String,
+    /// Versions older than a write of ours: a cache showing one of them lags.
+    superseded: HashSet<String>,
 }
 
 impl Memory {
@@ -84,6 +97,67 @@ impl Memory {
             .environments
             .get(uid)
             .is_some_and(|r| r.parameter_bound_to.contains(instance))
+    }
+
+    /// Records a status written for environment `uid` over the object at
+    /// `base` (its resourceVersion when the pass read it), which produced `latest`.
+    pub fn status_written(
+        &self,
+        uid: &str,
+        base: Option<&str>,
+        latest: Option<&str>,
+        status: &FeatureEnvironmentStatus,
+    ) {
+        let mut state = self.state();
+        let remembered = state.environments.entry(uid.to_owned()).or_default();
+        let Some(latest) = latest else {
+            remembered.written = None;
+            return;
+        };
+        let mut superseded = remembered
+            .written
+            .take()
+            .map(|w| {
+                let mut s = w.superseded;
+                s.insert(w.latest);
+                s
+            })
+            .unwrap_or_default();
+        superseded.extend(base.map(str::to_owned));
+        superseded.remove(latest);
+        remembered.written = Some(WrittenStatus {
+            status: status.clone(),
+            latest: latest.to_owned(),
+            superseded,
+        });
+    }
+
+    /// The status environment `uid` has now: `cached` (the status of the object at
+    /// resourceVersion `version`), unless that is a version one of this process's
+    /// own status writes superseded, when the cache has not caught up with the
+    /// write yet: then the status last written. A pass on the lagging object would
+    /// otherwise write what is already there, tell its Events again and move
+    /// `readyAt`. A version this process did not supersede (its own latest, or a
+    /// later change by someone else) is taken as it is.
+    pub fn current_status(
+        &self,
+        uid: &str,
+        version: Option<&str>,
+        cached: FeatureEnvironmentStatus,
+    ) -> FeatureEnvironmentStatus {
+        let mut state = self.state();
+        let Some(remembered) = state.environments.get_mut(uid) else {
+            return cached;
+        };
+        match (&remembered.written, version) {
+            (Some(w), Some(v)) if w.superseded.contains(v) => w.status.clone(),
+            (Some(w), Some(v)) if w.latest != v => {
+                // Someone else changed the object since: nothing to stand in for.
+                remembered.written = None;
+                cached
+            }
+            _ => cached,
+        }
     }
 
     /// Records whether environment `uid` waits for a spare of `pool`.
@@ -183,6 +257,40 @@ mod tests {
         assert!(memory.has_handed_out_credentials("b", "db-1"));
         assert!(memory.has_bound_parameter("b", "i-1"));
         assert_eq!(memory.failed("b"), 2);
+    }
+
+    #[test]
+    fn a_cached_status_older_than_our_own_write_gives_way_to_it() {
+        use crate::api::environment::Phase;
+        let memory = Memory::default();
+        let status = |phase| FeatureEnvironmentStatus {
+            phase,
+            ..Default::default()
+        };
+        let seen = |version: &str| memory.current_status("a", Some(version), status(Phase::Pending)).phase;
+        assert_eq!(seen("1"), Phase::Pending, "nothing written: the cache");
+        // Two passes on the object at version 1 wrote versions 2 and then 3.
+        memory.status_written("a", Some("1"), Some("2"), &status(Phase::Provisioning));
+        memory.status_written("a", Some("1"), Some("3"), &status(Phase::Ready));
+        assert_eq!(seen("1"), Phase::Ready, "the cache lags both writes");
+        assert_eq!(seen("2"), Phase::Ready, "the cache lags the second write");
+        assert_eq!(seen("3"), Phase::Pending, "caught up: the cache");
+        assert_eq!(seen("1"), Phase::Ready, "still superseded");
+        assert_eq!(
+            memory.current_status("b", Some("1"), status(Phase::Pending)).phase,
+            Phase::Pending,
+            "another environment's writes stand in for nothing"
+        );
+        // A later change by someone else: the cache from then on.
+        assert_eq!(seen("4"), Phase::Pending);
+        assert_eq!(seen("1"), Phase::Pending, "forgotten");
+        memory.status_written("a", Some("4"), Some("5"), &status(Phase::Ready));
+        memory.forget("a");
+        assert_eq!(
+            seen("4"),
+            Phase::Pending,
+            "a deleted environment's writes are forgotten"
+        );
     }
 
     #[test]

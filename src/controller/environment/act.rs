@@ -3,6 +3,8 @@
 //! launch), launching and replacing the instance, claiming the database and handing
 //! out its credentials, binding the credentials parameter to the instance. I/O.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -17,7 +19,7 @@ use crate::api::conditions::{ConditionUpdate, READY, set_condition};
 use crate::api::environment::{
     DatabaseStatus as DatabaseStatusField, FeatureEnvironmentStatus, InstanceStatus, Phase, Start,
 };
-use crate::api::{FeatureEnvironment, OWNER_LABEL, owner_label_value};
+use crate::api::{FINALIZER, FeatureEnvironment, OWNER_LABEL, owner_label_value};
 use crate::bootstrap::{self, BootstrapSpec};
 use crate::cloud::{Database, DatabaseStatus, Instance, LaunchRequest, Tags, tag};
 use crate::controller::claim::{ClaimOutcome, HandOut, claim_database, hand_out_credentials};
@@ -27,21 +29,43 @@ use crate::naming;
 /// Lines of console output quoted in a failure message.
 const CONSOLE_TAIL_LINES: usize = 20;
 
-/// Keeps the `featureenv.io/owner` label equal to `spec.owner` in label syntax, so
-/// `kubectl get fe -l featureenv.io/owner=…` and the plugin's `list` find
-/// environments made any way (kubectl, Argo CD, the plugin). Writes only when the
-/// label differs; an environment without an owner keeps whatever label it has.
-pub async fn label_owner(api: &Api<FeatureEnvironment>, env: &FeatureEnvironment, id: &Identity) -> Result<()> {
-    let Some(value) = env.spec.owner.as_deref().and_then(owner_label_value) else {
-        return Ok(());
-    };
-    if env.labels().get(OWNER_LABEL) == Some(&value) {
-        return Ok(());
+/// Puts on the object what the operator keeps there, in one write when anything is
+/// missing: the cleanup finalizer (before anything is made, so nothing outlives the
+/// object) and the `featureenv.io/owner` label equal to `spec.owner` in label
+/// syntax, so `kubectl get fe -l featureenv.io/owner=…` and the plugin's `list` find
+/// environments made any way (kubectl, Argo CD, the plugin). An environment without
+/// an owner keeps whatever label it has. A new environment needs both: one patch
+/// instead of two. The patch carries the resourceVersion it was made from, so a
+/// concurrent change of the finalizers (a list a merge patch replaces whole) makes
+/// it fail and the pass run again. Returns the object as it now is.
+pub async fn mark(api: &Api<FeatureEnvironment>, env: Arc<FeatureEnvironment>) -> Result<Arc<FeatureEnvironment>> {
+    if env.metadata.deletion_timestamp.is_some() {
+        return Ok(env);
     }
-    let patch = serde_json::json!({"metadata": {"labels": {OWNER_LABEL: value}}});
-    api.patch(&id.name, &PatchParams::default(), &Patch::Merge(&patch))
+    let label = env
+        .spec
+        .owner
+        .as_deref()
+        .and_then(owner_label_value)
+        .filter(|value| env.labels().get(OWNER_LABEL) != Some(value));
+    let finalized = env.finalizers().iter().any(|f| f == FINALIZER);
+    if label.is_none() && finalized {
+        return Ok(env);
+    }
+    let mut metadata = serde_json::json!({"resourceVersion": env.resource_version()});
+    if let Some(value) = label {
+        metadata["labels"] = serde_json::json!({OWNER_LABEL: value});
+    }
+    if !finalized {
+        let mut finalizers = env.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        metadata["finalizers"] = serde_json::json!(finalizers);
+    }
+    let patch = serde_json::json!({"metadata": metadata});
+    let marked = api
+        .patch(&env.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    Ok(())
+    Ok(Arc::new(marked))
 }
 
 /// Admits a new environment against its class's namespace rule and per-namespace
@@ -99,15 +123,11 @@ pub async fn admit(
     }
     status.launch_token = Some(naming::launch_token(&id.uid, 0));
     status.phase = Phase::Provisioning;
-    patch_status(api, &id.name, status).await?;
+    patch_status(ctx, api, env, status).await?;
     drop(_admission);
-    let ami = status
-        .instance
-        .as_ref()
-        .and_then(|i| i.ami_id.clone())
-        .unwrap_or_default();
-    let message = format!("launching {} from {ami}", resolved.instance_type);
-    ctx.event(env, EventType::Normal, "Provisioning", message).await;
+    // No Event here: the launch (`Launched`) or the claim of a spare
+    // (`InstanceClaimed`) follows at once and says what came of the admission; one
+    // Event fewer per environment for the API server to store.
     Ok(Ok(()))
 }
 
@@ -181,7 +201,10 @@ pub async fn instance(
     let instance = ctx.cloud.compute.launch_instance(&request).await?;
     info!(namespace = %id.namespace, name = %id.name, instance_id = %instance.id, "launched instance");
     ctx.inventory.record_instance(instance.clone());
-    let message = format!("launched instance {}", instance.id);
+    let message = format!(
+        "launched instance {} ({} from {})",
+        instance.id, request.instance_type, request.image_id
+    );
     ctx.event(env, EventType::Normal, "Launched", message).await;
     Ok(instance)
 }

@@ -25,7 +25,7 @@ pub async fn cleanup(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> 
     if current.phase != Phase::Terminating {
         let mut terminating = current.clone();
         terminating.phase = Phase::Terminating;
-        patch_status(&api, &id.name, &terminating).await?;
+        patch_status(ctx, &api, env, &terminating).await?;
         ctx.metrics.environment_phase(&id.uid, Some(Phase::Terminating));
     }
     let mut pending = terminate_instances(ctx, &id).await?;

@@ -40,7 +40,6 @@ use crate::cloud::Instance;
 use crate::naming;
 
 pub use self::dereference::{digest as image_digest, newest_image};
-pub use self::report::patch_status;
 
 pub const CONTROLLER: &str = "featureenvironment";
 
@@ -52,6 +51,7 @@ pub async fn reconcile(env: Arc<FeatureEnvironment>, ctx: Arc<Context>) -> Resul
     instrumented(env.clone(), ctx.clone(), CONTROLLER, async {
         let namespace = env.namespace().ok_or(Error::InvalidObject("metadata.namespace"))?;
         let api: Api<FeatureEnvironment> = Api::namespaced(ctx.client.clone(), &namespace);
+        let env = act::mark(&api, env).await?;
         finalizer(&api, FINALIZER, env, |event| async {
             match event {
                 Finalizer::Apply(env) => apply(&env, &ctx).await,
@@ -107,8 +107,10 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     let id = identity(env)?;
     let api: Api<FeatureEnvironment> = Api::namespaced(ctx.client.clone(), &id.namespace);
     let created = env.creation_timestamp().map_or(now, |t| t.0);
-    let current = env.status.clone().unwrap_or_default();
-    act::label_owner(&api, env, &id).await?;
+    let cached = env.status.clone().unwrap_or_default();
+    let current = ctx
+        .memory
+        .current_status(&id.uid, env.resource_version().as_deref(), cached);
 
     let class = dereference::class(ctx, env);
     let plan = validate::resolve(&env.spec, class.as_deref(), created);
@@ -180,7 +182,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
                         status.instance.get_or_insert_with(Default::default).start = Some(Start::Cold);
                         // Written before the launch: a restarted operator must not
                         // also claim a spare for it.
-                        report::patch_status(&api, &id.name, &status).await?;
+                        report::patch_status(ctx, &api, env, &status).await?;
                     }
                 }
             }
@@ -192,7 +194,7 @@ async fn apply(env: &FeatureEnvironment, ctx: &Context) -> Result<Action> {
     let claim = act::database(&pass, &status);
     let (instance, database) = match tokio::join!(launch, claim) {
         (Ok(instance), Ok(database)) => (instance, database),
-        (Err(e), _) | (_, Err(e)) => return Err(report::cloud_failure(&api, env, &id, &current, &status, e).await),
+        (Err(e), _) | (_, Err(e)) => return Err(report::cloud_failure(ctx, &api, env, &id, &current, &status, e).await),
     };
     act::bind_parameter(ctx, &id, &status, &instance, &database).await?;
     let personalisation = warm::personalise(&pass, &mut status, &instance).await?;

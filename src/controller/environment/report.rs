@@ -16,15 +16,33 @@ use crate::api::conditions::{self, ConditionUpdate, READY, set_condition};
 use crate::api::environment::{FeatureEnvironmentStatus, Phase};
 use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 
-/// One server-side-apply patch of the whole status with our field manager.
-pub async fn patch_status(api: &Api<FeatureEnvironment>, name: &str, status: &FeatureEnvironmentStatus) -> Result<()> {
+/// One server-side-apply patch of the whole status with our field manager,
+/// remembered with the version of `env` it was made over: a later pass on a cached
+/// object that does not show it yet works from it (`Memory::current_status`).
+pub async fn patch_status(
+    ctx: &Context,
+    api: &Api<FeatureEnvironment>,
+    env: &FeatureEnvironment,
+    status: &FeatureEnvironmentStatus,
+) -> Result<()> {
     let patch = serde_json::json!({
         "apiVersion": "featureenv.io/v1alpha1",
         "kind": "FeatureEnvironment",
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(
+            &env.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
         .await?;
+    if let Some(uid) = env.uid() {
+        let base = env.resource_version();
+        let latest = written.resource_version();
+        ctx.memory
+            .status_written(&uid, base.as_deref(), latest.as_deref(), status);
+    }
     Ok(())
 }
 
@@ -38,7 +56,7 @@ pub async fn write(
     after: &FeatureEnvironmentStatus,
 ) -> Result<()> {
     if after != before {
-        patch_status(api, &id.name, after).await?;
+        patch_status(ctx, api, env, after).await?;
     }
     ctx.metrics.environment_phase(&id.uid, Some(after.phase));
     if before.phase == after.phase {
@@ -85,7 +103,7 @@ pub async fn refuse(
     next.expires_at = expires_at.map(|t| t.to_string()).or(next.expires_at);
     if &next != current {
         warn!(namespace = env.namespace().unwrap_or_default(), name = %env.name_any(), reason, message, "cannot provision");
-        patch_status(api, &env.name_any(), &next).await?;
+        patch_status(ctx, api, env, &next).await?;
         ctx.event(env, EventType::Warning, reason, message.to_owned()).await;
     }
     if let Some(uid) = env.uid() {
@@ -97,6 +115,7 @@ pub async fn refuse(
 /// Shows a failed cloud call in the Ready condition and returns the error, for
 /// `error_policy` to back off by its category.
 pub async fn cloud_failure(
+    ctx: &Context,
     api: &Api<FeatureEnvironment>,
     env: &FeatureEnvironment,
     id: &Identity,
@@ -116,7 +135,7 @@ pub async fn cloud_failure(
         failed.phase = Phase::Provisioning;
     }
     if &failed != current
-        && let Err(e) = patch_status(api, &id.name, &failed).await
+        && let Err(e) = patch_status(ctx, api, env, &failed).await
     {
         warn!(namespace = %id.namespace, name = %id.name, error = %e, "could not show the failure in status");
     }
