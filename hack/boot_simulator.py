@@ -45,14 +45,18 @@ as for the user data, so the log file and the console are the boot's) is written
 `<instance dir>/commands/<CommandId>/_script.sh` (mode 755) and run as `sh -c
 <that path>` in that directory, its stdout and stderr to `stdout` and `stderr` there,
 with the boot's environment plus the agent's own variables (AWS_SSM_INSTANCE_ID,
-AWS_SSM_REGION_NAME, SSM_COMMAND_ID), in its own process group. One command at a time
-per instance, in the order sent (RequestedDateTime); a command for an instance still
-booting waits for the boot to end. A command not started within its TimeoutSeconds (the
-delivery timeout) never runs (`undelivered` line); one still running after its
-`executionTimeout` parameter (default 3600 s, as the document's), or whose instance
-stops running, is killed with its process group. Commands for instances this simulator
-does not run, and other documents, are ignored. When a command exits, the instance's
-`featureenv.io/services` tag is read back and one line printed:
+AWS_SSM_REGION_NAME, SSM_COMMAND_ID), in its own process group. Up to COMMAND_WORKERS
+(5) commands at once per instance, as the agent runs them (its CommandWorkersLimit,
+default 5): each starts as soon as it is delivered and a worker is free, oldest first
+(RequestedDateTime), a sixth waits for one of the five to end; the scripts serialise
+what must be serialised themselves (the operator's take a `flock` on their log file). A
+command for an instance still booting waits for the boot to end. A command not started
+within its TimeoutSeconds (the delivery timeout) never runs (`undelivered` line); one
+still running after its `executionTimeout` parameter (default 3600 s, as the
+document's), or whose instance stops running, is killed with its process group (every
+command running on the instance, each its own group). Commands for instances this
+simulator does not run, and other documents, are ignored. When a command exits, the
+instance's `featureenv.io/services` tag is read back and one line printed:
 
   <ISO-8601 UTC with ms> command instance=<id> command=<CommandId> exit=<code> services=<tag value|none> ran=<s>
 
@@ -62,10 +66,11 @@ the user data may still run; this simulator holds such a command back.
 
 A stopped instance runs nothing. When a booted instance is no longer running
 (StopInstances; moto has it `stopped` at once, and this simulator asks moto directly),
-its user data and its command are killed (`killed ... reason=instance-not-running`), its
-metadata service is gone (tokens too), its Minikube is stopped (`minikube.state` in its
-directory reads `Stopped`: the docker driver's node container does not come back with
-the host) and one `halted instance=<id>` line is printed. Started again, it boots: once
+its user data and every command it runs are killed (`killed ...
+reason=instance-not-running`, one line each), its metadata service is gone (tokens too),
+its Minikube is stopped (`minikube.state` in its directory reads `Stopped`: the docker
+driver's node container does not come back with the host) and one `halted
+instance=<id>` line is printed. Started again, it boots: once
 it has been seen running for --boot-seconds, the metadata service and the SSM Agent are
 back (`restarted instance=<id> dir=<dir>`) and commands are delivered again, in the
 order sent, those sent while it was stopped included as long as their delivery timeout
@@ -92,7 +97,8 @@ Figures and sources: docs/local-stack.md, "Instance timing".
 Other stdout lines (`boot`, `command`, `halted`, `killed`, `restarted`, `started`,
 `stopped`, `undelivered`) never contain " bootstrap ". Each instance's directory also
 gets `result.json` (exit, value, wall and CPU seconds of the script and what it waited
-for). Exits 0 on SIGTERM/SIGINT, after terminating the running scripts' process groups.
+for). Exits 0 on SIGTERM/SIGINT, after terminating the process groups of every running
+script: user data and commands, all of each instance's.
 """
 
 from __future__ import annotations
@@ -127,6 +133,11 @@ SERVICES_TAG = "featureenv.io/services"
 # The Run Command document the agent plays, and its `executionTimeout` default.
 RUN_SHELL_SCRIPT = "AWS-RunShellScript"
 EXECUTION_TIMEOUT_SECONDS = 3600
+# How many commands the agent runs at once on one instance; one more waits for a free
+# worker. amazon-ssm-agent's agent/appconfig DefaultConfig: `var mds = MdsCfg{
+# CommandWorkersLimit: 5, StopTimeoutMillis: 20000, CommandRetryLimit: 15}`; its README:
+# "CommandWorkersLimit (int) Default: 5" (`Mds` in amazon-ssm-agent.json).
+COMMAND_WORKERS = 5
 
 HACK = Path(__file__).resolve().parent
 STAND_INS = HACK / "instance"
@@ -526,7 +537,8 @@ class Simulator:
         # booted instances running again after a stop, by when first seen running again:
         # their agent is not online until the boot delay has passed
         self.restarting: dict[str, float] = {}
-        self.invocations: dict[str, Invocation] = {}  # instance id -> the command it runs
+        # instance id -> command id -> the commands it runs (at most COMMAND_WORKERS)
+        self.invocations: dict[str, dict[str, Invocation]] = {}
         self.invoked: set[tuple[str, str]] = set()  # (command id, instance id) run or given up
         self.stopping = False
 
@@ -595,7 +607,7 @@ class Simulator:
         with self.lock:
             self.live = live
             gone: list[Boot] = [b for iid, b in self.boots.items() if iid not in live]
-            gone += [c for iid, c in self.invocations.items() if iid not in live]
+            gone += [c for iid, running in self.invocations.items() if iid not in live for c in running.values()]
             halted = sorted(self.booted - live - self.down)
             self.down |= self.booted - live
             for iid in self.booted - live:
@@ -648,14 +660,15 @@ class Simulator:
         return sorted(commands, key=lambda c: c.get("RequestedDateTime") or datetime.min.replace(tzinfo=timezone.utc))
 
     def _deliver_commands(self) -> None:
-        """Starts, per instance, the oldest AWS-RunShellScript command it has not run,
-        when it may run one now."""
+        """Starts, per instance, the AWS-RunShellScript commands it has not run, oldest
+        first, as many as it has free workers (COMMAND_WORKERS, less those running), when
+        it may run commands now."""
         with self.lock:
             if self.stopping or not (self.booted or self.first_seen):
                 return
         commands = self._list_commands()
         now = datetime.now(timezone.utc)
-        waiting: set[str] = set()  # instances with an older command still to run
+        waiting: set[str] = set()  # instances with an older command that cannot start yet
         for command in commands:
             if command.get("DocumentName") != RUN_SHELL_SCRIPT:
                 continue
@@ -670,13 +683,13 @@ class Simulator:
                         self.invoked.add((cid, iid))
                         self.log(f"undelivered instance={iid} command={cid} timeout={timeout}")
                         continue
-                    waiting.add(iid)
                     ready = (
                         iid in self.booted and iid not in self.boots and iid in self.live
                         and iid not in self.restarting and iid not in self.down
-                        and iid not in self.invocations
+                        and len(self.invocations.get(iid, {})) < COMMAND_WORKERS
                     )
                     if not ready:
+                        waiting.add(iid)  # and those sent after it wait too: oldest first
                         continue
                     self.invoked.add((cid, iid))
                     parameters = command.get("Parameters") or {}
@@ -686,9 +699,9 @@ class Simulator:
                         instance_dir=directory, script="\n".join(parameters.get("commands") or []),
                         execution_timeout=execution_timeout(parameters),
                     )
-                    self.invocations[iid] = invocation
+                    self.invocations.setdefault(iid, {})[cid] = invocation
                 invocation.thread = threading.Thread(
-                    target=self._invoke, args=(invocation,), name=f"command-{iid}", daemon=True
+                    target=self._invoke, args=(invocation,), name=f"command-{iid}-{cid}", daemon=True
                 )
                 invocation.thread.start()
 
@@ -758,9 +771,12 @@ class Simulator:
             print(f"{iso_now()} error instance={iid} command={inv.command_id} {type(e).__name__}: {e}",
                   file=sys.stderr, flush=True)
         finally:
-            with self.lock:
-                if self.invocations.get(iid) is inv:
-                    del self.invocations[iid]
+            with self.lock:  # its worker is free
+                running = self.invocations.get(iid, {})
+                if running.get(inv.command_id) is inv:
+                    del running[inv.command_id]
+                if not running:
+                    self.invocations.pop(iid, None)
 
     # -- one instance -----------------------------------------------------------------
 
@@ -965,7 +981,8 @@ class Simulator:
         """Terminates every running script (by process group), then stops IMDS."""
         with self.lock:
             self.stopping = True
-            boots: list[Boot] = [*self.boots.values(), *self.invocations.values()]
+            boots: list[Boot] = [*self.boots.values(), *(c for running in self.invocations.values()
+                                                           for c in running.values())]
         for boot in boots:
             self.kill(boot, "shutdown")
         deadline = time.monotonic() + KILL_GRACE_SECONDS + 1
