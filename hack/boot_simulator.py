@@ -143,6 +143,9 @@ HACK = Path(__file__).resolve().parent
 STAND_INS = HACK / "instance"
 # The host paths the script writes to (src/bootstrap.rs LOG_FILE and the console).
 SCRIPT_LOG_FILE = "/var/log/featureenv-bootstrap.log"
+# Where a script records the sequence of the last change of the services it applied
+# (src/bootstrap.rs SEQUENCE_FILE): one per instance.
+SCRIPT_SEQUENCE_FILE = "/var/lib/featureenv/services-sequence"
 SCRIPT_CONSOLE = "/dev/console"
 # Substituted into the script as plain text, so the directory must need no quoting.
 SAFE_PATH = re.compile(r"^[A-Za-z0-9._/+-]+$")
@@ -183,7 +186,7 @@ def decode_user_data(raw: str | None) -> str:
 
 
 def redirect_host_paths(script: str, directory: Path) -> str:
-    """The script with its log file and /dev/console moved into `directory`; nothing else changes.
+    """The script with its log file, its sequence file and /dev/console moved into `directory`; nothing else changes.
 
     The console is a device: opening it for output never truncates it, so a redirection
     to it (`>/dev/console`, `2>/dev/console`) becomes an append to console.log, and the
@@ -191,6 +194,7 @@ def redirect_host_paths(script: str, directory: Path) -> str:
     console = str(directory / "console.log")
     return (
         script.replace(SCRIPT_LOG_FILE, str(directory / "bootstrap.log"))
+        .replace(SCRIPT_SEQUENCE_FILE, str(directory / "services-sequence"))
         .replace(">>" + SCRIPT_CONSOLE, ">>" + console)
         .replace(">" + SCRIPT_CONSOLE, ">>" + console)
         .replace(SCRIPT_CONSOLE, console)

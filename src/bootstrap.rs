@@ -26,6 +26,9 @@ pub const DATABASE_SECRET_KEY: &str = "connection";
 /// what the operator shows when a bootstrap times out).
 pub const LOG_FILE: &str = "/var/log/featureenv-bootstrap.log";
 
+/// Where an instance keeps the sequence of the last change of its services it applied.
+pub const SEQUENCE_FILE: &str = "/var/lib/featureenv/services-sequence";
+
 /// One service and the image it must run (baseline or override, already merged).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceImage {
@@ -112,12 +115,17 @@ pub struct UpdateSpec {
     pub services: Vec<ServiceImage>,
     /// Names this update in the outcome tag (`complete:<token>` / `failed:<token>`).
     pub token: String,
+    /// Orders the changes of the services sent to one instance: the environment's
+    /// `metadata.generation` when the script was sent. SSM's agent runs several
+    /// commands at once, so an older one may get the lock after a newer one; it then
+    /// leaves the newer images in place.
+    pub sequence: i64,
 }
 
 /// Renders the user-data script: data as quoted `readonly` values up front, then a
 /// fixed body (so `shellcheck` on any rendering checks the same logic).
 pub fn render_user_data(spec: &BootstrapSpec) -> String {
-    let mut script = header("bootstrap", &spec.environment, &spec.region, &spec.services);
+    let mut script = header("bootstrap", &spec.environment, &spec.region, &spec.services, 0);
     let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::BOOTSTRAP));
     let _ = writeln!(
         script,
@@ -208,7 +216,7 @@ pub fn render_wake_script(spec: &UpdateSpec) -> String {
 /// no outcome; the personalisation that follows pulls whatever is still missing
 /// (Docker joins a pull of the same image still in progress).
 pub fn render_prefetch_script(environment: &str, region: &str, services: &[ServiceImage]) -> String {
-    let mut script = header("prefetch", environment, region, services);
+    let mut script = header("prefetch", environment, region, services, 0);
     let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
     // No outcome to tag, not even a failure: the personalisation reports.
     script.push_str("readonly FAILED_VALUE=''\n");
@@ -228,7 +236,7 @@ fn command_script(task: &str, spec: &UpdateSpec, body: &str) -> String {
 
 /// The values of a script sent over SSM Run Command, up to the prelude.
 fn command_header(task: &str, spec: &UpdateSpec) -> String {
-    let mut script = header(task, &spec.environment, &spec.region, &spec.services);
+    let mut script = header(task, &spec.environment, &spec.region, &spec.services, spec.sequence);
     let _ = writeln!(script, "readonly OUTCOME_TAG={}", shell_quote(tag::SERVICES));
     let _ = writeln!(
         script,
@@ -244,7 +252,7 @@ fn command_header(task: &str, spec: &UpdateSpec) -> String {
 }
 
 /// The values both scripts start with: what runs, where, and the services.
-fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage]) -> String {
+fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage], sequence: i64) -> String {
     let registries: BTreeSet<(&str, &str)> = services.iter().filter_map(|s| ecr_registry(&s.image)).collect();
     let mut script = String::new();
     script.push_str("#!/bin/bash\n");
@@ -256,6 +264,8 @@ fn header(task: &str, environment: &str, region: &str, services: &[ServiceImage]
     let _ = writeln!(script, "readonly ENVIRONMENT={}", shell_quote(environment));
     let _ = writeln!(script, "readonly REGION={}", shell_quote(region));
     let _ = writeln!(script, "readonly LOG_FILE={}", shell_quote(LOG_FILE));
+    let _ = writeln!(script, "readonly SEQUENCE_FILE={}", shell_quote(SEQUENCE_FILE));
+    let _ = writeln!(script, "readonly SEQUENCE={sequence}");
     script.push_str(&bash_array("SERVICE_NAMES", services.iter().map(|s| &s.name)));
     script.push_str(&bash_array("SERVICE_IMAGES", services.iter().map(|s| &s.image)));
     script.push_str(&bash_array("ECR_HOSTS", registries.iter().map(|(host, _)| host)));
@@ -347,13 +357,28 @@ pull_images() {
   done
 }
 
+# SSM's agent runs several commands at once and they take the log's lock in no set
+# order: a change of the services older (SEQUENCE, the environment's generation when
+# sent) than the last one applied must not roll the instance back to its images.
+superseded() {
+  local applied
+  applied="$(cat "$SEQUENCE_FILE" 2>/dev/null || true)"
+  [[ "$applied" =~ ^[0-9]+$ ]] && ((SEQUENCE < applied))
+}
+
 roll_out() {
   local i name
-  for i in "${!SERVICE_NAMES[@]}"; do
-    name="${SERVICE_NAMES[$i]}"
-    log "deploying ${name} = ${SERVICE_IMAGES[$i]}"
-    kubectl set image "deployment/${name}" "${name}=${SERVICE_IMAGES[$i]}"
-  done
+  if superseded; then
+    log "a newer change of the services is in place; keeping its images"
+  else
+    mkdir -p "${SEQUENCE_FILE%/*}"
+    echo "$SEQUENCE" >"$SEQUENCE_FILE"
+    for i in "${!SERVICE_NAMES[@]}"; do
+      name="${SERVICE_NAMES[$i]}"
+      log "deploying ${name} = ${SERVICE_IMAGES[$i]}"
+      kubectl set image "deployment/${name}" "${name}=${SERVICE_IMAGES[$i]}"
+    done
+  fi
   for name in "${SERVICE_NAMES[@]}"; do
     log "waiting for ${name}"
     kubectl rollout status "deployment/${name}" --timeout=15m
@@ -483,6 +508,10 @@ const UPDATE: &str = r#"
 # waits for it, so the newest edit is the one left in place.
 exec 9>>"$LOG_FILE"
 flock 9
+if superseded; then
+  log "services update superseded by a newer change; nothing to do"
+  exit 0
+fi
 log "updating the services of environment ${ENVIRONMENT}"
 pull_images
 roll_out
@@ -713,6 +742,7 @@ esac"#,
         let log = dir.path().join("bootstrap.log");
         let script = script
             .replace(LOG_FILE, log.to_str().unwrap())
+            .replace(SEQUENCE_FILE, dir.path().join("sequence").to_str().unwrap())
             .replace("2>/dev/console", "2>/dev/null");
         let script_path = dir.path().join("user-data.sh");
         std::fs::write(&script_path, script).unwrap();
@@ -905,6 +935,7 @@ esac"#,
             region: "ap-southeast-1".into(),
             services,
             token: "0123456789abcdef".into(),
+            sequence: 2,
         }
     }
 
@@ -1003,6 +1034,60 @@ esac"#,
         assert!(ok, "a failed prefetch is not a failed script:\n{log}");
         assert!(!calls.contains("create-tags"), "no outcome tagged:\n{calls}");
         assert!(log.contains("prefetch incomplete"), "{log}");
+    }
+
+    /// SSM's agent runs several commands at once, and two services updates sent in
+    /// quick succession take the instance's lock in no set order. The older one,
+    /// running after the newer, must leave the newer images and tag nothing.
+    #[test]
+    fn an_update_older_than_the_one_applied_changes_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let sequence = state.path().join("sequence");
+        let on_instance = |script: String| script.replace(SEQUENCE_FILE, sequence.to_str().unwrap());
+        let newer = UpdateSpec {
+            sequence: 3,
+            token: "newer".into(),
+            ..update()
+        };
+        let (ok, calls, _, log) = run_script_stubbed(&on_instance(render_update_script(&newer)), 0, 0, false);
+        assert!(ok, "{log}");
+        assert!(calls.contains("kubectl set image"), "{calls}");
+        assert_eq!(std::fs::read_to_string(&sequence).unwrap().trim(), "3");
+
+        let older = UpdateSpec {
+            sequence: 2,
+            token: "older".into(),
+            ..update()
+        };
+        let (ok, calls, _, log) = run_script_stubbed(&on_instance(render_update_script(&older)), 0, 0, false);
+        assert!(ok, "{log}");
+        for untouched in ["kubectl set image", "docker pull", "create-tags"] {
+            assert!(!calls.contains(untouched), "{untouched}:\n{calls}");
+        }
+        assert!(log.contains("superseded"), "{log}");
+        assert_eq!(std::fs::read_to_string(&sequence).unwrap().trim(), "3");
+
+        // A personalisation older than an update applied still wires the database and
+        // restarts the deployments, but keeps the update's images.
+        let personalisation = render_personalise_script(&PersonaliseSpec {
+            update: older.clone(),
+            database_parameter: Some("/featureenv/prod/x/database".into()),
+            database_wait_seconds: 60,
+        });
+        let (ok, calls, secret, log) = run_script_stubbed(&on_instance(personalisation), 0, 0, false);
+        assert!(ok, "{log}");
+        assert!(secret.contains("postgres://"), "the database is wired");
+        assert!(calls.contains("kubectl rollout restart"), "{calls}");
+        assert!(!calls.contains("kubectl set image"), "{calls}");
+        assert!(
+            calls.contains("Value=complete:older"),
+            "it reports its own outcome:\n{calls}"
+        );
+
+        // The same update sent again (a pass cut off before the status recorded it) runs.
+        let (ok, calls, _, log) = run_script_stubbed(&on_instance(render_update_script(&newer)), 0, 0, false);
+        assert!(ok, "{log}");
+        assert!(calls.contains("kubectl set image"), "{calls}");
     }
 
     #[test]

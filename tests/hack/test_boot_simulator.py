@@ -178,10 +178,11 @@ def test_only_the_host_paths_are_redirected(tmp_path: Path) -> None:
     redirected = redirect_host_paths(script, tmp_path)
     assert f"readonly LOG_FILE='{tmp_path}/bootstrap.log'" in redirected
     assert f"2>>{tmp_path}/console.log)" in redirected, "a device is appended to, never truncated"
-    assert "/var/log/" not in redirected and "/dev/console" not in redirected
+    assert f"readonly SEQUENCE_FILE='{tmp_path}/services-sequence'" in redirected
+    assert "/var/log/" not in redirected and "/var/lib/" not in redirected and "/dev/console" not in redirected
     before, after = script.splitlines(), redirected.splitlines()
     assert len(before) == len(after)
-    assert sum(a != b for a, b in zip(before, after)) == 2
+    assert sum(a != b for a, b in zip(before, after)) == 3
     assert decode_user_data("") == ""
     console = f"{tmp_path}/console.log"
     assert redirect_host_paths("a >/dev/console; b >>/dev/console; c 2>/dev/console; tee -a /dev/console",

@@ -38,6 +38,10 @@ def log_file() -> str:
     return _rust_str_const(BOOTSTRAP_RS.read_text(), "LOG_FILE")
 
 
+def sequence_file() -> str:
+    return _rust_str_const(BOOTSTRAP_RS.read_text(), "SEQUENCE_FILE")
+
+
 def shell_quote(value: str) -> str:
     """src/bootstrap.rs shell_quote: one bash word in single quotes."""
     return "'" + value.replace("'", "'\\''") + "'"
@@ -78,7 +82,7 @@ def _array(name: str, values: list[str]) -> str:
     return f"readonly -a {name}=({' '.join(shell_quote(v) for v in values)})\n"
 
 
-def _header(task: str, environment: str, region: str, services: list[tuple[str, str]]) -> str:
+def _header(task: str, environment: str, region: str, services: list[tuple[str, str]], sequence: int = 0) -> str:
     """As src/bootstrap.rs header."""
     registries = sorted({r for _, image in services if (r := ecr_registry(image))})
     script = "#!/bin/bash\n"
@@ -88,6 +92,8 @@ def _header(task: str, environment: str, region: str, services: list[tuple[str, 
     script += f"readonly ENVIRONMENT={shell_quote(environment)}\n"
     script += f"readonly REGION={shell_quote(region)}\n"
     script += f"readonly LOG_FILE={shell_quote(log_file())}\n"
+    script += f"readonly SEQUENCE_FILE={shell_quote(sequence_file())}\n"
+    script += f"readonly SEQUENCE={sequence}\n"
     script += _array("SERVICE_NAMES", [n for n, _ in services])
     script += _array("SERVICE_IMAGES", [i for _, i in services])
     script += _array("ECR_HOSTS", [h for h, _ in registries])
@@ -123,11 +129,12 @@ class UpdateSpec:
     region: str
     services: list[tuple[str, str]]  # (name, image)
     token: str  # names the update in the outcome tag
+    sequence: int = 0  # the environment's generation when sent: orders changes of the services
 
 
 def render_update_script(spec: UpdateSpec) -> str:
     """As src/bootstrap.rs render_update_script: what the operator sends with SendCommand."""
-    script = _header("services update", spec.environment, spec.region, spec.services)
+    script = _header("services update", spec.environment, spec.region, spec.services, spec.sequence)
     script += f"readonly OUTCOME_TAG={shell_quote(_tag('SERVICES'))}\n"
     script += f"readonly COMPLETE_VALUE={shell_quote(_tag('BOOTSTRAP_COMPLETE') + ':' + spec.token)}\n"
     script += f"readonly FAILED_VALUE={shell_quote(_tag('BOOTSTRAP_FAILED') + ':' + spec.token)}\n"

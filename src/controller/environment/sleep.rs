@@ -295,6 +295,7 @@ async fn send_wake_script(
         region: ctx.config.region.clone().unwrap_or_default(),
         services: bootstrap::ServiceImage::all_of(&status.images),
         token: token.clone(),
+        sequence: pass.env.metadata.generation.unwrap_or_default(),
     };
     let request = ScriptRequest {
         instance_id: instance.id.clone(),

@@ -76,6 +76,7 @@ async fn send(
         region: ctx.config.region.clone().unwrap_or_default(),
         services: bootstrap::ServiceImage::all_of(&images),
         token: token.clone(),
+        sequence: pass.env.metadata.generation.unwrap_or_default(),
     });
     let request = ScriptRequest {
         instance_id: instance.id.clone(),

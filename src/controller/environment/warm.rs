@@ -233,6 +233,7 @@ async fn send(pass: &Pass<'_>, status: &mut FeatureEnvironmentStatus, instance: 
             region: ctx.config.region.clone().unwrap_or_default(),
             services: bootstrap::ServiceImage::all_of(&status.images),
             token: token.clone(),
+            sequence: pass.env.metadata.generation.unwrap_or_default(),
         },
         database_parameter: resolved
             .database_pool
