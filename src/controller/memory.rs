@@ -1,7 +1,8 @@
 //! What this process remembers between reconciles and no object records: claims
-//! not yet confirmed, credentials handed out and parameters bound that a stale
-//! cached object may not show yet, which environments wait for a pool's spare,
-//! consecutive failures per object, and which spares' passwords were replaced.
+//! not yet confirmed, credentials handed out, parameters bound and the status last
+//! written that a stale cached object may not show yet, which environments wait
+//! for a pool's spare, consecutive failures per object, and which spares'
+//! passwords were replaced.
 //! All of it is an optimisation or a guard against acting twice; a restart loses
 //! it harmlessly. One home, so an environment's deletion forgets everything about
 //! it in one call ([`Memory::forget`]). Plain state; no I/O.
