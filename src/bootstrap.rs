@@ -139,6 +139,7 @@ pub fn render_user_data(spec: &BootstrapSpec) -> String {
     ));
     script.push_str(&bash_array("ADDONS", spec.addons.iter().map(|a| minikube_addon(a))));
     script.push_str(PRELUDE);
+    script.push_str(START_MINIKUBE);
     script.push_str(DATABASE);
     script.push_str(BOOTSTRAP);
     script
@@ -186,6 +187,7 @@ pub fn render_personalise_script(spec: &PersonaliseSpec) -> String {
         spec.database_wait_seconds,
     ));
     script.push_str(PRELUDE);
+    script.push_str(START_MINIKUBE);
     script.push_str(DATABASE);
     script.push_str(PERSONALISE);
     script
@@ -204,7 +206,11 @@ pub fn render_update_script(spec: &UpdateSpec) -> String {
 /// (`featureenv.io/services=complete:<token>`). The user data does not run again on a
 /// start, so this goes over the update channel.
 pub fn render_wake_script(spec: &UpdateSpec) -> String {
-    command_script("wake", spec, WAKE)
+    let mut script = command_header("wake", spec);
+    script.push_str(PRELUDE);
+    script.push_str(START_MINIKUBE);
+    script.push_str(WAKE);
+    script
 }
 
 /// Renders the script a spare runs as soon as an environment has tagged it as
@@ -386,14 +392,24 @@ roll_out() {
 }
 "#;
 
+/// Minikube up, for the scripts that may find it stopped: the first boot (the AMI's
+/// baked profile), a personalisation (a spare kept stopped) and a wake. Not in the
+/// prelude: a services update runs on a cluster that is up, and must not start one.
+const START_MINIKUBE: &str = r#"
+# A started instance's containers do not come back by themselves.
+start_minikube() {
+  if ! minikube status >/dev/null 2>&1; then
+    log "starting minikube"
+    minikube start
+  fi
+}
+"#;
+
 /// The first boot: Minikube, images, the database Secret, addons, deployments.
 const BOOTSTRAP: &str = r#"
 log "bootstrapping environment ${ENVIRONMENT}"
 
-if ! minikube status >/dev/null 2>&1; then
-  log "starting minikube"
-  minikube start
-fi
+start_minikube
 
 pull_images
 wire_database
@@ -457,10 +473,7 @@ const PERSONALISE: &str = r#"
 exec 9>>"$LOG_FILE"
 flock 9
 log "personalising a warm instance for environment ${ENVIRONMENT}"
-if ! minikube status >/dev/null 2>&1; then
-  log "starting minikube"
-  minikube start
-fi
+start_minikube
 pull_images
 if [[ -n "$DATABASE_PARAMETER" ]]; then
   wire_database
@@ -493,10 +506,7 @@ const WAKE: &str = r#"
 exec 9>>"$LOG_FILE"
 flock 9
 log "waking environment ${ENVIRONMENT}"
-if ! minikube status >/dev/null 2>&1; then
-  log "starting minikube"
-  minikube start
-fi
+start_minikube
 roll_out
 tag_outcome "$COMPLETE_VALUE"
 log "awake"

@@ -3,7 +3,7 @@
 Mirrors src/bootstrap.rs `render_user_data` (the bootstrap) and `render_update_script`
 (a services update, sent with SSM Run Command) (cargo may not run here): the quoted
 `readonly` declarations are built the same way, and the fixed parts (`PRELUDE`,
-`DATABASE`, `BOOTSTRAP`, `UPDATE`), the log file and the tag names are read from the Rust sources,
+`START_MINIKUBE`, `DATABASE`, `BOOTSTRAP`, `UPDATE`), the log file and the tag names are read from the Rust sources,
 so a change to the scripts is what these tests run. If the declarations change, change
 them here too; `test_rendering_mirrors_the_rust_unit_test_expectations` checks the shape.
 """
@@ -118,6 +118,7 @@ def render_user_data(spec: Spec) -> str:
     script += f"readonly DATABASE_SECRET_KEY={shell_quote(_rust_str_const(rust, 'DATABASE_SECRET_KEY'))}\n"
     script += _array("ADDONS", [minikube_addon(a) for a in spec.addons])
     script += fixed_part("PRELUDE")
+    script += fixed_part("START_MINIKUBE")
     script += fixed_part("DATABASE")
     script += fixed_part("BOOTSTRAP")
     return script
