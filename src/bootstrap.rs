@@ -937,6 +937,12 @@ esac"#,
         );
     }
 
+    /// The image of `update` pinned by digest.
+    fn pinned_image(update: &UpdateSpec) -> String {
+        let pinned = update.services.iter().find(|s| s.image.contains("@sha256:"));
+        pinned.expect("a pinned image").image.clone()
+    }
+
     fn update() -> UpdateSpec {
         let mut services = spec().services;
         services[0].image = "123456789012.dkr.ecr.ap-southeast-1.amazonaws.com/payments:pr-124".into();
@@ -977,13 +983,7 @@ esac"#,
             database_parameter: Some("/featureenv/prod/x/database".into()),
             database_wait_seconds: 60,
         };
-        let pinned = update
-            .services
-            .iter()
-            .find(|s| s.image.contains("@sha256:"))
-            .expect("a pinned image")
-            .image
-            .clone();
+        let pinned = pinned_image(&update);
         let tagged = update
             .services
             .iter()
@@ -1019,13 +1019,7 @@ esac"#,
     #[test]
     fn a_prefetch_pulls_what_the_spare_lacks_and_tags_nothing() {
         let update = update();
-        let pinned = update
-            .services
-            .iter()
-            .find(|s| s.image.contains("@sha256:"))
-            .expect("a pinned image")
-            .image
-            .clone();
+        let pinned = pinned_image(&update);
         let script = render_prefetch_script(&update.environment, &update.region, &update.services);
         let (ok, calls, _, log) = run_on_daemon_with(&script, 0, 0, false, &[&pinned]);
         assert!(ok, "script failed; calls:\n{calls}\nlog:\n{log}");

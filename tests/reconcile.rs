@@ -172,6 +172,11 @@ impl Harness {
         self.restarts += 1;
     }
 
+    /// The audit log of this harness's own control plane.
+    fn audit_log(&self) -> std::path::PathBuf {
+        self._control_plane.as_ref().expect("own control plane").audit_log()
+    }
+
     fn envs(&self) -> Api<FeatureEnvironment> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
@@ -775,6 +780,31 @@ async fn a_timed_out_environment_no_longer_keeps_the_poll_fast() {
     );
 }
 
+/// Requests in the audit log at `log` with `verb` on object `name` of `resource`
+/// (`featureenvs/status` for a subresource).
+fn audited(log: &std::path::Path, verb: &str, resource: &str, name: &str) -> usize {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| {
+            let object = &e["objectRef"];
+            e["verb"] == verb
+                && object["resource"] == resource
+                && object["subresource"].as_str().unwrap_or_default() == subresource
+                && object["name"] == name
+        })
+        .count()
+}
+
+/// `env` as a cached copy that lags the status patch recording its credentials.
+fn without_recorded_credentials(mut env: FeatureEnvironment) -> FeatureEnvironment {
+    let database = env.status.as_mut().and_then(|s| s.database.as_mut());
+    database.expect("a database in the status").credentials_ready = false;
+    env
+}
+
 #[tokio::test]
 async fn a_reconcile_of_a_stale_object_does_not_rotate_the_password_again() {
     let mut h = Harness::new(seeded_fake(9), (1, 5)).await;
@@ -786,15 +816,7 @@ async fn a_reconcile_of_a_stale_object_does_not_rotate_the_password_again() {
     let rotations = h.fake.call_count("ModifyDBInstance");
     assert!(rotations >= 1);
     // The controller's cache can lag the status patch that recorded the credentials.
-    let mut stale = h.get("pr-1").await.unwrap();
-    stale
-        .status
-        .as_mut()
-        .unwrap()
-        .database
-        .as_mut()
-        .unwrap()
-        .credentials_ready = false;
+    let stale = without_recorded_credentials(h.get("pr-1").await.unwrap());
     environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
     assert_eq!(
         h.fake.call_count("ModifyDBInstance"),
@@ -815,17 +837,7 @@ async fn a_new_environment_is_marked_in_one_write_and_its_launch_told_once() {
     create(&h, env).await;
     h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
         .await;
-    let marks = std::fs::read_to_string(h._control_plane.as_ref().unwrap().audit_log())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|e| {
-            e["verb"] == "patch"
-                && e["objectRef"]["resource"] == "featureenvs"
-                && e["objectRef"]["subresource"].is_null()
-                && e["objectRef"]["name"] == "pr-1"
-        })
-        .count();
+    let marks = audited(&h.audit_log(), "patch", "featureenvs", "pr-1");
     assert_eq!(marks, 1, "finalizer and owner label in one patch");
     let env = h.get("pr-1").await.unwrap();
     assert!(env.finalizers().iter().any(|f| f == "featureenv.io/cleanup"));
@@ -873,17 +885,7 @@ async fn a_pass_on_an_object_older_than_our_last_write_repeats_nothing() {
     let ready = h.get("pr-1").await.unwrap();
     assert_eq!(ready.status.as_ref().unwrap().phase, Phase::Ready);
     assert_ne!(stale.metadata.resource_version, ready.metadata.resource_version);
-    let patches = |h: &Harness| {
-        std::fs::read_to_string(h._control_plane.as_ref().unwrap().audit_log())
-            .unwrap()
-            .lines()
-            .filter(|l| {
-                l.contains("\"subresource\":\"status\"")
-                    && l.contains("\"featureenvs\"")
-                    && l.contains("\"verb\":\"patch\"")
-            })
-            .count()
-    };
+    let patches = |h: &Harness| audited(&h.audit_log(), "patch", "featureenvs/status", "pr-1");
     let written = patches(&h);
 
     environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
@@ -1192,19 +1194,8 @@ async fn credentials_are_handed_out_without_reading_the_secret_first() {
     create(&h, cluster::environment("pr-1", "standard")).await;
     h.drive("pr-1", async |h| h.phase("pr-1").await == Some(Phase::Ready))
         .await;
-    let audit_log = h._control_plane.as_ref().expect("own control plane").audit_log();
-    let requests = |verb: &str| {
-        std::fs::read_to_string(&audit_log)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .filter(|e| {
-                e["verb"] == verb && e["objectRef"]["resource"] == "secrets" && e["objectRef"]["name"] == "pr-1-db"
-            })
-            .count()
-    };
+    let audit_log = h.audit_log();
+    let requests = |verb: &str| audited(&audit_log, verb, "secrets", "pr-1-db");
     assert_eq!(requests("get"), 0, "the Secret was read before it was written");
     assert_eq!(requests("create"), 1);
     assert_eq!(requests("patch"), 0);
@@ -1214,15 +1205,7 @@ async fn credentials_are_handed_out_without_reading_the_secret_first() {
     let password = written(secrets.get("pr-1-db").await.unwrap());
     h.restart().await;
     h.ctx.inventory.refresh().await.unwrap();
-    let mut stale = h.get("pr-1").await.unwrap();
-    stale
-        .status
-        .as_mut()
-        .unwrap()
-        .database
-        .as_mut()
-        .unwrap()
-        .credentials_ready = false;
+    let stale = without_recorded_credentials(h.get("pr-1").await.unwrap());
     environment::reconcile(Arc::new(stale), h.ctx.clone()).await.unwrap();
     assert_eq!(requests("create"), 2, "handed out again");
     assert_eq!(
