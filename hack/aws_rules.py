@@ -50,6 +50,7 @@ SSM_BY_PATH = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/A
 # SendCommandRequest): the API reference in machine-readable form.
 SSM_SEND_COMMAND = "https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html"
 ECR_DESCRIBE_IMAGES = "https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_DescribeImages.html"
+ECR_BATCH_GET_IMAGE = "https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_BatchGetImage.html"
 
 
 # --- requests -----------------------------------------------------------------------
@@ -1002,13 +1003,8 @@ def ecr_parameter(name: str, constraint: str) -> str:
     return f"Invalid parameter at '{name}' failed to satisfy constraint: '{constraint}'"
 
 
-@rule(
-    "ecr.describe-images", "ecr", ("DescribeImages",),
-    "repositoryName 2..256 matching the model's pattern; registryId 12 digits; imageIds 1..100 with tags 1..300; "
-    "maxResults 1..1000 and not with imageIds",
-    "InvalidParameterException", ECR_DESCRIBE_IMAGES, "observed (maxResults with imageIds: modelled)",
-)
-def _ecr_describe_images(call: Call, seen: Observed) -> str | None:
+def _ecr_repository_and_images(call: Call) -> str | None:
+    """What DescribeImages and BatchGetImage share: repositoryName, registryId, imageIds."""
     repo = str(call.doc.get("repositoryName", ""))
     if len(repo) < 2:
         return ecr_parameter("repositoryName", "must have length greater than or equal to 2")
@@ -1027,12 +1023,41 @@ def _ecr_describe_images(call: Call, seen: Observed) -> str | None:
             tag = image.get("imageTag") if isinstance(image, dict) else None
             if tag is not None and not 1 <= len(str(tag)) <= 300:
                 return ecr_parameter("imageIds.member.imageTag", "Member must have length less than or equal to 300")
+    return None
+
+
+@rule(
+    "ecr.describe-images", "ecr", ("DescribeImages",),
+    "repositoryName 2..256 matching the model's pattern; registryId 12 digits; imageIds 1..100 with tags 1..300; "
+    "maxResults 1..1000 and not with imageIds",
+    "InvalidParameterException", ECR_DESCRIBE_IMAGES, "observed (maxResults with imageIds: modelled)",
+)
+def _ecr_describe_images(call: Call, seen: Observed) -> str | None:
+    wrong = _ecr_repository_and_images(call)
+    if wrong:
+        return wrong
     limit = call.doc.get("maxResults")
     if limit is not None:
-        if image_ids:
+        if call.doc.get("imageIds"):
             return "maxResults can't be used with imageIds: specify one or the other."
         if not (isinstance(limit, int) and 1 <= limit <= 1000):
             return ecr_parameter("maxResults", "Member must have value less than or equal to 1000")
+    return None
+
+
+@rule(
+    "ecr.batch-get-image", "ecr", ("BatchGetImage",),
+    "repositoryName 2..256 matching the model's pattern; registryId 12 digits; imageIds 1..100 with tags 1..300; "
+    "acceptedMediaTypes 1..100 (the service model's ImageIdentifierList and MediaTypeList)",
+    "InvalidParameterException", ECR_BATCH_GET_IMAGE, "modelled",
+)
+def _ecr_batch_get_image(call: Call, seen: Observed) -> str | None:
+    wrong = _ecr_repository_and_images(call)
+    if wrong:
+        return wrong
+    media_types = call.doc.get("acceptedMediaTypes")
+    if media_types is not None and not 1 <= len(media_types) <= 100:
+        return ecr_parameter("acceptedMediaTypes", "Member must have length less than or equal to 100")
     return None
 
 

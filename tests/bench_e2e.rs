@@ -128,6 +128,33 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
+/// The machine's CPU time so far, busy and in all, in clock ticks (`/proc/stat`'s
+/// `cpu` line: idle and iowait are the idle fields).
+fn machine_cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .expect("/proc/stat starts with the cpu line")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let all: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// Cores busy on average between two `machine_cpu_ticks` readings.
+fn cores_busy(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 {
+        return f64::NAN;
+    }
+    cores * after.0.saturating_sub(before.0) as f64 / all as f64
+}
+
 async fn run(n: usize, operator_bin: &Path) -> Figures {
     let stack = Stack::with_operator(StackOptions {
         cluster_id: format!("bench-{n}"),
@@ -447,6 +474,10 @@ struct Row {
     idle: Vec<f64>,
     /// The last script's end (it tags its outcome) → Ready seen.
     report: Vec<f64>,
+    /// The machine's cores busy on average, apply → all Ready: the simulated
+    /// instances' scripts (the real AWS CLI), moto and the strict layer, the API
+    /// server and the operator share them, where on AWS each instance has its own.
+    cores_busy: f64,
 }
 
 /// Time to Ready for N = 1 and 10 environments taking warm instances (spares of the
@@ -514,6 +545,7 @@ async fn bench_warm_and_cold_instance() {
             .collect();
         let t0 = Instant::now();
         let t0_unix = unix_now();
+        let cpu_before = machine_cpu_ticks();
         stack.apply_ok(&manifests).await;
         // The moment each one is first seen Ready (polled every 100 ms), Unix seconds.
         let mut ready: BTreeMap<String, f64> = BTreeMap::new();
@@ -548,6 +580,7 @@ async fn bench_warm_and_cold_instance() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let cpu_after = machine_cpu_ticks();
         let starts: BTreeSet<&str> = instances.values().map(|(_, s)| s.as_str()).collect();
         // Per instance: when commands were sent (the strict layer's call log), when
         // their scripts ended and how long they ran (the boot simulator's log).
@@ -583,6 +616,7 @@ async fn bench_warm_and_cold_instance() {
             start,
             n,
             got: starts.into_iter().collect::<Vec<_>>().join("+"),
+            cores_busy: cores_busy(cpu_before, cpu_after),
             ..Row::default()
         };
         for (name, at) in &ready {
@@ -644,7 +678,7 @@ async fn bench_warm_and_cold_instance() {
     let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
     println!();
     println!(
-        "instance timing: realistic × {scale} (EC2 pending {:.1}s, OS boot {:.1}s, minikube start {:.1}s, image pull {:.1}s, rollout {:.1}s, tag visibility {tag_lag:.1}s); no database",
+        "instance timing: realistic × {scale} (EC2 pending {:.1}s, OS boot {:.1}s, minikube start {:.1}s, image pull {:.1}s with no layer present, rollout {:.1}s, tag visibility {tag_lag:.1}s); no database; images of hack/seed_aws.py's IMAGE_LAYERS (the image under test lacks 10 % of its bytes next to its service's baseline)",
         15.0 * scale,
         20.0 * scale,
         25.0 * scale,
@@ -652,8 +686,8 @@ async fn bench_warm_and_cold_instance() {
         10.0 * scale
     );
     println!(
-        "{:>5} {:>3} {:>5} {:>12} {:>8} | warm only, means: {:>6} {:>8} {:>9} {:>16} {:>5} {:>7} | operator overhead",
-        "start", "N", "got", "apply→Ready", "max", "claim", "confirm", "delivery", "personalisation", "idle", "report",
+        "{:>5} {:>3} {:>5} {:>12} {:>8} {:>6} | warm only, means: {:>6} {:>8} {:>9} {:>16} {:>5} {:>7} | operator overhead",
+        "start", "N", "got", "apply→Ready", "max", "cores", "claim", "confirm", "delivery", "personalisation", "idle", "report",
     );
     for row in &rows {
         let warm = row.start == "warm";
@@ -680,14 +714,19 @@ async fn bench_warm_and_cold_instance() {
             "-".into()
         };
         println!(
-            "{:>5} {:>3} {:>5} {:>11.1}s {:>7.1}s | {detail}",
+            "{:>5} {:>3} {:>5} {:>11.1}s {:>7.1}s {:>6.2} | {detail}",
             row.start,
             row.n,
             row.got,
             mean(&row.apply_to_ready),
-            max(&row.apply_to_ready)
+            max(&row.apply_to_ready),
+            row.cores_busy
         );
     }
+    println!(
+        "cores: this machine's cores busy on average from apply to all Ready, of {} (everything shares them; on AWS each instance has its own)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     for n in [1usize, 10] {
         let of = |s: &str| {
             rows.iter()

@@ -495,6 +495,26 @@ def test_ecr_describe_images() -> None:
     assert violated(images(repositoryName="pay", imageIds=[{"imageTag": "t"}], maxResults=10))[1] == "ecr.describe-images"
 
 
+
+def test_ecr_batch_get_image() -> None:
+    """What a pull asks for its manifest (the docker stand-in does, as a daemon does)."""
+
+    def get(**doc: Any) -> Call:
+        return Call("ecr", "BatchGetImage", "us-east-1", {}, doc, json_protocol=True)
+
+    pull = get(registryId="123456789012", repositoryName="payments", imageIds=[{"imageDigest": "sha256:" + "a" * 64}])
+    assert check(pull, NONE) is None
+    assert violated(get(repositoryName="Payments", imageIds=[{"imageTag": "t"}]))[:2] == (
+        "InvalidParameterException", "ecr.batch-get-image")
+    assert violated(get(repositoryName="pay", imageIds=[]))[2] == (
+        "Invalid parameter at 'imageIds' failed to satisfy constraint: 'Member must have length less than or equal to 100'")
+    assert violated(get(repositoryName="pay", imageIds=[{"imageTag": "t"}] * 101))[1] == "ecr.batch-get-image"
+    assert violated(get(repositoryName="pay", registryId="1", imageIds=[{"imageTag": "t"}]))[1] == "ecr.batch-get-image"
+    assert violated(get(repositoryName="pay", imageIds=[{"imageTag": "t"}], acceptedMediaTypes=[]))[1] == (
+        "ecr.batch-get-image")
+    assert check(get(repositoryName="pay", imageIds=[{"imageTag": "t"}], maxResults=10), NONE) is None, (
+        "maxResults is DescribeImages' rule")
+
 # --- the table, the docs, the timing presets --------------------------------------------
 
 

@@ -188,6 +188,41 @@ def test_docker_pull_checks_the_stacks_ecr(seeded: dict[str, Any], moto_endpoint
     assert hub.returncode == 0, "other registries are not checked"
 
 
+
+def test_a_pull_downloads_only_the_layers_the_instance_lacks(seeded: dict[str, Any], moto_endpoint: str, run: Any,
+                                                             tmp_path: Path) -> None:
+    """Docker downloads only missing layers. A warm spare has its service's baseline; the
+    image under test shares all but its application layer (10 % of the seeded image's
+    bytes) with it, so its pull is the manifest check and a tenth of the download, not a
+    whole pull, as the stand-in charged before. Another service's image shares only the
+    distribution base. The layers are the manifest's in the stack's ECR."""
+    aws = real_aws_cli()
+    assert aws, "the AWS CLI is not installed (pip install awscli)"
+    env = {"AWS_ENDPOINT_URL": moto_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "FEATUREENV_SIM_AWS": aws, "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
+           "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "3", "FEATUREENV_SIM_DOCKER_PULL_PRESENT_SECONDS": "0.2"}
+    run(["docker", "login", "--username", "AWS", "--password-stdin", REGISTRY], stdin="token")
+    digests = seeded["ecr"]["payments"]["digests"]
+    baseline = f"{REGISTRY}/payments@{digests['latest']}"
+    under_test, other = f"{REGISTRY}/payments:pr-123", f"{REGISTRY}/orders:latest"
+    # Another instance sharing the look-up cache fetches the digests and manifests first,
+    # so the clock below counts the pulls, not the CLI.
+    warm_up = tmp_path / "other-instance"
+    warm_up.mkdir()
+    (warm_up / "docker-logins").write_text(f"{REGISTRY}\n")
+    for image in (baseline, under_test, other):
+        assert run(["docker", "pull", image], **{**env, "FEATUREENV_SIM_DIR": str(warm_up), "HOME": str(warm_up),
+                                                 "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "0.01"}).returncode == 0
+    slack = 0.6
+    assert 3.0 <= timed(run, ["docker", "pull", baseline], env) < 3.0 + slack
+    took = timed(run, ["docker", "pull", under_test], env)
+    want = 0.2 + 2.8 * 0.1
+    assert want <= took < want + slack, f"pr-123 took {took:.2f}s: pulled in full"
+    want = 0.2 + 2.8 * 0.9
+    assert want <= timed(run, ["docker", "pull", other], env) < want + slack
+    layers = (tmp_path / "docker-layers").read_text().splitlines()
+    assert len(layers) == len(set(layers)) == 4 + 1 + 3, layers
+
 def test_curl_without_imds_config_refuses_to_run(run: Any) -> None:
     out = run(["curl", "-fsS", "http://169.254.169.254/latest/meta-data/instance-id"],
               FEATUREENV_SIM_CURL=shutil.which("curl") or "curl")

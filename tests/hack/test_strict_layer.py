@@ -373,6 +373,17 @@ def test_ecr_describe_images(layer: dict[str, Any], seeded: dict[str, Any]) -> N
             "InvalidParameterException")
 
 
+
+def test_ecr_batch_get_image(layer: dict[str, Any], seeded: dict[str, Any]) -> None:
+    """A pull's manifest read passes with the manifest moto holds; a malformed one does not reach moto."""
+    ecr = layer["ecr"]
+    digest = seeded["ecr"]["payments"]["digests"]["pr-123"]
+    got = ecr.batch_get_image(registryId="123456789012", repositoryName="payments", imageIds=[{"imageDigest": digest}])
+    assert [i["imageId"]["imageDigest"] for i in got["images"]] == [digest]
+    assert len(json.loads(got["images"][0]["imageManifest"])["layers"]) == 4
+    refused(lambda: ecr.batch_get_image(repositoryName="Payments", imageIds=[{"imageDigest": digest}]),
+            "InvalidParameterException")
+
 # --- --no-strict -----------------------------------------------------------------------------
 
 
