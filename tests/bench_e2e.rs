@@ -687,7 +687,18 @@ async fn bench_warm_and_cold_instance() {
     );
     println!(
         "{:>5} {:>3} {:>5} {:>12} {:>8} {:>6} | warm only, means: {:>6} {:>8} {:>9} {:>16} {:>5} {:>7} | operator overhead",
-        "start", "N", "got", "apply→Ready", "max", "cores", "claim", "confirm", "delivery", "personalisation", "idle", "report",
+        "start",
+        "N",
+        "got",
+        "apply→Ready",
+        "max",
+        "cores",
+        "claim",
+        "confirm",
+        "delivery",
+        "personalisation",
+        "idle",
+        "report",
     );
     for row in &rows {
         let warm = row.start == "warm";
