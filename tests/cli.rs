@@ -1,6 +1,9 @@
 //! The CLI as documented: `version`, and every flag and environment variable the
 //! README's configuration table lists is one `run --help` knows (and vice versa).
 
+#[path = "support/root.rs"]
+mod root;
+
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -28,7 +31,7 @@ fn version_prints_the_package_version() {
 #[test]
 fn the_readme_configuration_table_matches_run_help() {
     let help = operator(&["run", "--help"]);
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{}/README.md", root::repo_root())).unwrap();
     let table: Vec<(String, String)> = readme
         .lines()
         .filter(|l| l.starts_with("| `--"))

@@ -1,6 +1,9 @@
 //! `crds/` (and the chart's copy) must be exactly what the binary generates from the
 //! Rust types; regenerate with `make crds` when this fails.
 
+#[path = "support/root.rs"]
+mod root;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -13,7 +16,7 @@ fn committed_crds_match_the_generated_ones() {
         .status()
         .unwrap();
     assert!(status.success());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(root::repo_root());
     let mut generated: Vec<_> = std::fs::read_dir(out.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

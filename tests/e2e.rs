@@ -1080,7 +1080,7 @@ fn iam_check(stack: &Stack) {
             "no:cacheprovider",
             "tests/chart/test_iam_policy.py",
         ])
-        .current_dir(support::stack::ROOT)
+        .current_dir(support::root::repo_root())
         .env("FEATUREENV_AWS_CALL_LOG", stack.aws_call_log())
         .env("FEATUREENV_CLUSTER_ID", &stack.opts.cluster_id)
         .output()
@@ -1507,7 +1507,7 @@ async fn ttl() {
 /// (hack/render_chart.py): [(kind, rules)].
 fn chart_rules() -> Vec<(String, Vec<serde_json::Value>)> {
     let out = std::process::Command::new("python3")
-        .arg(format!("{}/hack/render_chart.py", support::stack::ROOT))
+        .arg(format!("{}/hack/render_chart.py", support::root::repo_root()))
         .args([
             "--namespace",
             RELEASE_NAMESPACE,

@@ -15,6 +15,7 @@
 //! There is no controller-manager: no garbage collector (owner references are never
 //! followed) and no namespace finalizer (a deleted namespace stays `Terminating`).
 
+use super::root::repo_root;
 use std::io::Write as _;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -28,7 +29,6 @@ use rcgen::{
 };
 
 /// The repository root (scripts are addressed from here).
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The admin's user name in the audit log (its certificate's CN).
 pub const ADMIN_USER: &str = "featureenv-admin";
 
@@ -37,7 +37,7 @@ pub const ADMIN_USER: &str = "featureenv-admin";
 pub fn binaries() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let out = Command::new(format!("{ROOT}/hack/k8s-binaries.sh"))
+        let out = Command::new(format!("{}/hack/k8s-binaries.sh", repo_root()))
             .stderr(Stdio::inherit())
             .output()
             .expect("run hack/k8s-binaries.sh");

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/argocd/fixtures")
+    PathBuf::from(super::root::repo_root()).join("tests/argocd/fixtures")
 }
 
 /// What a health check reads of an object: the phase, whether the status is

@@ -7,4 +7,5 @@ pub mod control_plane;
 pub mod fixtures;
 pub mod moto;
 pub mod partition;
+pub mod root;
 pub mod stack;

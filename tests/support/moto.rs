@@ -410,7 +410,7 @@ pub struct StrictLayer {
 
 impl StrictLayer {
     pub async fn start(moto: &MotoServer) -> Self {
-        let root = env!("CARGO_MANIFEST_DIR");
+        let root = super::root::repo_root();
         let addr_file =
             std::env::temp_dir().join(format!("featureenv-strict-{}-{}.addr", std::process::id(), moto.port));
         let child = Command::new("python3")

@@ -14,6 +14,7 @@
 //! in a temporary directory; when the test panics the directory is kept and the tail of
 //! every log is printed, because an end-to-end failure is undiagnosable without them.
 
+use super::root::repo_root;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -31,7 +32,6 @@ use super::moto::{MotoServer, REGION};
 
 /// The repository root (tests run with the package root as working directory, but
 /// be explicit: scripts and manifests are addressed from here).
-pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The operator binary cargo built for this test run.
 pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_featureenv-operator");
 /// What the test's own Kubernetes client calls itself, so the RBAC proof can tell its
@@ -177,7 +177,7 @@ impl Stack {
     fn seed_aws(&mut self) {
         let out = self.dir.join("seed.json");
         let status = Command::new("python3")
-            .arg(format!("{ROOT}/hack/seed_aws.py"))
+            .arg(format!("{}/hack/seed_aws.py", repo_root()))
             .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
             .args(["--cluster-id", &self.opts.cluster_id])
             .arg("--out")
@@ -211,7 +211,7 @@ impl Stack {
             .map(|s| vec!["--rds-auto-start-seconds".to_owned(), s.to_string()])
             .unwrap_or_default();
         let child = Command::new("python3")
-            .arg(format!("{ROOT}/hack/fault_proxy.py"))
+            .arg(format!("{}/hack/fault_proxy.py", repo_root()))
             .args(&auto_start)
             .args(["--listen", "127.0.0.1:0", "--upstream", &self.moto.endpoint()])
             .args(["--rate", &rate.to_string(), "--seed", &self.opts.fault_seed.to_string()])
@@ -219,7 +219,7 @@ impl Stack {
             .args(["--time-scale", &self.opts.aws_timing.1.to_string()])
             // IAM at request time: the operators' calls (access key `testing`) are
             // refused with AWS's error when docs/iam-policy.json would deny them.
-            .args(["--iam-policy", &format!("{ROOT}/docs/iam-policy.json")])
+            .args(["--iam-policy", &format!("{}/docs/iam-policy.json", repo_root())])
             .args(["--iam-cluster-id", &self.opts.cluster_id])
             .args(["--iam-access-key", "testing"])
             // GetConsoleOutput of a simulated instance answers its real console.
@@ -264,7 +264,8 @@ impl Stack {
     }
 
     async fn apply_crds_class_pool(&mut self) {
-        self.kubectl_ok(&["apply", "-f", &format!("{ROOT}/crds/")]).await;
+        self.kubectl_ok(&["apply", "-f", &format!("{}/crds/", repo_root())])
+            .await;
         self.kubectl_ok(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=30s"])
             .await;
         let rendered = self.render(&["examples/featureenvironmentclass.yaml", "examples/rdspool.yaml"]);
@@ -299,7 +300,7 @@ impl Stack {
     /// `user-rbac`, `admission`), rendered by real Helm for [`RELEASE_NAMESPACE`].
     pub async fn apply_chart(&self, component: &str, kinds: &str) {
         let output = Command::new("python3")
-            .arg(format!("{ROOT}/hack/render_chart.py"))
+            .arg(format!("{}/hack/render_chart.py", repo_root()))
             .args(["--namespace", RELEASE_NAMESPACE, "--cluster-id", &self.opts.cluster_id])
             .args(["--component", component, "--kinds", kinds])
             .output()
@@ -320,10 +321,10 @@ impl Stack {
     /// `hack/render_example.py` of repository files with this stack's seed.
     pub fn render(&self, files: &[&str]) -> String {
         let output = Command::new("python3")
-            .arg(format!("{ROOT}/hack/render_example.py"))
+            .arg(format!("{}/hack/render_example.py", repo_root()))
             .arg("--seed")
             .arg(self.dir.join("seed.json"))
-            .args(files.iter().map(|f| format!("{ROOT}/{f}")))
+            .args(files.iter().map(|f| format!("{}/{f}", repo_root())))
             .output()
             .expect("run hack/render_example.py");
         assert!(
@@ -336,7 +337,7 @@ impl Stack {
 
     fn start_boot_simulator(&mut self) {
         let child = Command::new("python3")
-            .arg(format!("{ROOT}/hack/boot_simulator.py"))
+            .arg(format!("{}/hack/boot_simulator.py", repo_root()))
             .args(["--endpoint", &self.moto.endpoint(), "--region", REGION])
             .args(["--cluster-id", &self.opts.cluster_id, "--interval", "0.25"])
             // The instance's own durations (OS boot, minikube, pulls, rollouts) at the
