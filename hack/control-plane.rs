@@ -7,6 +7,8 @@
 #[path = "../tests/support/control_plane.rs"]
 #[allow(dead_code)]
 mod control_plane;
+#[path = "../tests/support/root.rs"]
+mod root;
 
 use std::path::PathBuf;
 
