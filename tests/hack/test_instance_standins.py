@@ -377,6 +377,40 @@ def test_instances_pull_the_same_ecr_image_side_by_side(tmp_path: Path) -> None:
     assert 1.0 <= elapsed < 1.8, f"two pulls of 1 s took {elapsed:.2f}s: one after the other"
 
 
+
+def test_instances_read_an_images_manifest_once(tmp_path: Path) -> None:
+    """The manifest look-up is the stand-in's own cost (a CLI run of about half a second
+    of CPU), not the instances': instances pulling the same image at once share one
+    look-up, as they share the digest's. Each ran its own before, ten warm starts at
+    once ten CLI runs on this machine's two cores."""
+    runs = tmp_path / "manifest-runs"
+    manifest = ('{"layers": [{"digest": "sha256:' + "1" * 64 + '", "size": 9}, '
+                '{"digest": "sha256:' + "2" * 64 + '", "size": 1}]}')
+    fake_aws = tmp_path / "aws"
+    fake_aws.write_text("#!/bin/bash\n"
+                        'if [[ "$*" == *batch-get-image* ]]; then\n'
+                        f'  echo x >> "{runs}"; sleep 0.3; echo \'{manifest}\'\n'
+                        "else\n"
+                        f"  echo sha256:{'c' * 64}\n"
+                        "fi\n")
+    fake_aws.chmod(0o755)
+    image = f"{REGISTRY}/payments:latest"
+    procs = []
+    for n in range(3):
+        instance = tmp_path / f"i-{n}"
+        instance.mkdir()
+        (instance / "docker-logins").write_text(f"{REGISTRY}\n")
+        env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(instance), "FEATUREENV_SIM_DIR": str(instance),
+               "FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
+               "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "0.2"}
+        procs.append(subprocess.Popen(["docker", "pull", image], env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    assert all("Downloaded newer image" in o for o in outputs), outputs
+    assert runs.read_text().count("x") == 1, "each instance read the manifest itself"
+    for n in range(3):
+        assert (tmp_path / f"i-{n}" / "docker-layers").read_text().split() == [
+            "sha256:" + "1" * 64, "sha256:" + "2" * 64]
+
 def test_docker_image_inspect_knows_what_this_instance_pulled(run: Any) -> None:
     image = "docker.io/library/nginx@sha256:" + "d" * 64
     absent = run(["docker", "image", "inspect", image])
