@@ -287,8 +287,10 @@ const PRELUDE: &str = r#"
 export HOME="${HOME:-/root}"
 
 # Everything goes to a log file and to the serial console, which the operator reads
-# (GetConsoleOutput) when a bootstrap times out.
-exec > >(tee -a "$LOG_FILE" | logger -t featureenv -s 2>/dev/console) 2>&1
+# (GetConsoleOutput) when a bootstrap times out. logger's tag marks every console line
+# as ours, so our own lines lose their prefix there (unbuffered: a console read sees
+# each line as it is written), not "featureenv: featureenv: ...".
+exec > >(tee -a "$LOG_FILE" | sed -u 's/^featureenv: //' | logger -t featureenv -s 2>/dev/console) 2>&1
 
 log() {
   echo "featureenv: $*"

@@ -344,7 +344,9 @@ def test_a_good_instance_tags_itself_complete(fleet: Fleet) -> None:
     assert "latest/api/token" in calls and "latest/meta-data/instance-id" in calls
     log = read(d / "bootstrap.log")
     assert "featureenv: bootstrap complete" in log
-    assert "featureenv: bootstrap complete" in read(d / "console.log"), "mirrored to the console"
+    console = read(d / "console.log")
+    assert "featureenv: bootstrap complete" in console, "mirrored to the console"
+    assert "featureenv: featureenv:" not in console, "logger's tag and the script's own prefix, both"
     for f in ("calls.log", "bootstrap.log", "console.log", "bash.out"):
         assert "S3cretPW" not in read(d / f), f"the database secret leaked into {f}"
     result = json.loads(read(d / "result.json"))
