@@ -353,6 +353,21 @@ def test_a_pull_of_an_image_already_there_is_up_to_date(run: Any) -> None:
     assert "Status: Image is up to date for " + image in second.stdout
 
 
+def pull_on_new_instances(tmp_path: Path, fake_aws: Path, count: int, seconds: str) -> list[str]:
+    """`docker pull` of payments:latest at once on `count` new instances (i-0, i-1, ...
+    under tmp_path) logged in to REGISTRY and sharing one look-up cache; their outputs."""
+    procs = []
+    for n in range(count):
+        instance = tmp_path / f"i-{n}"
+        instance.mkdir()
+        (instance / "docker-logins").write_text(f"{REGISTRY}\n")
+        env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(instance), "FEATUREENV_SIM_DIR": str(instance),
+               "FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
+               "FEATUREENV_SIM_DOCKER_PULL_SECONDS": seconds}
+        procs.append(subprocess.Popen(["docker", "pull", f"{REGISTRY}/payments:latest"], env=env,
+                                      stdout=subprocess.PIPE, text=True))
+    return [p.communicate(timeout=30)[0] for p in procs]
+
 def test_instances_pull_the_same_ecr_image_side_by_side(tmp_path: Path) -> None:
     """The shared digest cache serialises the ECR look-up only, not the pull: ten spares
     of a warm pool pulling the same baseline image took ten pull times one after the
@@ -360,18 +375,8 @@ def test_instances_pull_the_same_ecr_image_side_by_side(tmp_path: Path) -> None:
     fake_aws = tmp_path / "aws"
     fake_aws.write_text(f"#!/bin/bash\necho sha256:{'c' * 64}\n")
     fake_aws.chmod(0o755)
-    image = f"{REGISTRY}/payments:latest"
-    procs = []
     started = time.monotonic()
-    for n in range(2):
-        instance = tmp_path / f"i-{n}"
-        instance.mkdir()
-        (instance / "docker-logins").write_text(f"{REGISTRY}\n")
-        env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(instance), "FEATUREENV_SIM_DIR": str(instance),
-               "FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
-               "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "1.0"}
-        procs.append(subprocess.Popen(["docker", "pull", image], env=env, stdout=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    outputs = pull_on_new_instances(tmp_path, fake_aws, 2, "1.0")
     elapsed = time.monotonic() - started
     assert all("Downloaded newer image" in o for o in outputs), outputs
     assert 1.0 <= elapsed < 1.8, f"two pulls of 1 s took {elapsed:.2f}s: one after the other"
@@ -394,17 +399,7 @@ def test_instances_read_an_images_manifest_once(tmp_path: Path) -> None:
                         f"  echo sha256:{'c' * 64}\n"
                         "fi\n")
     fake_aws.chmod(0o755)
-    image = f"{REGISTRY}/payments:latest"
-    procs = []
-    for n in range(3):
-        instance = tmp_path / f"i-{n}"
-        instance.mkdir()
-        (instance / "docker-logins").write_text(f"{REGISTRY}\n")
-        env = {"PATH": f"{STAND_INS}:{os.environ['PATH']}", "HOME": str(instance), "FEATUREENV_SIM_DIR": str(instance),
-               "FEATUREENV_SIM_AWS": str(fake_aws), "FEATUREENV_SIM_CACHE": str(tmp_path / "cache"),
-               "FEATUREENV_SIM_DOCKER_PULL_SECONDS": "0.2"}
-        procs.append(subprocess.Popen(["docker", "pull", image], env=env, stdout=subprocess.PIPE, text=True))
-    outputs = [p.communicate(timeout=30)[0] for p in procs]
+    outputs = pull_on_new_instances(tmp_path, fake_aws, 3, "0.2")
     assert all("Downloaded newer image" in o for o in outputs), outputs
     assert runs.read_text().count("x") == 1, "each instance read the manifest itself"
     for n in range(3):
