@@ -79,6 +79,9 @@ def control_plane() -> Iterator[dict[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
             [str(CONTROL_PLANE), "--dir", str(Path(tmp) / "k8s")],
+            # Which checkout it is (tests/support/root.rs): the shared target dir may
+            # hold a binary built in another one.
+            env={**os.environ, "CARGO_MANIFEST_DIR": str(REPO)},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
